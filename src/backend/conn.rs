@@ -1,0 +1,321 @@
+//! One multiplexed, pipelined connection to a backend node, run by its own task.
+//!
+//! Requests arrive on a bounded inbox; the task writes them in batches (everything waiting
+//! goes out in one write) and matches replies to requests in FIFO order. Reading and writing
+//! advance together, so replies are drained even while a large write is in progress. When the
+//! connection breaks, every request in flight fails with an error (to its own client only) and
+//! the task reconnects with backoff; requests arriving while it is down fail at once as
+//! "not sent", which callers may retry safely.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::error::BackendError;
+use crate::resp::{Proto, ReplyScanner, Request};
+
+/// The reply to one request, or why there is none.
+pub type ReplyResult = Result<Bytes, BackendError>;
+
+/// A request waiting to be written to a backend.
+#[derive(Debug)]
+pub struct Pending {
+    /// The RESP request, forwarded as it came from the client.
+    pub raw: Bytes,
+    /// Send `ASKING` first, on the same connection, and drop its reply (ASK redirect).
+    pub asking: bool,
+    /// Where the reply goes. A dropped receiver (client gone) is skipped.
+    pub reply: oneshot::Sender<ReplyResult>,
+}
+
+impl Pending {
+    fn fail(self, err: BackendError) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+/// How to reach and greet one node.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    /// `host:port`, as the cluster names the node.
+    pub addr: Arc<str>,
+    /// Protocol spoken on this connection; RESP3 connections are opened with `HELLO 3`.
+    pub proto: Proto,
+    /// `AUTH` sent after connecting: optional user name and password.
+    pub auth: Option<(Option<String>, String)>,
+    pub connect_timeout: Duration,
+    /// Capacity of the inbox; senders wait when it is full.
+    pub inbox_capacity: usize,
+}
+
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+/// Requests larger than this are written straight from their buffer instead of being
+/// copied into the batch.
+const COPY_LIMIT: usize = 16 * 1024;
+/// Most bytes gathered into one batch before writing.
+const BATCH_BYTES: usize = 256 * 1024;
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Starts the connection task and returns its inbox.
+pub fn spawn(settings: ConnSettings) -> mpsc::Sender<Pending> {
+    let (tx, rx) = mpsc::channel(settings.inbox_capacity);
+    let span = info_span!("backend", backend = %settings.addr, proto = settings.proto.version());
+    tokio::spawn(supervise(settings, rx).instrument(span));
+    tx
+}
+
+/// Connects, serves, reconnects; ends when every sender of the inbox is gone.
+async fn supervise(settings: ConnSettings, mut inbox: mpsc::Receiver<Pending>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match connect(&settings).await {
+            Ok(stream) => {
+                backoff = MIN_BACKOFF;
+                debug!("connected");
+                match serve(stream, &mut inbox, &settings.addr).await {
+                    Ended::InboxClosed => return,
+                    Ended::Broken(reason) => warn!(%reason, "backend connection lost"),
+                }
+            }
+            Err(reason) => {
+                warn!(%reason, "cannot connect to backend");
+                let err = BackendError::Connect {
+                    addr: settings.addr.to_string(),
+                    reason,
+                };
+                // While down, fail new requests at once so clients are not left waiting.
+                let sleep = tokio::time::sleep(backoff);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        p = inbox.recv() => match p {
+                            Some(p) => p.fail(err.clone()),
+                            None => return,
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Opens the TCP connection and runs the greeting (AUTH, HELLO 3).
+async fn connect(settings: &ConnSettings) -> Result<TcpStream, String> {
+    let (host, port) = split_addr(&settings.addr).ok_or("bad address")?;
+    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut stream = stream;
+    let greeting = match (&settings.proto, &settings.auth) {
+        (Proto::Resp3, Some((user, pass))) => Some(Request::from_args(&[
+            "HELLO",
+            "3",
+            "AUTH",
+            user.as_deref().unwrap_or("default"),
+            pass,
+        ])),
+        (Proto::Resp3, None) => Some(Request::from_args(&["HELLO", "3"])),
+        (Proto::Resp2, Some((Some(user), pass))) => {
+            Some(Request::from_args(&["AUTH", user.as_str(), pass]))
+        }
+        (Proto::Resp2, Some((None, pass))) => Some(Request::from_args(&["AUTH", pass.as_str()])),
+        (Proto::Resp2, None) => None,
+    };
+    if let Some(greeting) = greeting {
+        let reply = tokio::time::timeout(
+            settings.connect_timeout,
+            round_trip(&mut stream, &greeting.raw),
+        )
+        .await
+        .map_err(|_| "greeting timed out".to_string())??;
+        if reply.first() == Some(&b'-') {
+            return Err(format!(
+                "greeting refused: {}",
+                String::from_utf8_lossy(&reply[1..]).trim_end()
+            ));
+        }
+    }
+    Ok(stream)
+}
+
+/// Splits `host:port` at the last ':' (IPv6 hosts contain ':').
+pub fn split_addr(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host, port.parse().ok()?))
+}
+
+/// Writes one request and reads its single reply (connection set-up only).
+async fn round_trip(stream: &mut TcpStream, request: &[u8]) -> Result<Bytes, String> {
+    stream.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(512);
+    let mut scanner = ReplyScanner::new();
+    loop {
+        if let Some(n) = scanner.next(&buf).map_err(|e| e.to_string())? {
+            return Ok(buf.split_to(n).freeze());
+        }
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed during greeting".into());
+        }
+    }
+}
+
+enum Ended {
+    /// Every sender is gone and every reply was delivered: the node left the topology.
+    InboxClosed,
+    Broken(String),
+}
+
+/// A request written and awaiting its reply; `None` for an `ASKING` whose reply is dropped.
+type InFlight = Option<oneshot::Sender<ReplyResult>>;
+
+/// Runs one live connection until it breaks or the inbox closes.
+async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &str) -> Ended {
+    let (mut rd, mut wr) = stream.into_split();
+    // Shared by the reader and writer halves below, which run in this one task: the mutex is
+    // never contended, it only makes the borrow across awaits acceptable to the compiler.
+    let fifo: Mutex<VecDeque<InFlight>> = Mutex::new(VecDeque::new());
+    let queue = || -> MutexGuard<'_, VecDeque<InFlight>> {
+        fifo.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    let inbox_closed = AtomicBool::new(false);
+
+    let reader = async {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut scanner = ReplyScanner::new();
+        loop {
+            if inbox_closed.load(Ordering::Relaxed) && queue().is_empty() {
+                return Ended::InboxClosed;
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(16 * 1024);
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => return Ended::Broken("closed by peer".into()),
+                Ok(_) => {}
+                Err(e) => return Ended::Broken(e.to_string()),
+            }
+            loop {
+                let n = match scanner.next(&buf) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => break,
+                    Err(e) => return Ended::Broken(format!("protocol error: {e}")),
+                };
+                let frame = buf.split_to(n).freeze();
+                if frame[0] == b'>' {
+                    // Out-of-band push (RESP3); not a reply to any request.
+                    continue;
+                }
+                match queue().pop_front() {
+                    Some(Some(tx)) => {
+                        let _ = tx.send(Ok(frame));
+                    }
+                    Some(None) => {}
+                    None => return Ended::Broken("reply without a request".into()),
+                }
+            }
+        }
+    };
+
+    let writer = async {
+        let mut batch = BytesMut::with_capacity(16 * 1024);
+        loop {
+            let Some(first) = inbox.recv().await else {
+                inbox_closed.store(true, Ordering::Relaxed);
+                return None;
+            };
+            let mut next = Some(first);
+            while let Some(p) = next.take() {
+                if p.asking {
+                    queue().push_back(None);
+                    batch.put_slice(ASKING);
+                }
+                queue().push_back(Some(p.reply));
+                if p.raw.len() > COPY_LIMIT {
+                    if !batch.is_empty()
+                        && let Err(e) = wr.write_all(&batch).await
+                    {
+                        return Some(e.to_string());
+                    }
+                    batch.clear();
+                    if let Err(e) = wr.write_all(&p.raw).await {
+                        return Some(e.to_string());
+                    }
+                } else {
+                    batch.put_slice(&p.raw);
+                }
+                if batch.len() < BATCH_BYTES {
+                    next = inbox.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                if let Err(e) = wr.write_all(&batch).await {
+                    return Some(e.to_string());
+                }
+                batch.clear();
+            }
+        }
+    };
+
+    tokio::pin!(reader, writer);
+    let mut writer_done = false;
+    let mut abandoned_check = tokio::time::interval(Duration::from_millis(100));
+    let ended = loop {
+        tokio::select! {
+            biased;
+            ended = &mut reader => break ended,
+            failed = &mut writer, if !writer_done => match failed {
+                Some(reason) => break Ended::Broken(reason),
+                // Inbox closed: keep reading until the replies in flight are delivered.
+                None => {
+                    writer_done = true;
+                    if queue().is_empty() {
+                        break Ended::InboxClosed;
+                    }
+                }
+            },
+            // With no new requests coming, stop waiting for replies nobody wants any more
+            // (a client left while its command blocks): closing unblocks the node.
+            _ = abandoned_check.tick(), if writer_done => {
+                if queue().iter().all(|e| e.as_ref().is_none_or(|tx| tx.is_closed())) {
+                    break Ended::InboxClosed;
+                }
+            }
+        }
+    };
+    if let Ended::Broken(_) = &ended {
+        for tx in queue().drain(..).flatten() {
+            let _ = tx.send(Err(BackendError::ConnectionLost {
+                addr: addr.to_string(),
+                sent: true,
+            }));
+        }
+    }
+    ended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(split_addr("127.0.0.1:7000"), Some(("127.0.0.1", 7000)));
+        assert_eq!(split_addr("2001:db8::1:7000"), Some(("2001:db8::1", 7000)));
+        assert_eq!(split_addr("[::1]:7000"), Some(("::1", 7000)));
+        assert_eq!(split_addr("host"), None);
+        assert_eq!(split_addr("host:x"), None);
+    }
+}

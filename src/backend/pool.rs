@@ -1,0 +1,174 @@
+//! The registry of backend nodes: for each node address, a few shared connections per
+//! protocol, opened lazily.
+//!
+//! A client always uses the same connection to a given node (chosen by client id), so its
+//! pipelined requests to that node keep their order. The registry is a `DashMap` because
+//! nodes come and go one at a time; the request path only clones a channel sender.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::backend::conn::{self, ConnSettings, Pending, ReplyResult};
+use crate::error::BackendError;
+use crate::resp::Proto;
+
+/// Settings shared by every backend connection.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Shared connections per node and protocol.
+    pub connections_per_node: usize,
+    pub auth: Option<(Option<String>, String)>,
+    pub connect_timeout: Duration,
+    pub inbox_capacity: usize,
+    /// Most dedicated connections (blocking commands) open to one node at once.
+    pub blocking_per_node: usize,
+}
+
+/// The connections to one node.
+#[derive(Debug)]
+pub struct NodeConns {
+    addr: Arc<str>,
+    /// RESP2 connections, opened on first use.
+    resp2: OnceLock<Box<[mpsc::Sender<Pending>]>>,
+    /// RESP3 connections (greeted with `HELLO 3`), opened on first use by a RESP3 client.
+    resp3: OnceLock<Box<[mpsc::Sender<Pending>]>>,
+    /// Permits for dedicated connections to this node.
+    blocking: Arc<Semaphore>,
+}
+
+/// All nodes slotgate talks to.
+#[derive(Debug)]
+pub struct Backends {
+    settings: PoolSettings,
+    nodes: DashMap<Arc<str>, Arc<NodeConns>>,
+}
+
+impl Backends {
+    pub fn new(settings: PoolSettings) -> Self {
+        Backends {
+            settings,
+            nodes: DashMap::new(),
+        }
+    }
+
+    fn node(&self, addr: &Arc<str>) -> Arc<NodeConns> {
+        if let Some(n) = self.nodes.get(addr) {
+            return n.clone();
+        }
+        self.nodes
+            .entry(addr.clone())
+            .or_insert_with(|| {
+                Arc::new(NodeConns {
+                    addr: addr.clone(),
+                    resp2: OnceLock::new(),
+                    resp3: OnceLock::new(),
+                    blocking: Arc::new(Semaphore::new(self.settings.blocking_per_node)),
+                })
+            })
+            .clone()
+    }
+
+    fn conn_settings(&self, addr: &Arc<str>, proto: Proto, inbox_capacity: usize) -> ConnSettings {
+        ConnSettings {
+            addr: addr.clone(),
+            proto,
+            auth: self.settings.auth.clone(),
+            connect_timeout: self.settings.connect_timeout,
+            inbox_capacity,
+        }
+    }
+
+    /// Opens a connection of its own to `addr` for one blocking command. The connection
+    /// closes when the returned sender is dropped and no reply is awaited any more (a client
+    /// that leaves mid-block closes it, since a blocked connection cannot be reused). Fails
+    /// with the limit when the node's dedicated connections are all in use.
+    pub fn dedicated(
+        &self,
+        addr: &Arc<str>,
+        proto: Proto,
+    ) -> Result<(mpsc::Sender<Pending>, OwnedSemaphorePermit), usize> {
+        let node = self.node(addr);
+        let permit = node
+            .blocking
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.settings.blocking_per_node)?;
+        Ok((conn::spawn(self.conn_settings(addr, proto, 2)), permit))
+    }
+
+    fn sender(&self, addr: &Arc<str>, proto: Proto, session: u64) -> mpsc::Sender<Pending> {
+        let node = self.node(addr);
+        let cell = match proto {
+            Proto::Resp2 => &node.resp2,
+            Proto::Resp3 => &node.resp3,
+        };
+        let conns = cell.get_or_init(|| {
+            (0..self.settings.connections_per_node.max(1))
+                .map(|_| {
+                    conn::spawn(self.conn_settings(&node.addr, proto, self.settings.inbox_capacity))
+                })
+                .collect()
+        });
+        conns[(session % conns.len() as u64) as usize].clone()
+    }
+
+    /// Queues `raw` on the node's connection for `session`; the reply arrives on the
+    /// returned receiver. Waits only when that connection's inbox is full.
+    pub async fn send(
+        &self,
+        addr: &Arc<str>,
+        proto: Proto,
+        session: u64,
+        raw: Bytes,
+        asking: bool,
+    ) -> oneshot::Receiver<ReplyResult> {
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            raw,
+            asking,
+            reply: tx,
+        };
+        if let Err(mpsc::error::SendError(p)) =
+            self.sender(addr, proto, session).send(pending).await
+        {
+            // The connection task is gone (it only ends when the node was dropped).
+            let _ = p.reply.send(Err(BackendError::ConnectionLost {
+                addr: addr.to_string(),
+                sent: false,
+            }));
+        }
+        rx
+    }
+
+    /// Sends one request and waits for its reply, with a deadline (control traffic such as
+    /// topology queries).
+    pub async fn request(&self, addr: &Arc<str>, raw: Bytes, timeout: Duration) -> ReplyResult {
+        let rx = self.send(addr, Proto::Resp2, 0, raw, false).await;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(BackendError::ConnectionLost {
+                addr: addr.to_string(),
+                sent: true,
+            }),
+            Err(_) => Err(BackendError::Timeout {
+                addr: addr.to_string(),
+                sent: true,
+            }),
+        }
+    }
+
+    /// Drops the connections of nodes not in `keep`; their tasks end once the requests in
+    /// flight are answered.
+    pub fn retain(&self, keep: &[Arc<str>]) {
+        self.nodes.retain(|addr, _| keep.contains(addr));
+    }
+
+    /// Addresses with open connection sets.
+    pub fn addrs(&self) -> Vec<Arc<str>> {
+        self.nodes.iter().map(|e| e.key().clone()).collect()
+    }
+}

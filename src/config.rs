@@ -1,0 +1,324 @@
+//! Configuration: the YAML file (`config/slotgate.yaml`), its defaults, and validation.
+//!
+//! Every field has a default, so a file only names what it changes. `validate` checks values
+//! and names the offending field in its error, the way an operator wrote it.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backend::conn::split_addr;
+use crate::error::ConfigError;
+use crate::resp::Limits;
+
+/// Everything slotgate is configured with.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to, `HOST:PORT`.
+    pub listen: String,
+    /// Password clients must give with AUTH (or HELLO ... AUTH) before anything else; none
+    /// means no authentication.
+    pub password: Option<String>,
+    /// Log filter when `RUST_LOG` is not set: error, warn, info, debug, trace.
+    pub log_level: String,
+    pub cluster: ClusterConfig,
+    pub limits: LimitsConfig,
+}
+
+/// The Redis Cluster behind the proxy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Nodes to ask for the topology at start, `HOST:PORT` each; any one that answers is
+    /// enough.
+    pub seeds: Vec<String>,
+    /// User name for AUTH on backend connections (Redis 6 ACL); needs `password`.
+    pub username: Option<String>,
+    /// Password for AUTH on backend connections.
+    pub password: Option<String>,
+    /// Period of the `CLUSTER NODES` poll, in milliseconds.
+    pub refresh_interval_ms: u64,
+    /// Shared connections per node (and per protocol).
+    pub connections_per_node: usize,
+    /// Deadline for connecting to a node and for topology queries, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Most MOVED/ASK redirects followed for one command.
+    pub max_redirects: u32,
+    /// Most retries of one command after TRYAGAIN, CLUSTERDOWN or a connection error.
+    pub max_retries: u32,
+    /// First wait before such a retry, in milliseconds; doubles with each retry.
+    pub retry_backoff_ms: u64,
+    /// Most connections of their own that blocking commands (BLPOP ...) may hold open to one
+    /// node at once; beyond it such commands get an error instead of waiting.
+    pub max_blocking_per_node: usize,
+}
+
+/// Bounds that protect the proxy from a single client.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most client connections at once; further ones are told so and closed.
+    pub max_clients: usize,
+    /// Longest bulk string in a request, in bytes (Redis: 512 MB).
+    pub max_bulk_len: usize,
+    /// Most arguments in one request.
+    pub max_array_len: usize,
+    /// Longest inline command line, in bytes.
+    pub max_inline_len: usize,
+    /// Most requests of one client in flight; reading from the client pauses beyond it.
+    pub pipeline_window: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:6380".into(),
+            password: None,
+            log_level: "info".into(),
+            cluster: ClusterConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            seeds: Vec::new(),
+            username: None,
+            password: None,
+            refresh_interval_ms: 1000,
+            connections_per_node: 2,
+            connect_timeout_ms: 1000,
+            max_redirects: 5,
+            max_retries: 5,
+            retry_backoff_ms: 50,
+            max_blocking_per_node: 256,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsConfig {
+            max_clients: 10_000,
+            max_bulk_len: l.max_bulk_len,
+            max_array_len: l.max_array_len,
+            max_inline_len: l.max_inline_len,
+            pipeline_window: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a YAML file (not yet validated).
+    pub fn from_file(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Config::from_yaml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses YAML text (not yet validated). An empty document gives the defaults.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<yaml>".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every value; the error names the field to fix.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_string(),
+            })
+        };
+        if !is_host_port(&self.listen) {
+            return invalid("listen", &format!("{:?} is not HOST:PORT", self.listen));
+        }
+        if self.cluster.seeds.is_empty() {
+            return invalid(
+                "cluster.seeds",
+                "at least one seed node is needed (config file or --cluster HOST:PORT)",
+            );
+        }
+        if let Some(bad) = self.cluster.seeds.iter().find(|s| !is_host_port(s)) {
+            return invalid("cluster.seeds", &format!("{bad:?} is not HOST:PORT"));
+        }
+        if self.cluster.username.is_some() && self.cluster.password.is_none() {
+            return invalid("cluster.username", "needs cluster.password as well");
+        }
+        if self.password.as_deref() == Some("") {
+            return invalid(
+                "password",
+                "must not be empty (leave it out to disable AUTH)",
+            );
+        }
+        let c = &self.cluster;
+        if c.refresh_interval_ms == 0 {
+            return invalid("cluster.refresh_interval_ms", "must be at least 1");
+        }
+        if !(1..=64).contains(&c.connections_per_node) {
+            return invalid("cluster.connections_per_node", "must be between 1 and 64");
+        }
+        if c.connect_timeout_ms == 0 {
+            return invalid("cluster.connect_timeout_ms", "must be at least 1");
+        }
+        if !(1..=32).contains(&c.max_redirects) {
+            return invalid("cluster.max_redirects", "must be between 1 and 32");
+        }
+        if c.max_blocking_per_node == 0 {
+            return invalid("cluster.max_blocking_per_node", "must be at least 1");
+        }
+        if c.max_retries > 100 {
+            return invalid("cluster.max_retries", "must be at most 100");
+        }
+        let l = &self.limits;
+        if l.max_clients == 0 {
+            return invalid("limits.max_clients", "must be at least 1");
+        }
+        if l.max_bulk_len == 0 {
+            return invalid("limits.max_bulk_len", "must be at least 1");
+        }
+        if l.max_array_len == 0 {
+            return invalid("limits.max_array_len", "must be at least 1");
+        }
+        if l.max_inline_len < 16 {
+            return invalid("limits.max_inline_len", "must be at least 16");
+        }
+        if l.pipeline_window == 0 {
+            return invalid("limits.pipeline_window", "must be at least 1");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return invalid(
+                "log_level",
+                &format!("{:?} is not a log filter", self.log_level),
+            );
+        }
+        Ok(self)
+    }
+
+    /// Request-scanner limits.
+    pub fn request_limits(&self) -> Limits {
+        Limits {
+            max_bulk_len: self.limits.max_bulk_len,
+            max_array_len: self.limits.max_array_len,
+            max_inline_len: self.limits.max_inline_len,
+        }
+    }
+
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_millis(self.cluster.refresh_interval_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.cluster.connect_timeout_ms)
+    }
+}
+
+fn is_host_port(s: &str) -> bool {
+    split_addr(s).is_some_and(|(host, port)| !host.is_empty() && port != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(yaml)?.validate()
+    }
+
+    fn invalid_field(yaml: &str) -> &'static str {
+        match check(yaml) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_with_seeds_are_valid() {
+        let c = check("cluster:\n  seeds: [127.0.0.1:7000]\n").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:6380");
+        assert_eq!(c.cluster.max_redirects, 5);
+        assert_eq!(c.cluster.refresh_interval_ms, 1000);
+        assert_eq!(c.limits.max_bulk_len, 512 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_shipped_config_file_is_valid() {
+        let c = Config::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/config/slotgate.yaml"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(!c.cluster.seeds.is_empty());
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let seeds = "cluster:\n  seeds: [127.0.0.1:7000]\n";
+        assert_eq!(invalid_field(""), "cluster.seeds");
+        assert_eq!(
+            invalid_field("cluster:\n  seeds: [nope]\n"),
+            "cluster.seeds"
+        );
+        assert_eq!(invalid_field(&format!("listen: foo\n{seeds}")), "listen");
+        assert_eq!(invalid_field(&format!("listen: 'h:0'\n{seeds}")), "listen");
+        assert_eq!(invalid_field(&format!("password: ''\n{seeds}")), "password");
+        assert_eq!(
+            invalid_field(&format!("log_level: 'a=b=c'\n{seeds}")),
+            "log_level"
+        );
+        for (field, yaml) in [
+            ("cluster.refresh_interval_ms", "  refresh_interval_ms: 0\n"),
+            (
+                "cluster.connections_per_node",
+                "  connections_per_node: 0\n",
+            ),
+            ("cluster.connect_timeout_ms", "  connect_timeout_ms: 0\n"),
+            ("cluster.max_redirects", "  max_redirects: 0\n"),
+            ("cluster.max_retries", "  max_retries: 1000\n"),
+            ("cluster.username", "  username: u\n"),
+            (
+                "cluster.max_blocking_per_node",
+                "  max_blocking_per_node: 0\n",
+            ),
+        ] {
+            assert_eq!(invalid_field(&format!("{seeds}{yaml}")), field);
+        }
+        for (field, yaml) in [
+            ("limits.max_clients", "max_clients: 0"),
+            ("limits.max_bulk_len", "max_bulk_len: 0"),
+            ("limits.max_array_len", "max_array_len: 0"),
+            ("limits.max_inline_len", "max_inline_len: 3"),
+            ("limits.pipeline_window", "pipeline_window: 0"),
+        ] {
+            assert_eq!(invalid_field(&format!("{seeds}limits:\n  {yaml}\n")), field);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_types_are_parse_errors() {
+        assert!(matches!(
+            Config::from_yaml("lisen: x\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            Config::from_yaml("cluster:\n  max_redirects: many\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}

@@ -1,0 +1,244 @@
+//! Sending one command to the cluster: route by slot, queue on the node's connection, then
+//! follow redirects and retries until there is a reply for the client.
+//!
+//! `start` queues the first attempt and returns at once, so a client's pipelined commands are
+//! queued in the order it sent them; `finish` awaits the reply and handles MOVED, ASK,
+//! TRYAGAIN, CLUSTERDOWN and connection errors as `redirect::decide` says.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tracing::debug;
+
+use crate::backend::conn::{Pending, ReplyResult};
+use crate::backend::pool::Backends;
+use crate::config::Config;
+use crate::error::BackendError;
+use crate::redirect::{Attempts, Decision, Outcome, RetryPolicy, decide};
+use crate::resp::Proto;
+use crate::resp::encode::error;
+use crate::topology::Topology;
+
+/// Counters shown in INFO's slotgate section.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connected_clients: AtomicI64,
+    pub total_connections: AtomicU64,
+    pub total_commands: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub redirects_moved: AtomicU64,
+    pub redirects_ask: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+/// State shared by every client task.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub topology: Arc<Topology>,
+    pub backends: Arc<Backends>,
+    pub stats: Stats,
+    pub started: Instant,
+    pub policy: RetryPolicy,
+}
+
+/// Where a command goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The master of this slot.
+    Slot(u16),
+    /// Any master (commands without keys).
+    Any,
+}
+
+/// How a command is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct SendOptions {
+    pub proto: Proto,
+    /// Client id: picks the shared connection, so one client's commands to a node stay
+    /// in order.
+    pub session: u64,
+    /// Safe to send again after a connection failure (read-only commands).
+    pub idempotent: bool,
+    /// Run on a connection of its own (blocking commands).
+    pub dedicated: bool,
+}
+
+/// A command on its way: the current attempt and what is needed for the next.
+#[derive(Debug)]
+pub struct Flight {
+    raw: Bytes,
+    target: Target,
+    opts: SendOptions,
+    /// Node of the current attempt.
+    addr: Option<Arc<str>>,
+    /// Reply of the current attempt; `None` when no master serves the slot.
+    rx: Option<oneshot::Receiver<ReplyResult>>,
+    /// A dedicated connection kept open until its reply arrives, and its pool permit.
+    lease: Option<(mpsc::Sender<Pending>, OwnedSemaphorePermit)>,
+    /// Set when the first attempt could not even be queued.
+    early_error: Option<Bytes>,
+}
+
+impl Shared {
+    pub fn new(config: Config, topology: Arc<Topology>, backends: Arc<Backends>) -> Shared {
+        let policy = RetryPolicy {
+            max_redirects: config.cluster.max_redirects,
+            max_retries: config.cluster.max_retries,
+            backoff: Duration::from_millis(config.cluster.retry_backoff_ms),
+        };
+        Shared {
+            config,
+            topology,
+            backends,
+            stats: Stats::default(),
+            started: Instant::now(),
+            policy,
+        }
+    }
+
+    /// Queues the first attempt of a command.
+    pub async fn start(&self, raw: Bytes, target: Target, opts: SendOptions) -> Flight {
+        let mut flight = Flight {
+            raw,
+            target,
+            opts,
+            addr: None,
+            rx: None,
+            lease: None,
+            early_error: None,
+        };
+        let addr = self.route(target, opts.session);
+        if let Some(addr) = addr
+            && let Err(e) = self.send(&mut flight, addr, false).await
+        {
+            flight.early_error = Some(e);
+        }
+        flight
+    }
+
+    fn route(&self, target: Target, session: u64) -> Option<Arc<str>> {
+        let table = self.topology.table();
+        let master = match target {
+            Target::Slot(s) => table.master_for(s),
+            Target::Any => table.any_master(session),
+        };
+        master.map(|m| m.addr.clone())
+    }
+
+    async fn send(&self, flight: &mut Flight, addr: Arc<str>, asking: bool) -> Result<(), Bytes> {
+        let raw = flight.raw.clone();
+        let rx = if flight.opts.dedicated {
+            let (tx, permit) =
+                self.backends
+                    .dedicated(&addr, flight.opts.proto)
+                    .map_err(|limit| {
+                        error(&format!(
+                            "ERR slotgate: too many blocking commands in progress on {addr} \
+                         (limit {limit}); try again later"
+                        ))
+                    })?;
+            let (reply_tx, rx) = oneshot::channel();
+            let pending = Pending {
+                raw,
+                asking,
+                reply: reply_tx,
+            };
+            if let Err(mpsc::error::SendError(p)) = tx.send(pending).await {
+                let _ = p.reply.send(Err(BackendError::ConnectionLost {
+                    addr: addr.to_string(),
+                    sent: false,
+                }));
+            }
+            flight.lease = Some((tx, permit));
+            rx
+        } else {
+            self.backends
+                .send(&addr, flight.opts.proto, flight.opts.session, raw, asking)
+                .await
+        };
+        flight.addr = Some(addr);
+        flight.rx = Some(rx);
+        Ok(())
+    }
+
+    /// Awaits the reply, following redirects and retrying as the policy allows.
+    pub async fn finish(&self, mut flight: Flight) -> Bytes {
+        if let Some(e) = flight.early_error.take() {
+            return e;
+        }
+        let mut attempts = Attempts::default();
+        loop {
+            let result = match flight.rx.take() {
+                Some(rx) => Some(rx.await.unwrap_or_else(|_| {
+                    Err(BackendError::ConnectionLost {
+                        addr: flight.addr.as_deref().unwrap_or("?").to_string(),
+                        sent: true,
+                    })
+                })),
+                None => None,
+            };
+            flight.lease = None;
+            let from = flight.addr.clone().unwrap_or_else(|| Arc::from(""));
+            let outcome = match &result {
+                Some(Ok(reply)) => Outcome::Reply { reply, from: &from },
+                Some(Err(e)) => Outcome::Failed(e),
+                None => Outcome::NoRoute,
+            };
+            match decide(outcome, attempts, self.policy, flight.opts.idempotent) {
+                Decision::Return => {
+                    return match result {
+                        Some(Ok(reply)) => reply,
+                        // `decide` returns only replies.
+                        _ => error("ERR slotgate: internal routing error"),
+                    };
+                }
+                Decision::Fail(e) => return e,
+                Decision::Redirect { slot, addr, asking } => {
+                    attempts.redirects += 1;
+                    let counter = if asking {
+                        &self.stats.redirects_ask
+                    } else {
+                        &self.stats.redirects_moved
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    debug!(slot, %addr, asking, "following redirect");
+                    let addr: Arc<str> = Arc::from(addr);
+                    if !asking {
+                        self.topology.apply_moved(slot, &addr);
+                        self.topology.request_refresh(Some(addr.clone()));
+                    }
+                    if let Err(e) = self.send(&mut flight, addr, asking).await {
+                        return e;
+                    }
+                }
+                Decision::Retry { wait, refresh } => {
+                    attempts.retries += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if refresh {
+                        let deadline = wait.max(Duration::from_millis(10));
+                        let started = Instant::now();
+                        self.topology
+                            .refresh_and_wait(None, self.config.connect_timeout())
+                            .await;
+                        if let Some(rest) = deadline.checked_sub(started.elapsed()) {
+                            tokio::time::sleep(rest).await;
+                        }
+                    } else {
+                        tokio::time::sleep(wait).await;
+                    }
+                    flight.addr = None;
+                    flight.rx = None;
+                    if let Some(addr) = self.route(flight.target, flight.opts.session)
+                        && let Err(e) = self.send(&mut flight, addr, false).await
+                    {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+}

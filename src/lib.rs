@@ -1,0 +1,21 @@
+//! slotgate: a Redis Cluster-aware proxy. Clients written for one standalone Redis connect
+//! to it and use a whole Redis Cluster: commands are routed by hash slot, redirects and
+//! topology changes are handled here, and replies pass through unchanged.
+
+pub mod backend {
+    //! Connections to cluster nodes.
+    pub mod conn;
+    pub mod pool;
+}
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod info;
+pub mod local;
+pub mod redirect;
+pub mod resp;
+pub mod server;
+pub mod slot;
+pub mod topology;
