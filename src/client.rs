@@ -158,7 +158,7 @@ async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (Step
         idempotent: spec.kind == crate::command::Kind::Read,
         dedicated: false,
     };
-    match spec.handling {
+    match spec.handling_of(&req) {
         Handling::Local => {
             let r = local::answer(spec.name, &req, state, shared);
             (Step::Ready(r.reply), r.close)
@@ -181,7 +181,7 @@ async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (Step
                 false,
             )
         }
-        Handling::Forward => {
+        Handling::Forward | Handling::Subcommands { .. } => {
             let target = match spec.slot(&req) {
                 Ok(Some(slot)) => Target::Slot(slot),
                 Ok(None) => Target::Any,

@@ -53,6 +53,13 @@ pub enum Handling {
     Info,
     /// Not forwarded; the client gets `-ERR` with this reason.
     Refused(&'static str),
+    /// Forwarded (like `Forward`) when the subcommand (argument 1) is one of `allowed`,
+    /// refused with `reason` otherwise. `CONFIG GET` reads, `CONFIG SET` would change one
+    /// node only.
+    Subcommands {
+        allowed: &'static [&'static str],
+        reason: &'static str,
+    },
 }
 
 /// One command table entry.
@@ -344,7 +351,7 @@ pub static COMMANDS: &[CmdSpec] = table! {
     "WAITAOF" Admin NONE, Handling::Refused(NOT_YET);
     // Single-node administration.
     "CLUSTER" Admin NONE, Handling::Refused(NODE_ADMIN);
-    "CONFIG" Admin NONE, Handling::Refused(NODE_ADMIN);
+    "CONFIG" Admin NONE, Handling::Subcommands { allowed: &["GET"], reason: NODE_ADMIN };
     "MONITOR" Admin NONE, Handling::Refused(NODE_ADMIN);
     "SYNC" Admin NONE, Handling::Refused(NODE_ADMIN);
     "PSYNC" Admin NONE, Handling::Refused(NODE_ADMIN);
@@ -453,14 +460,32 @@ impl CmdSpec {
         Ok(slot)
     }
 
+    /// How this request is handled, with subcommand rules resolved.
+    pub fn handling_of(&self, req: &Request) -> Handling {
+        match self.handling {
+            Handling::Subcommands { allowed, reason } => {
+                let ok = req.len() > 1
+                    && allowed
+                        .iter()
+                        .any(|a| req.arg(1).eq_ignore_ascii_case(a.as_bytes()));
+                if ok {
+                    Handling::Forward
+                } else {
+                    Handling::Refused(reason)
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Whether this request blocks its connection: the blocking commands, and XREAD /
     /// XREADGROUP with a BLOCK option.
     pub fn is_blocking(&self, req: &Request) -> bool {
         match self.kind {
             Kind::Blocking => true,
-            _ if matches!(self.keys, Keys::Streams) => {
-                (1..req.len()).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK"))
-            }
+            _ if matches!(self.keys, Keys::Streams) => (1..req.len())
+                .take_while(|&i| !req.arg(i).eq_ignore_ascii_case(b"STREAMS"))
+                .any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")),
             _ => false,
         }
     }
@@ -578,6 +603,7 @@ mod tests {
         let xread = lookup(b"XREAD").unwrap();
         assert!(xread.is_blocking(&req("XREAD BLOCK 0 STREAMS a $")));
         assert!(!xread.is_blocking(&req("XREAD STREAMS a 0")));
+        assert!(!xread.is_blocking(&req("XREAD STREAMS BLOCK 0")));
         assert!(lookup(b"BLPOP").unwrap().is_blocking(&req("BLPOP a 0")));
         assert!(!lookup(b"LPOP").unwrap().is_blocking(&req("LPOP a")));
     }
@@ -592,5 +618,22 @@ mod tests {
             Handling::Refused(_)
         ));
         assert_eq!(lookup(b"HELLO").unwrap().handling, Handling::Local);
+        let config = lookup(b"CONFIG").unwrap();
+        assert_eq!(
+            config.handling_of(&req("CONFIG get save")),
+            Handling::Forward
+        );
+        assert!(matches!(
+            config.handling_of(&req("CONFIG SET save x")),
+            Handling::Refused(_)
+        ));
+        assert!(matches!(
+            config.handling_of(&req("CONFIG")),
+            Handling::Refused(_)
+        ));
+        assert_eq!(
+            lookup(b"GET").unwrap().handling_of(&req("GET a")),
+            Handling::Forward
+        );
     }
 }

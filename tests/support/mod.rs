@@ -1,0 +1,220 @@
+//! Test support: a real local Redis Cluster started by `integration/cluster.sh`, slotgate
+//! running in-process in front of it, and small client helpers.
+//!
+//! Every cluster is stopped when its guard drops, which also happens when a test panics.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use slotgate::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// The repository root, where `integration/` lives.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running local cluster; stopped on drop.
+pub struct Cluster {
+    dir: PathBuf,
+    /// Comma-separated master addresses.
+    pub seeds: String,
+    /// Ports of the masters at start.
+    pub master_ports: Vec<u16>,
+}
+
+impl Cluster {
+    /// Starts 3 masters with one replica each on free loopback ports.
+    pub fn start() -> Cluster {
+        Cluster::start_with(3, 1)
+    }
+
+    pub fn start_with(masters: usize, replicas: usize) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "slotgate-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("bash")
+            .arg(repo_root().join("integration/cluster.sh"))
+            .arg("start")
+            .arg(&dir)
+            .arg("auto")
+            .arg(masters.to_string())
+            .arg(replicas.to_string())
+            .output()
+            .unwrap();
+        // Build the guard first so a failed start still stops whatever did start.
+        let mut cluster = Cluster {
+            dir,
+            seeds: String::new(),
+            master_ports: Vec::new(),
+        };
+        assert!(
+            out.status.success(),
+            "cluster.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        cluster.seeds = stdout.lines().last().unwrap().trim().to_string();
+        cluster.master_ports = cluster
+            .seeds
+            .split(',')
+            .map(|a| a.rsplit_once(':').unwrap().1.parse().unwrap())
+            .collect();
+        cluster
+    }
+
+    /// A direct connection to the node on `port` (no proxy).
+    pub async fn node(&self, port: u16) -> MultiplexedConnection {
+        connect(port, 2).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("integration/cluster.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    nanos * 1000 + N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// slotgate serving in this process on a free port; stops when dropped.
+pub struct Proxy {
+    pub port: u16,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Proxy {
+    /// Starts slotgate in front of `cluster` with default settings.
+    pub async fn start(cluster: &Cluster) -> Proxy {
+        Proxy::start_with(cluster, |_| {}).await
+    }
+
+    /// Starts slotgate with the config adjusted by `tweak`.
+    pub async fn start_with(cluster: &Cluster, tweak: impl FnOnce(&mut Config)) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut config = Config::default();
+        config.listen = format!("127.0.0.1:{port}");
+        config.cluster.seeds = cluster.seeds.split(',').map(String::from).collect();
+        tweak(&mut config);
+        let config = config.validate().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(slotgate::server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Proxy {
+            port,
+            stop: Some(stop),
+        }
+    }
+
+    /// A `redis` crate connection through the proxy, RESP2 or RESP3.
+    pub async fn client(&self, resp: u8) -> MultiplexedConnection {
+        connect(self.port, resp).await
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Connects the `redis` crate to a loopback port in RESP2 or RESP3.
+pub async fn connect(port: u16, resp: u8) -> MultiplexedConnection {
+    let url = if resp == 3 {
+        format!("redis://127.0.0.1:{port}/?protocol=resp3")
+    } else {
+        format!("redis://127.0.0.1:{port}/")
+    };
+    let client = redis::Client::open(url).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// Runs `redis-cli` with `args` against `port` and returns its trimmed output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "redis-cli failed: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+/// Sends raw bytes on a new connection and returns everything read until the proxy closes
+/// it (or `wait` passes).
+pub async fn raw_exchange(port: u16, input: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(input).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (out, closed)
+}
+
+/// A key whose slot is served by the master on `port`, according to that node.
+pub async fn key_on(cluster: &Cluster, port: u16, prefix: &str) -> String {
+    let mut node = cluster.node(port).await;
+    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    let owned: Vec<(u16, u16)> = slots
+        .iter()
+        .filter(|r| {
+            matches!(&r[2], redis::Value::Array(a) if matches!(&a[1], redis::Value::Int(p) if *p as u16 == port))
+        })
+        .map(|r| match (&r[0], &r[1]) {
+            (redis::Value::Int(a), redis::Value::Int(b)) => (*a as u16, *b as u16),
+            _ => panic!("bad CLUSTER SLOTS row"),
+        })
+        .collect();
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| {
+            let s = slotgate::slot::slot_of(k.as_bytes());
+            owned.iter().any(|&(a, b)| a <= s && s <= b)
+        })
+        .unwrap()
+}
