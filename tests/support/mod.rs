@@ -114,8 +114,10 @@ impl Proxy {
     pub async fn start_with(cluster: &Cluster, tweak: impl FnOnce(&mut Config)) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut config = Config::default();
-        config.listen = format!("127.0.0.1:{port}");
+        let mut config = Config {
+            listen: format!("127.0.0.1:{port}"),
+            ..Config::default()
+        };
         config.cluster.seeds = cluster.seeds.split(',').map(String::from).collect();
         tweak(&mut config);
         let config = config.validate().unwrap();
