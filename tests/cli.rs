@@ -1,0 +1,134 @@
+//! The `slotgate` binary: flag and config errors exit non-zero with a message naming the
+//! field; a good command line serves redis-cli and redis-benchmark in front of a cluster.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Cluster, redis_cli};
+
+fn slotgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_slotgate"))
+}
+
+/// Runs the binary expecting it to refuse to start; returns its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = slotgate().args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} started");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn bad_flags_and_config_are_reported() {
+    let err = refused(&["--listen", "127.0.0.1:6399"]);
+    assert!(err.contains("cluster.seeds"), "{err}");
+    let err = refused(&["--cluster", "127.0.0.1:7000", "--listen", "nonsense"]);
+    assert!(err.contains("`listen`"), "{err}");
+    let err = refused(&["--cluster", "not-an-address"]);
+    assert!(err.contains("cluster.seeds"), "{err}");
+    let err = refused(&["--no-such-flag"]);
+    assert!(err.contains("--no-such-flag"), "{err}");
+    let err = refused(&["--config", "/nonexistent/slotgate.yaml"]);
+    assert!(err.contains("/nonexistent/slotgate.yaml"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("slotgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "cluster:\n  seeds: [127.0.0.1:7000]\n  max_redirects: 0\n",
+    )
+    .unwrap();
+    let err = refused(&["--config", bad.to_str().unwrap()]);
+    assert!(err.contains("cluster.max_redirects"), "{err}");
+    std::fs::write(&bad, "cluster:\n  seds: []\n").unwrap();
+    let err = refused(&["--config", bad.to_str().unwrap()]);
+    assert!(err.contains("seds"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Kills the child process when dropped, even if the test fails.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn binary_serves_redis_cli_and_redis_benchmark() {
+    let cluster = Cluster::start();
+    let port = free_port();
+    let _proxy = Running(
+        slotgate()
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--cluster", &cluster.seeds])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "slotgate did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(redis_cli(port, &["set", "a", "1"]), "OK");
+    assert_eq!(redis_cli(port, &["get", "a"]), "1");
+
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "set,get",
+            "-r",
+            "100000",
+            "-n",
+            "5000",
+        ])
+        .args(["-c", "20", "--csv"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let csv = String::from_utf8(out.stdout).unwrap();
+    for test in ["\"SET\"", "\"GET\""] {
+        let line = csv
+            .lines()
+            .find(|l| l.starts_with(test))
+            .unwrap_or_else(|| panic!("{csv}"));
+        let rps: f64 = line
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .trim_matches('"')
+            .parse()
+            .unwrap();
+        assert!(rps > 0.0, "{line}");
+    }
+    // Every benchmark request reached the cluster without an error.
+    let info = redis_cli(port, &["info", "slotgate"]);
+    let commands: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(commands >= 10_000, "{info}");
+}
