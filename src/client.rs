@@ -15,24 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::command::{Handling, RouteError, lookup};
-use crate::dispatch::{Flight, SendOptions, Shared, Target};
-use crate::info::{self, InfoScope};
-use crate::local::{self, ClientState};
+use crate::dispatch::Shared;
+use crate::local::ClientState;
+use crate::plan::{Step, complete, handle};
+use crate::resp::RequestScanner;
 use crate::resp::encode::error;
-use crate::resp::{Request, RequestScanner};
-
-/// What to do with a request once it is parsed.
-#[derive(Debug)]
-enum Step {
-    /// Answered already.
-    Ready(Bytes),
-    /// Sent to the cluster; `info` rewrites an INFO reply.
-    Remote {
-        flight: Flight,
-        info: Option<InfoScope>,
-    },
-}
 
 /// Replies at least this large are written straight from their buffer, not copied.
 const DIRECT_WRITE: usize = 16 * 1024;
@@ -127,95 +114,4 @@ async fn write_replies<F: Future<Output = Bytes>>(
         outbuf.clear();
     }
     Ok(())
-}
-
-/// Turns a step into the client's reply.
-async fn complete(shared: &Shared, step: Step, proto: crate::resp::Proto) -> Bytes {
-    match step {
-        Step::Ready(reply) => reply,
-        Step::Remote { flight, info } => {
-            let reply = shared.finish(flight).await;
-            match info {
-                Some(scope) => info::rewrite(reply, shared, proto, scope),
-                None => reply,
-            }
-        }
-    }
-}
-
-/// Decides what to do with one request; the bool is true when the connection closes after
-/// its reply.
-async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (Step, bool) {
-    let Some(spec) = lookup(req.arg(0)) else {
-        return (Step::Ready(unknown_command(&req)), false);
-    };
-    if !state.authenticated && !matches!(spec.name, "AUTH" | "HELLO" | "QUIT" | "RESET") {
-        return (Step::Ready(error("NOAUTH Authentication required.")), false);
-    }
-    let opts = SendOptions {
-        proto: state.proto,
-        session: state.id,
-        idempotent: spec.kind == crate::command::Kind::Read,
-        dedicated: false,
-    };
-    match spec.handling_of(&req) {
-        Handling::Local => {
-            let r = local::answer(spec.name, &req, state, shared);
-            (Step::Ready(r.reply), r.close)
-        }
-        Handling::Refused(reason) => (
-            Step::Ready(error(&format!("ERR slotgate: '{}' {reason}", spec.name))),
-            false,
-        ),
-        Handling::Info => {
-            let scope = info::scope(&req);
-            if scope == InfoScope::SlotgateOnly {
-                return (Step::Ready(info::local_reply(shared, state.proto)), false);
-            }
-            let flight = shared.start(req.raw, Target::Any, opts).await;
-            (
-                Step::Remote {
-                    flight,
-                    info: Some(scope),
-                },
-                false,
-            )
-        }
-        Handling::Forward | Handling::Subcommands { .. } => {
-            let target = match spec.slot(&req) {
-                Ok(Some(slot)) => Target::Slot(slot),
-                Ok(None) => Target::Any,
-                Err(RouteError::CrossSlot) => {
-                    return (
-                        Step::Ready(error(
-                            "CROSSSLOT Keys in request don't hash to the same slot",
-                        )),
-                        false,
-                    );
-                }
-            };
-            let opts = SendOptions {
-                dedicated: spec.is_blocking(&req),
-                ..opts
-            };
-            let flight = shared.start(req.raw, target, opts).await;
-            (Step::Remote { flight, info: None }, false)
-        }
-    }
-}
-
-/// Redis's reply for a command it does not know, naming the command and its first args.
-fn unknown_command(req: &Request) -> Bytes {
-    let mut msg = format!(
-        "ERR unknown command '{}', with args beginning with: ",
-        String::from_utf8_lossy(&req.arg(0)[..req.arg(0).len().min(128)])
-    );
-    for i in 1..req.len().min(4) {
-        let a = req.arg(i);
-        msg.push_str(&format!(
-            "'{}' ",
-            String::from_utf8_lossy(&a[..a.len().min(128)])
-        ));
-    }
-    error(&msg)
 }

@@ -53,6 +53,11 @@ pub enum Handling {
     Info,
     /// Not forwarded; the client gets `-ERR` with this reason.
     Refused(&'static str),
+    /// Sent to every master; the replies merge as `Fan` says.
+    AllMasters(Fan),
+    /// Handled by its own code path (SCAN, RANDOMKEY, SCRIPT, FUNCTION, transactions,
+    /// pub/sub), named by the command.
+    Special,
     /// Forwarded (like `Forward`) when the subcommand (argument 1) is one of `allowed`,
     /// refused with `reason` otherwise. `CONFIG GET` reads, `CONFIG SET` would change one
     /// node only.
@@ -60,6 +65,19 @@ pub enum Handling {
         allowed: &'static [&'static str],
         reason: &'static str,
     },
+}
+
+/// How the replies of a command sent to every master become one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fan {
+    /// Sum of integers (DBSIZE).
+    Sum,
+    /// First error, else the first reply (FLUSHALL, SCRIPT LOAD).
+    First,
+    /// Arrays concatenated (KEYS).
+    Concat,
+    /// Element-wise AND of integer arrays (SCRIPT EXISTS).
+    AllOf,
 }
 
 /// One command table entry.
@@ -85,6 +103,9 @@ const NODE_ADMIN: &str = "administers a single Redis node; connect to the node d
 const NOT_YET: &str = "is not supported by slotgate yet";
 /// Reason given for commands that only make sense on one standalone server.
 const CLUSTER_ONLY_DB0: &str = "is not available: a Redis Cluster has only database 0";
+/// slotgate presents a standalone server: CLUSTER is answered as a standalone Redis answers
+/// it, so clients that probe for cluster mode stay in standalone mode.
+pub const CLUSTER_DISABLED: &str = "This instance has cluster support disabled";
 /// Reason for commands that would give a wrong answer if sent to a single master.
 const NEEDS_ALL_MASTERS: &str =
     "needs every master of the cluster and is not supported by slotgate yet";
@@ -322,8 +343,8 @@ pub static COMMANDS: &[CmdSpec] = table! {
     "EVALSHA_RO" Read Keys::NumKeys { at: 2, dest: false }, F;
     "FCALL" Write Keys::NumKeys { at: 2, dest: false }, F;
     "FCALL_RO" Read Keys::NumKeys { at: 2, dest: false }, F;
-    "SCRIPT" Admin NONE, Handling::Refused(NEEDS_ALL_MASTERS);
-    "FUNCTION" Admin NONE, Handling::Refused(NEEDS_ALL_MASTERS);
+    "SCRIPT" Admin NONE, Handling::Special;
+    "FUNCTION" Admin NONE, Handling::Special;
     // Pub/sub.
     "PUBLISH" PubSub NONE, F;
     "SPUBLISH" PubSub K1, F;
@@ -341,16 +362,16 @@ pub static COMMANDS: &[CmdSpec] = table! {
     "WATCH" Transaction ALL, Handling::Refused(NOT_YET);
     "UNWATCH" Transaction NONE, Handling::Refused(NOT_YET);
     // Whole-keyspace commands.
-    "KEYS" Read NONE, Handling::Refused(NEEDS_ALL_MASTERS);
-    "SCAN" Read NONE, Handling::Refused(NEEDS_ALL_MASTERS);
-    "DBSIZE" Read NONE, Handling::Refused(NEEDS_ALL_MASTERS);
-    "RANDOMKEY" Read NONE, Handling::Refused(NEEDS_ALL_MASTERS);
-    "FLUSHALL" Write NONE, Handling::Refused(NEEDS_ALL_MASTERS);
-    "FLUSHDB" Write NONE, Handling::Refused(NEEDS_ALL_MASTERS);
+    "KEYS" Read NONE, Handling::AllMasters(Fan::Concat);
+    "SCAN" Read NONE, Handling::Special;
+    "DBSIZE" Read NONE, Handling::AllMasters(Fan::Sum);
+    "RANDOMKEY" Read NONE, Handling::Special;
+    "FLUSHALL" Write NONE, Handling::AllMasters(Fan::First);
+    "FLUSHDB" Write NONE, Handling::AllMasters(Fan::First);
     "WAIT" Admin NONE, Handling::Refused(NOT_YET);
     "WAITAOF" Admin NONE, Handling::Refused(NOT_YET);
     // Single-node administration.
-    "CLUSTER" Admin NONE, Handling::Refused(NODE_ADMIN);
+    "CLUSTER" Admin NONE, Handling::Refused(CLUSTER_DISABLED);
     "CONFIG" Admin NONE, Handling::Subcommands { allowed: &["GET"], reason: NODE_ADMIN };
     "MONITOR" Admin NONE, Handling::Refused(NODE_ADMIN);
     "SYNC" Admin NONE, Handling::Refused(NODE_ADMIN);

@@ -43,15 +43,20 @@ pub struct Shared {
     pub stats: Stats,
     pub started: Instant,
     pub policy: RetryPolicy,
+    /// Script bodies loaded through slotgate (SCRIPT LOAD), by lower-case SHA1, so an
+    /// EVALSHA answered NOSCRIPT by a master that lacks the script can load it there.
+    pub scripts: dashmap::DashMap<Bytes, Bytes>,
 }
 
 /// Where a command goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// The master of this slot.
     Slot(u16),
     /// Any master (commands without keys).
     Any,
+    /// This node (commands sent to every master, SCAN of one master).
+    Node(Arc<str>),
 }
 
 /// How a command is sent.
@@ -97,6 +102,7 @@ impl Shared {
             stats: Stats::default(),
             started: Instant::now(),
             policy,
+            scripts: dashmap::DashMap::new(),
         }
     }
 
@@ -111,7 +117,7 @@ impl Shared {
             lease: None,
             early_error: None,
         };
-        let addr = self.route(target, opts.session);
+        let addr = self.route(&flight.target, opts.session);
         if let Some(addr) = addr
             && let Err(e) = self.send(&mut flight, addr, false).await
         {
@@ -120,13 +126,38 @@ impl Shared {
         flight
     }
 
-    fn route(&self, target: Target, session: u64) -> Option<Arc<str>> {
+    fn route(&self, target: &Target, session: u64) -> Option<Arc<str>> {
         let table = self.topology.table();
         let master = match target {
-            Target::Slot(s) => table.master_for(s),
+            Target::Slot(s) => table.master_for(*s),
             Target::Any => table.any_master(session),
+            Target::Node(addr) => return Some(addr.clone()),
         };
         master.map(|m| m.addr.clone())
+    }
+
+    /// Addresses of the masters that serve slots, in a fixed (sorted) order.
+    pub fn serving_masters(&self) -> Vec<Arc<str>> {
+        let table = self.topology.table();
+        let mut v: Vec<Arc<str>> = table
+            .masters
+            .iter()
+            .zip(table.slots_per_master())
+            .filter(|(_, n)| *n > 0)
+            .map(|(m, _)| m.addr.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Sends `raw` to every serving master; one flight per master, in `serving_masters`
+    /// order.
+    pub async fn start_all(&self, raw: &Bytes, opts: SendOptions) -> Vec<Flight> {
+        let mut flights = Vec::new();
+        for addr in self.serving_masters() {
+            flights.push(self.start(raw.clone(), Target::Node(addr), opts).await);
+        }
+        flights
     }
 
     async fn send(&self, flight: &mut Flight, addr: Arc<str>, asking: bool) -> Result<(), Bytes> {
@@ -232,7 +263,7 @@ impl Shared {
                     }
                     flight.addr = None;
                     flight.rx = None;
-                    if let Some(addr) = self.route(flight.target, flight.opts.session)
+                    if let Some(addr) = self.route(&flight.target, flight.opts.session)
                         && let Err(e) = self.send(&mut flight, addr, false).await
                     {
                         return e;

@@ -61,6 +61,7 @@ pub fn slotgate_section(shared: &Shared) -> String {
          redirects_moved:{}\r\n\
          redirects_ask:{}\r\n\
          retries:{}\r\n\
+         blocking_connections:{}\r\n\
          topology_generation:{}\r\n\
          cluster_masters:{}\r\n\
          cluster_slots_assigned:{}\r\n",
@@ -73,6 +74,7 @@ pub fn slotgate_section(shared: &Shared) -> String {
         s.redirects_moved.load(Ordering::Relaxed),
         s.redirects_ask.load(Ordering::Relaxed),
         s.retries.load(Ordering::Relaxed),
+        shared.backends.blocking_in_use(),
         table.generation,
         table.masters.len(),
         table.assigned_slots(),

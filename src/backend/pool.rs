@@ -167,6 +167,14 @@ impl Backends {
         self.nodes.retain(|addr, _| keep.contains(addr));
     }
 
+    /// Dedicated connections (blocking commands) open right now, over all nodes.
+    pub fn blocking_in_use(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| self.settings.blocking_per_node - n.blocking.available_permits())
+            .sum()
+    }
+
     /// Addresses with open connection sets.
     pub fn addrs(&self) -> Vec<Arc<str>> {
         self.nodes.iter().map(|e| e.key().clone()).collect()

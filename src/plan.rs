@@ -1,0 +1,326 @@
+//! What happens to one parsed request: answered locally, forwarded to one slot's master,
+//! split across slots, sent to every master, or handled by a special path (SCAN, RANDOMKEY,
+//! SCRIPT, FUNCTION). `handle` queues the first attempts in request order; `complete` turns
+//! the result into the client's reply.
+
+use bytes::Bytes;
+use futures::future::join_all;
+use rand::seq::SliceRandom;
+
+use crate::command::{CmdSpec, Fan, Handling, Kind, RouteError, lookup};
+use crate::dispatch::{Flight, SendOptions, Shared, Target};
+use crate::info::{self, InfoScope};
+use crate::local::{self, ClientState};
+use crate::multikey::{self, Merge};
+use crate::resp::encode::error;
+use crate::resp::reply::bulk_body;
+use crate::resp::{Proto, Request};
+use crate::scan::{self, ScanStep};
+
+/// What to do with a request once it is parsed.
+#[derive(Debug)]
+pub enum Step {
+    /// Answered already.
+    Ready(Bytes),
+    /// Sent to the cluster; `post` adjusts the reply.
+    Remote { flight: Flight, post: Post },
+    /// Sent in parts (per slot, or to every master); the replies merge into one.
+    FanOut {
+        flights: Vec<Flight>,
+        merge: Merge,
+        post: Post,
+    },
+    /// RANDOMKEY: masters asked in random order until one has a key.
+    RandomKey { opts: SendOptions },
+}
+
+/// Adjustments to a reply after it arrives.
+#[derive(Debug)]
+pub enum Post {
+    None,
+    /// INFO: rewrite for the client (slotgate section, cluster_enabled:0).
+    Info(InfoScope),
+    /// SCAN: replace the node's cursor with the client-facing one.
+    Scan {
+        step: ScanStep,
+        masters: usize,
+    },
+    /// SCRIPT LOAD: remember the body under the SHA the nodes answered.
+    RememberScript(Bytes),
+    /// SCRIPT FLUSH: forget remembered bodies once the nodes flushed theirs.
+    ForgetScripts,
+    /// EVALSHA: on NOSCRIPT, load the remembered body on every master and retry once.
+    EvalSha(Request),
+}
+
+fn ready(reply: Bytes) -> (Step, bool) {
+    (Step::Ready(reply), false)
+}
+
+fn remote(flight: Flight, post: Post) -> (Step, bool) {
+    (Step::Remote { flight, post }, false)
+}
+
+/// Decides what to do with one request and queues its first attempts; the bool is true when
+/// the connection closes after its reply.
+pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (Step, bool) {
+    let Some(spec) = lookup(req.arg(0)) else {
+        return ready(unknown_command(&req));
+    };
+    if !state.authenticated && !matches!(spec.name, "AUTH" | "HELLO" | "QUIT" | "RESET") {
+        return ready(error("NOAUTH Authentication required."));
+    }
+    let opts = SendOptions {
+        proto: state.proto,
+        session: state.id,
+        idempotent: spec.kind == Kind::Read,
+        dedicated: false,
+    };
+    match spec.handling_of(&req) {
+        Handling::Local => {
+            let r = local::answer(spec.name, &req, state, shared);
+            (Step::Ready(r.reply), r.close)
+        }
+        Handling::Refused(reason) if reason == crate::command::CLUSTER_DISABLED => {
+            ready(error(&format!("ERR {reason}")))
+        }
+        Handling::Refused(reason) => {
+            ready(error(&format!("ERR slotgate: '{}' {reason}", spec.name)))
+        }
+        Handling::Info => {
+            let scope = info::scope(&req);
+            if scope == InfoScope::SlotgateOnly {
+                return ready(info::local_reply(shared, state.proto));
+            }
+            let flight = shared.start(req.raw, Target::Any, opts).await;
+            remote(flight, Post::Info(scope))
+        }
+        Handling::AllMasters(fan) => {
+            let flights = shared.start_all(&req.raw, opts).await;
+            fan_out(flights, fan, Post::None)
+        }
+        Handling::Special => special(shared, spec, req, opts).await,
+        Handling::Forward | Handling::Subcommands { .. } => forward(shared, spec, req, opts).await,
+    }
+}
+
+fn fan_out(flights: Vec<Flight>, fan: Fan, post: Post) -> (Step, bool) {
+    if flights.is_empty() {
+        return ready(error("CLUSTERDOWN The cluster is down"));
+    }
+    let merge = match fan {
+        Fan::Sum => Merge::Sum,
+        Fan::First => Merge::First,
+        Fan::Concat => Merge::Concat,
+        Fan::AllOf => Merge::AllOf,
+    };
+    (
+        Step::FanOut {
+            flights,
+            merge,
+            post,
+        },
+        false,
+    )
+}
+
+/// Commands routed by their keys; multi-key commands across slots are split when they can
+/// be, and refused with CROSSSLOT otherwise.
+async fn forward(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOptions) -> (Step, bool) {
+    let target = match spec.slot(&req) {
+        Ok(Some(slot)) => Target::Slot(slot),
+        Ok(None) => Target::Any,
+        Err(RouteError::CrossSlot) => {
+            let Some((parts, merge)) = multikey::split(spec.name, &req) else {
+                return ready(error(
+                    "CROSSSLOT Keys in request don't hash to the same slot",
+                ));
+            };
+            let mut flights = Vec::with_capacity(parts.len());
+            for part in parts {
+                flights.push(shared.start(part.raw, Target::Slot(part.slot), opts).await);
+            }
+            return (
+                Step::FanOut {
+                    flights,
+                    merge,
+                    post: Post::None,
+                },
+                false,
+            );
+        }
+    };
+    let opts = SendOptions {
+        dedicated: spec.is_blocking(&req),
+        ..opts
+    };
+    let post = if spec.name == "EVALSHA" || spec.name == "EVALSHA_RO" {
+        Post::EvalSha(req.clone())
+    } else {
+        Post::None
+    };
+    let flight = shared.start(req.raw, target, opts).await;
+    remote(flight, post)
+}
+
+/// SCAN, RANDOMKEY, SCRIPT and FUNCTION.
+async fn special(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOptions) -> (Step, bool) {
+    let sub = (req.len() > 1).then(|| req.arg(1).to_ascii_uppercase());
+    match (spec.name, sub.as_deref()) {
+        ("SCAN", _) => {
+            let masters = shared.serving_masters();
+            let table = shared.topology.table();
+            let master_of_slot = |slot| {
+                let addr = &table.master_for(slot)?.addr;
+                masters.iter().position(|m| m == addr)
+            };
+            match scan::plan(&req, masters.len(), master_of_slot) {
+                Err(e) => ready(e),
+                Ok(step) => {
+                    let target = Target::Node(masters[step.master].clone());
+                    let flight = shared.start(step.raw.clone(), target, opts).await;
+                    remote(
+                        flight,
+                        Post::Scan {
+                            step,
+                            masters: masters.len(),
+                        },
+                    )
+                }
+            }
+        }
+        ("RANDOMKEY", _) if req.len() == 1 => (Step::RandomKey { opts }, false),
+        ("SCRIPT", Some(b"LOAD")) if req.len() == 3 => {
+            let flights = shared.start_all(&req.raw, opts).await;
+            fan_out(flights, Fan::First, Post::RememberScript(req.arg_bytes(2)))
+        }
+        ("SCRIPT", Some(b"FLUSH")) => {
+            let flights = shared.start_all(&req.raw, opts).await;
+            fan_out(flights, Fan::First, Post::ForgetScripts)
+        }
+        ("SCRIPT", Some(b"EXISTS")) => {
+            let flights = shared.start_all(&req.raw, opts).await;
+            fan_out(flights, Fan::AllOf, Post::None)
+        }
+        ("SCRIPT", Some(b"KILL"))
+        | ("FUNCTION", Some(b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE" | b"KILL")) => {
+            let flights = shared.start_all(&req.raw, opts).await;
+            fan_out(flights, Fan::First, Post::None)
+        }
+        ("FUNCTION", Some(b"LIST" | b"DUMP" | b"STATS" | b"HELP")) | ("SCRIPT", Some(b"HELP")) => {
+            let flight = shared.start(req.raw, Target::Any, opts).await;
+            remote(flight, Post::None)
+        }
+        ("SCRIPT" | "FUNCTION", Some(other)) => ready(error(&format!(
+            "ERR slotgate does not support '{} {}'",
+            spec.name,
+            String::from_utf8_lossy(other)
+        ))),
+        _ => ready(error(&format!(
+            "ERR wrong number of arguments for '{}' command",
+            spec.name.to_ascii_lowercase()
+        ))),
+    }
+}
+
+/// Turns a step into the client's reply.
+pub async fn complete(shared: &Shared, step: Step, proto: Proto) -> Bytes {
+    match step {
+        Step::Ready(reply) => reply,
+        Step::Remote { flight, post } => {
+            let reply = shared.finish(flight).await;
+            apply(shared, post, reply, proto).await
+        }
+        Step::FanOut {
+            flights,
+            merge,
+            post,
+        } => {
+            let replies = join_all(flights.into_iter().map(|f| shared.finish(f))).await;
+            let reply = multikey::merge(&merge, &replies);
+            apply(shared, post, reply, proto).await
+        }
+        Step::RandomKey { opts } => random_key(shared, opts).await,
+    }
+}
+
+async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes {
+    match post {
+        Post::None => reply,
+        Post::Info(scope) => info::rewrite(reply, shared, proto, scope),
+        Post::Scan { step, masters } => scan::rewrite(&reply, &step, masters),
+        Post::RememberScript(body) => {
+            if let Some(sha) = bulk_body(&reply) {
+                shared
+                    .scripts
+                    .insert(Bytes::copy_from_slice(&sha.to_ascii_lowercase()), body);
+            }
+            reply
+        }
+        Post::ForgetScripts => {
+            if reply.first() != Some(&b'-') {
+                shared.scripts.clear();
+            }
+            reply
+        }
+        Post::EvalSha(req) => {
+            if !reply.starts_with(b"-NOSCRIPT") || req.len() < 2 {
+                return reply;
+            }
+            let sha = req.arg(1).to_ascii_lowercase();
+            let Some(body) = shared.scripts.get(&sha[..]).map(|b| b.clone()) else {
+                return reply;
+            };
+            let opts = SendOptions {
+                proto,
+                session: 0,
+                idempotent: false,
+                dedicated: false,
+            };
+            let load = Request::from_args(&[&b"SCRIPT"[..], b"LOAD", &body]);
+            let loads = shared.start_all(&load.raw, opts).await;
+            join_all(loads.into_iter().map(|f| shared.finish(f))).await;
+            let spec = lookup(req.arg(0)).expect("EVALSHA is in the table");
+            let target = match spec.slot(&req) {
+                Ok(Some(slot)) => Target::Slot(slot),
+                _ => Target::Any,
+            };
+            let flight = shared.start(req.raw, target, opts).await;
+            shared.finish(flight).await
+        }
+    }
+}
+
+/// RANDOMKEY: ask masters in random order until one returns a key; nil when all are empty.
+async fn random_key(shared: &Shared, opts: SendOptions) -> Bytes {
+    let mut masters = shared.serving_masters();
+    masters.shuffle(&mut rand::thread_rng());
+    let raw = Request::from_args(&["RANDOMKEY"]).raw;
+    let mut last = None;
+    for addr in masters {
+        let flight = shared.start(raw.clone(), Target::Node(addr), opts).await;
+        let reply = shared.finish(flight).await;
+        let empty = matches!(&reply[..], b"$-1\r\n" | b"_\r\n");
+        if !empty {
+            return reply;
+        }
+        last = Some(reply);
+    }
+    last.unwrap_or_else(|| error("CLUSTERDOWN The cluster is down"))
+}
+
+/// Redis's reply for a command it does not know, naming the command and its first args.
+fn unknown_command(req: &Request) -> Bytes {
+    let mut msg = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&req.arg(0)[..req.arg(0).len().min(128)])
+    );
+    for i in 1..req.len().min(4) {
+        let a = req.arg(i);
+        msg.push_str(&format!(
+            "'{}' ",
+            String::from_utf8_lossy(&a[..a.len().min(128)])
+        ));
+    }
+    error(&msg)
+}
