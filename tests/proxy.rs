@@ -151,8 +151,8 @@ async fn cross_slot_requests_get_crossslot() {
     let mut con = proxy.client(2).await;
 
     for cmd in [
-        vec!["MGET", "foo", "bar"],
         vec!["RENAME", "foo", "bar"],
+        vec!["SINTER", "foo", "bar"],
         vec!["SUNIONSTORE", "d", "a", "b"],
         vec!["EVAL", "return 1", "2", "foo", "bar"],
         vec!["MSETNX", "foo", "1", "bar", "2"],
