@@ -356,11 +356,11 @@ pub static COMMANDS: &[CmdSpec] = table! {
     "SUNSUBSCRIBE" PubSub NONE, Handling::Refused(NOT_YET);
     "PUBSUB" PubSub NONE, Handling::Refused(NEEDS_ALL_MASTERS);
     // Transactions.
-    "MULTI" Transaction NONE, Handling::Refused(NOT_YET);
-    "EXEC" Transaction NONE, Handling::Refused(NOT_YET);
-    "DISCARD" Transaction NONE, Handling::Refused(NOT_YET);
-    "WATCH" Transaction ALL, Handling::Refused(NOT_YET);
-    "UNWATCH" Transaction NONE, Handling::Refused(NOT_YET);
+    "MULTI" Transaction NONE, Handling::Special;
+    "EXEC" Transaction NONE, Handling::Special;
+    "DISCARD" Transaction NONE, Handling::Special;
+    "WATCH" Transaction ALL, Handling::Special;
+    "UNWATCH" Transaction NONE, Handling::Special;
     // Whole-keyspace commands.
     "KEYS" Read NONE, Handling::AllMasters(Fan::Concat);
     "SCAN" Read NONE, Handling::Special;

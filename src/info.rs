@@ -61,7 +61,7 @@ pub fn slotgate_section(shared: &Shared) -> String {
          redirects_moved:{}\r\n\
          redirects_ask:{}\r\n\
          retries:{}\r\n\
-         blocking_connections:{}\r\n\
+         dedicated_connections:{}\r\n\
          topology_generation:{}\r\n\
          cluster_masters:{}\r\n\
          cluster_slots_assigned:{}\r\n",

@@ -22,3 +22,4 @@ pub mod scan;
 pub mod server;
 pub mod slot;
 pub mod topology;
+pub mod transaction;

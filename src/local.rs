@@ -20,6 +20,8 @@ pub struct ClientState {
     /// Set by CLIENT SETINFO LIB-NAME / LIB-VER.
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
+    /// MULTI/WATCH state and the connection a transaction is pinned to.
+    pub txn: crate::transaction::Transaction,
 }
 
 impl ClientState {
@@ -31,6 +33,7 @@ impl ClientState {
             name: None,
             lib_name: None,
             lib_ver: None,
+            txn: Default::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::resp::encode::error;
 use crate::resp::reply::bulk_body;
 use crate::resp::{Proto, Request};
 use crate::scan::{self, ScanStep};
+use crate::transaction::TxReply;
 
 /// What to do with a request once it is parsed.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub enum Step {
     },
     /// RANDOMKEY: masters asked in random order until one has a key.
     RandomKey { opts: SendOptions },
+    /// Part of a transaction, on its pinned connection.
+    Tx(TxReply),
 }
 
 /// Adjustments to a reply after it arrives.
@@ -64,12 +67,18 @@ fn remote(flight: Flight, post: Post) -> (Step, bool) {
 /// Decides what to do with one request and queues its first attempts; the bool is true when
 /// the connection closes after its reply.
 pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (Step, bool) {
-    let Some(spec) = lookup(req.arg(0)) else {
-        return ready(unknown_command(&req));
-    };
-    if !state.authenticated && !matches!(spec.name, "AUTH" | "HELLO" | "QUIT" | "RESET") {
+    let spec = lookup(req.arg(0));
+    let name = spec.map_or("", |s| s.name);
+    if !state.authenticated && !matches!(name, "AUTH" | "HELLO" | "QUIT" | "RESET") {
         return ready(error("NOAUTH Authentication required."));
     }
+    if state.txn.takes(spec) && !matches!(name, "QUIT" | "RESET") {
+        let reply = state.txn.handle(shared, state.proto, spec, req).await;
+        return (Step::Tx(reply), false);
+    }
+    let Some(spec) = spec else {
+        return ready(unknown_command(&req));
+    };
     let opts = SendOptions {
         proto: state.proto,
         session: state.id,
@@ -241,6 +250,7 @@ pub async fn complete(shared: &Shared, step: Step, proto: Proto) -> Bytes {
             apply(shared, post, reply, proto).await
         }
         Step::RandomKey { opts } => random_key(shared, opts).await,
+        Step::Tx(reply) => reply.wait().await,
     }
 }
 

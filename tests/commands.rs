@@ -329,7 +329,7 @@ async fn blocking_clients_do_not_stall_others() {
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while info_field(&mut con, "blocking_connections").await < 100 {
+    while info_field(&mut con, "dedicated_connections").await < 100 {
         assert!(Instant::now() < deadline, "BLPOPs did not all start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -350,7 +350,7 @@ async fn blocking_clients_do_not_stall_others() {
             .unwrap();
         assert_eq!(got, Some((format!("queue:{i}"), i.to_string())));
     }
-    assert_eq!(info_field(&mut con, "blocking_connections").await, 0);
+    assert_eq!(info_field(&mut con, "dedicated_connections").await, 0);
 
     // A client that leaves mid-block frees its backend connection.
     {
@@ -360,7 +360,7 @@ async fn blocking_clients_do_not_stall_others() {
         assert!(out.is_empty() && !closed);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while info_field(&mut con, "blocking_connections").await != 0 {
+    while info_field(&mut con, "dedicated_connections").await != 0 {
         assert!(Instant::now() < deadline, "blocked connection not released");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -391,4 +391,98 @@ async fn blocking_clients_do_not_stall_others() {
     )
     .await;
     assert_eq!(out, b"*-1\r\n+OK\r\n$1\r\n1\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_pin_to_one_master() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(&cluster).await;
+    let wait = Duration::from_millis(500);
+
+    // MULTI/EXEC, with a keyless command before the first key.
+    let (out, _) = support::raw_exchange(
+        proxy.port,
+        b"MULTI\r\nPING\r\nSET {t}a 1\r\nINCR {t}a\r\nGET {t}a\r\nEXEC\r\nGET {t}a\r\n",
+        wait,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*4\r\n+PONG\r\n+OK\r\n:2\r\n$1\r\n2\r\n$1\r\n2\r\n"
+    );
+
+    // The same through the redis crate's atomic pipeline, in RESP3.
+    let mut con = proxy.client(3).await;
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("{t}x", 1)
+        .incr("{t}x", 10)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!((a, b), (1, 11));
+
+    // WATCH: a change by another client aborts EXEC (nil reply).
+    let mut watcher = proxy.client(2).await;
+    let mut other = proxy.client(2).await;
+    let _: () = redis::cmd("WATCH")
+        .arg("{w}k")
+        .query_async(&mut watcher)
+        .await
+        .unwrap();
+    let _: () = other.set("{w}k", "changed").await.unwrap();
+    let _: () = redis::cmd("MULTI").query_async(&mut watcher).await.unwrap();
+    let q: String = redis::cmd("SET")
+        .arg("{w}k")
+        .arg("mine")
+        .query_async(&mut watcher)
+        .await
+        .unwrap();
+    assert_eq!(q, "QUEUED");
+    let r: Value = redis::cmd("EXEC").query_async(&mut watcher).await.unwrap();
+    assert_eq!(r, Value::Nil);
+    assert_eq!(other.get::<_, String>("{w}k").await.unwrap(), "changed");
+    // Without interference the same transaction commits.
+    let _: () = redis::cmd("WATCH")
+        .arg("{w}k")
+        .query_async(&mut watcher)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("MULTI").query_async(&mut watcher).await.unwrap();
+    let _: String = redis::cmd("SET")
+        .arg("{w}k")
+        .arg("mine")
+        .query_async(&mut watcher)
+        .await
+        .unwrap();
+    let r: Vec<String> = redis::cmd("EXEC").query_async(&mut watcher).await.unwrap();
+    assert_eq!(r, ["OK"]);
+
+    // A key in another slot fails the transaction; nothing of it is executed.
+    let (out, _) = support::raw_exchange(
+        proxy.port,
+        b"MULTI\r\nSET {a}k 1\r\nSET {b}k 1\r\nEXEC\r\nEXISTS {a}k\r\n",
+        wait,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(&lines[..2], ["+OK", "+QUEUED"]);
+    assert!(lines[2].starts_with("-CROSSSLOT"), "{text}");
+    assert!(lines[3].starts_with("-EXECABORT"), "{text}");
+    assert_eq!(lines[4], ":0");
+
+    // DISCARD, and the errors Redis gives for misuse.
+    let (out, _) = support::raw_exchange(
+        proxy.port,
+        b"MULTI\r\nSET {d}k 1\r\nDISCARD\r\nEXISTS {d}k\r\nEXEC\r\nDISCARD\r\nMULTI\r\nMULTI\r\nDISCARD\r\n",
+        wait,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "+OK\r\n+QUEUED\r\n+OK\r\n:0\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n+OK\r\n-ERR MULTI calls can not be nested\r\n+OK\r\n"
+    );
+    // The pinned connections were released.
+    assert_eq!(info_field(&mut con, "dedicated_connections").await, 0);
 }

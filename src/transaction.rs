@@ -1,0 +1,319 @@
+//! MULTI/EXEC/DISCARD/WATCH/UNWATCH through the proxy.
+//!
+//! A transaction runs on one backend connection of its own, pinned to the master that owns
+//! the slot of its first key (given by WATCH or by the first keyed command after MULTI) and
+//! held until EXEC, DISCARD or UNWATCH. Commands without keys that come before the first key
+//! are answered `+QUEUED` and sent right after the pin is made. A command whose keys are in
+//! another slot is refused with CROSSSLOT and the transaction is marked failed: EXEC then
+//! discards it on the backend and answers `-EXECABORT`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+use crate::backend::conn::{Pending, ReplyResult};
+use crate::command::{CmdSpec, Handling, Kind, RouteError};
+use crate::dispatch::Shared;
+use crate::resp::encode::error;
+use crate::resp::{Proto, Request};
+
+/// The connection a transaction is pinned to.
+#[derive(Debug)]
+struct Pin {
+    addr: Arc<str>,
+    /// Slot of the first key; every later key must be in it.
+    slot: Option<u16>,
+    conn: mpsc::Sender<Pending>,
+    /// Counts against the node's dedicated-connection limit while held.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Transaction state of one client connection.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    pin: Option<Pin>,
+    /// Between MULTI and EXEC/DISCARD.
+    in_multi: bool,
+    /// MULTI was answered locally and still has to be sent once pinned.
+    multi_unsent: bool,
+    /// Keyless commands queued before the pin, sent after MULTI once pinned.
+    buffered: Vec<Bytes>,
+    /// Why EXEC must fail (a refused command while queuing).
+    failed: Option<String>,
+}
+
+/// A reply to come from the pinned connection, or one known already.
+#[derive(Debug)]
+pub enum TxReply {
+    Ready(Bytes),
+    Pinned {
+        rx: oneshot::Receiver<ReplyResult>,
+        addr: Arc<str>,
+    },
+}
+
+impl TxReply {
+    /// Waits for the reply.
+    pub async fn wait(self) -> Bytes {
+        match self {
+            TxReply::Ready(b) => b,
+            TxReply::Pinned { rx, addr } => match rx.await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => error(&format!("ERR slotgate: {e} during a transaction")),
+                Err(_) => error(&format!(
+                    "ERR slotgate: connection to {addr} lost during a transaction"
+                )),
+            },
+        }
+    }
+}
+
+const QUEUED: Bytes = Bytes::from_static(b"+QUEUED\r\n");
+
+impl Transaction {
+    /// Whether this request belongs to the transaction machinery: a transaction command, or
+    /// any command while MULTI is open.
+    pub fn takes(&self, spec: Option<&CmdSpec>) -> bool {
+        self.in_multi || spec.is_some_and(|s| s.kind == Kind::Transaction)
+    }
+
+    /// Handles one request; `spec` is `None` for an unknown command.
+    pub async fn handle(
+        &mut self,
+        shared: &Shared,
+        proto: Proto,
+        spec: Option<&'static CmdSpec>,
+        req: Request,
+    ) -> TxReply {
+        let name = spec.map_or("", |s| s.name);
+        match name {
+            "MULTI" => {
+                if self.in_multi {
+                    return TxReply::Ready(error("ERR MULTI calls can not be nested"));
+                }
+                self.in_multi = true;
+                if self.pin.is_some() {
+                    self.send(req.raw, false).await
+                } else {
+                    self.multi_unsent = true;
+                    TxReply::Ready(crate::resp::encode::OK)
+                }
+            }
+            "EXEC" => {
+                if !self.in_multi {
+                    return TxReply::Ready(error("ERR EXEC without MULTI"));
+                }
+                let reply = if let Some(reason) = self.failed.take() {
+                    if self.pin.is_some() && !self.multi_unsent {
+                        let discard = Request::from_args(&["DISCARD"]).raw;
+                        let _ = self.send(discard, false).await;
+                    }
+                    TxReply::Ready(error(&format!(
+                        "EXECABORT Transaction discarded because of previous errors: {reason}"
+                    )))
+                } else {
+                    if self.pin.is_none()
+                        && let Err(e) = self.pin_to(shared, proto, None).await
+                    {
+                        self.reset();
+                        return TxReply::Ready(e);
+                    }
+                    self.send(req.raw, false).await
+                };
+                self.reset();
+                reply
+            }
+            "DISCARD" => {
+                if !self.in_multi {
+                    return TxReply::Ready(error("ERR DISCARD without MULTI"));
+                }
+                let reply = if self.pin.is_some() && !self.multi_unsent {
+                    self.send(req.raw, false).await
+                } else {
+                    TxReply::Ready(crate::resp::encode::OK)
+                };
+                self.reset();
+                reply
+            }
+            "WATCH" => {
+                if self.in_multi {
+                    return TxReply::Ready(error("ERR WATCH inside MULTI is not allowed"));
+                }
+                let slot = match spec.map(|s| s.slot(&req)) {
+                    Some(Ok(Some(slot))) => slot,
+                    Some(Err(RouteError::CrossSlot)) => {
+                        return TxReply::Ready(error(
+                            "CROSSSLOT Keys in request don't hash to the same slot",
+                        ));
+                    }
+                    _ => {
+                        return TxReply::Ready(error(
+                            "ERR wrong number of arguments for 'watch' command",
+                        ));
+                    }
+                };
+                if let Err(e) = self.check_or_pin(shared, proto, slot).await {
+                    return TxReply::Ready(e);
+                }
+                self.send(req.raw, false).await
+            }
+            "UNWATCH" => {
+                if self.in_multi {
+                    return self.queue(shared, proto, spec, req).await;
+                }
+                let reply = if self.pin.is_some() {
+                    self.send(req.raw, false).await
+                } else {
+                    TxReply::Ready(crate::resp::encode::OK)
+                };
+                self.reset();
+                reply
+            }
+            _ => self.queue(shared, proto, spec, req).await,
+        }
+    }
+
+    /// A command inside MULTI.
+    async fn queue(
+        &mut self,
+        shared: &Shared,
+        proto: Proto,
+        spec: Option<&'static CmdSpec>,
+        req: Request,
+    ) -> TxReply {
+        let Some(spec) = spec else {
+            let reason = format!("unknown command '{}'", String::from_utf8_lossy(req.arg(0)));
+            let reply = error(&format!("ERR {reason}"));
+            self.failed.get_or_insert(reason);
+            return TxReply::Ready(reply);
+        };
+        let refusal = match spec.handling_of(&req) {
+            Handling::Refused(reason) | Handling::Subcommands { reason, .. } => Some(reason),
+            Handling::Local if !matches!(spec.name, "PING" | "ECHO") => {
+                Some("changes the connection and cannot be queued in a transaction")
+            }
+            Handling::AllMasters(_) | Handling::Special if spec.kind != Kind::Transaction => {
+                Some("needs every master and cannot be part of a transaction")
+            }
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            let reason = format!("'{}' {reason}", spec.name);
+            let reply = error(&format!("ERR slotgate: {reason}"));
+            self.failed.get_or_insert(reason);
+            return TxReply::Ready(reply);
+        }
+        match spec.slot(&req) {
+            Err(RouteError::CrossSlot) => {
+                let reason = "CROSSSLOT Keys in request don't hash to the same slot";
+                self.failed.get_or_insert(reason.to_string());
+                TxReply::Ready(error(reason))
+            }
+            Ok(Some(slot)) => {
+                if let Err(e) = self.check_or_pin(shared, proto, slot).await {
+                    let text = String::from_utf8_lossy(&e[1..]).trim_end().to_string();
+                    self.failed.get_or_insert(text);
+                    return TxReply::Ready(e);
+                }
+                self.send(req.raw, false).await
+            }
+            Ok(None) => {
+                if self.pin.is_some() && !self.multi_unsent {
+                    self.send(req.raw, false).await
+                } else {
+                    self.buffered.push(req.raw);
+                    TxReply::Ready(QUEUED)
+                }
+            }
+        }
+    }
+
+    /// Pins to the master of `slot`, or checks that the pin is on that slot.
+    async fn check_or_pin(
+        &mut self,
+        shared: &Shared,
+        proto: Proto,
+        slot: u16,
+    ) -> Result<(), Bytes> {
+        match &mut self.pin {
+            Some(pin) => match pin.slot {
+                Some(s) if s != slot => Err(error(
+                    "CROSSSLOT Keys in request don't hash to the same slot (a transaction \
+                     through slotgate must keep all its keys in one slot)",
+                )),
+                Some(_) => Ok(()),
+                None => {
+                    pin.slot = Some(slot);
+                    Ok(())
+                }
+            },
+            None => self.pin_to(shared, proto, Some(slot)).await,
+        }
+    }
+
+    /// Opens the pinned connection and sends what was held back (MULTI, keyless commands).
+    async fn pin_to(
+        &mut self,
+        shared: &Shared,
+        proto: Proto,
+        slot: Option<u16>,
+    ) -> Result<(), Bytes> {
+        let table = shared.topology.table();
+        let master = match slot {
+            Some(s) => table.master_for(s),
+            None => table.any_master(rand::random()),
+        };
+        let Some(addr) = master.map(|m| m.addr.clone()) else {
+            return Err(error("CLUSTERDOWN Hash slot not served"));
+        };
+        let (conn, permit) = shared.backends.dedicated(&addr, proto).map_err(|limit| {
+            error(&format!(
+                "ERR slotgate: too many transactions and blocking commands in progress on \
+                 {addr} (limit {limit}); try again later"
+            ))
+        })?;
+        self.pin = Some(Pin {
+            addr,
+            slot,
+            conn,
+            _permit: permit,
+        });
+        if self.multi_unsent {
+            self.multi_unsent = false;
+            let _ = self.send(Request::from_args(&["MULTI"]).raw, false).await;
+            for raw in std::mem::take(&mut self.buffered) {
+                // Already answered +QUEUED; a queuing error makes EXEC answer EXECABORT.
+                let _ = self.send(raw, false).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, raw: Bytes, asking: bool) -> TxReply {
+        let Some(pin) = &self.pin else {
+            return TxReply::Ready(error("ERR slotgate: transaction is not pinned to a node"));
+        };
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            raw,
+            asking,
+            reply: tx,
+        };
+        if pin.conn.send(pending).await.is_err() {
+            return TxReply::Ready(error(&format!(
+                "ERR slotgate: connection to {} lost during a transaction",
+                pin.addr
+            )));
+        }
+        TxReply::Pinned {
+            rx,
+            addr: pin.addr.clone(),
+        }
+    }
+
+    /// Ends the transaction and releases the pinned connection.
+    fn reset(&mut self) {
+        *self = Transaction::default();
+    }
+}
