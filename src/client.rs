@@ -13,13 +13,15 @@ use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt, stream::FuturesOrdered};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, warn};
 
+use crate::command::lookup;
 use crate::dispatch::Shared;
 use crate::local::ClientState;
 use crate::plan::{Step, complete, handle};
-use crate::resp::RequestScanner;
+use crate::pubsub::{Event, Subscriptions, is_subscription_command};
 use crate::resp::encode::error;
+use crate::resp::{Proto, Request, RequestScanner};
 
 /// Replies at least this large are written straight from their buffer, not copied.
 const DIRECT_WRITE: usize = 16 * 1024;
@@ -36,25 +38,39 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     let mut inflight = FuturesOrdered::new();
     // Set once no more requests will be read: QUIT, a protocol error, or end of input.
     let mut closing = false;
+    // A subscribe-family request waiting for the replies before it to be written, so its
+    // confirmations (which bypass the reply queue) come after them.
+    let mut deferred: Option<Request> = None;
+    // Made when the client subscribes to shard channels: checks whether their slots moved.
+    let mut shard_check: Option<tokio::time::Interval> = None;
 
     loop {
         let mut parsed = 0u64;
         while !closing && inflight.len() < window {
-            match scanner.next(&mut inbuf) {
-                Ok(Some(req)) => {
-                    parsed += 1;
-                    let (step, close) = handle(&shared, &mut state, req).await;
-                    inflight.push_back(complete(&shared, step, state.proto));
-                    closing = close;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    debug!(error = %e, "protocol error from client");
-                    let reply = error(&format!("ERR Protocol error: {e}"));
-                    inflight.push_back(complete(&shared, Step::Ready(reply), state.proto));
-                    closing = true;
-                }
+            let req = match deferred.take() {
+                Some(req) => req,
+                None => match scanner.next(&mut inbuf) {
+                    Ok(Some(req)) => {
+                        parsed += 1;
+                        req
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(error = %e, "protocol error from client");
+                        let reply = error(&format!("ERR Protocol error: {e}"));
+                        inflight.push_back(complete(&shared, Step::Ready(reply), state.proto));
+                        closing = true;
+                        break;
+                    }
+                },
+            };
+            if !inflight.is_empty() && streams_replies(&state, &req) {
+                deferred = Some(req);
+                break;
             }
+            let (step, close) = handle(&shared, &mut state, req).await;
+            inflight.push_back(complete(&shared, step, state.proto));
+            closing = close;
         }
         if parsed > 0 {
             shared
@@ -65,6 +81,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         if closing && inflight.is_empty() {
             break;
         }
+        let subscribed = state.subs.as_ref().is_some_and(|s| s.has_links());
+        let shard_subscribed = state.subs.as_ref().is_some_and(|s| s.has_shard_channels());
+        if shard_subscribed && shard_check.is_none() {
+            shard_check = Some(tokio::time::interval(SHARD_CHECK));
+        }
         tokio::select! {
             biased;
             Some(reply) = inflight.next(), if !inflight.is_empty() => {
@@ -72,7 +93,28 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                     break;
                 }
             }
-            read = rd.read_buf(&mut inbuf), if !closing && inflight.len() < window => {
+            event = next_event(&mut state.subs), if subscribed => {
+                let Some(subs) = state.subs.as_mut() else { continue };
+                match subs.on_event(&shared, event).await {
+                    Ok(Some(frame)) => {
+                        if wr.write_all(&frame).await.is_err() {
+                            break;
+                        }
+                        subs.written(frame.len());
+                    }
+                    Ok(None) => {}
+                    Err(()) => {
+                        warn!("subscriber too slow: pub/sub output buffer limit reached, closing");
+                        break;
+                    }
+                }
+            }
+            _ = tick(&mut shard_check), if shard_subscribed => {
+                if let Some(subs) = state.subs.as_mut() {
+                    subs.follow_slot_moves(&shared).await;
+                }
+            }
+            read = rd.read_buf(&mut inbuf), if !closing && deferred.is_none() && inflight.len() < window => {
                 match read {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
@@ -85,6 +127,38 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// How often a subscriber's shard channels are checked against the slot table.
+const SHARD_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next event from the client's subscriber connections.
+async fn next_event(subs: &mut Option<Subscriptions>) -> Event {
+    match subs {
+        Some(s) => s.events.recv().await.unwrap_or(Event::Overflow),
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether this request's replies bypass the ordered reply queue (subscribe-family commands,
+/// and PING in RESP2 subscriber mode), so the replies before it must be written first.
+fn streams_replies(state: &ClientState, req: &Request) -> bool {
+    let Some(spec) = lookup(req.arg(0)) else {
+        return false;
+    };
+    is_subscription_command(spec.name)
+        || (spec.name == "PING"
+            && state.proto == Proto::Resp2
+            && state.subs.as_ref().is_some_and(|s| s.active()))
 }
 
 /// Writes `first` and every other reply already complete, in one write when they are small.

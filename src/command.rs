@@ -348,12 +348,12 @@ pub static COMMANDS: &[CmdSpec] = table! {
     // Pub/sub.
     "PUBLISH" PubSub NONE, F;
     "SPUBLISH" PubSub K1, F;
-    "SUBSCRIBE" PubSub NONE, Handling::Refused(NOT_YET);
-    "PSUBSCRIBE" PubSub NONE, Handling::Refused(NOT_YET);
-    "SSUBSCRIBE" PubSub NONE, Handling::Refused(NOT_YET);
-    "UNSUBSCRIBE" PubSub NONE, Handling::Refused(NOT_YET);
-    "PUNSUBSCRIBE" PubSub NONE, Handling::Refused(NOT_YET);
-    "SUNSUBSCRIBE" PubSub NONE, Handling::Refused(NOT_YET);
+    "SUBSCRIBE" PubSub NONE, Handling::Special;
+    "PSUBSCRIBE" PubSub NONE, Handling::Special;
+    "SSUBSCRIBE" PubSub NONE, Handling::Special;
+    "UNSUBSCRIBE" PubSub NONE, Handling::Special;
+    "PUNSUBSCRIBE" PubSub NONE, Handling::Special;
+    "SUNSUBSCRIBE" PubSub NONE, Handling::Special;
     "PUBSUB" PubSub NONE, Handling::Refused(NEEDS_ALL_MASTERS);
     // Transactions.
     "MULTI" Transaction NONE, Handling::Special;

@@ -68,6 +68,9 @@ pub struct LimitsConfig {
     pub max_inline_len: usize,
     /// Most requests of one client in flight; reading from the client pauses beyond it.
     pub pipeline_window: usize,
+    /// Most bytes of pub/sub messages waiting to be written to one subscriber; a client that
+    /// reads slower is disconnected (Redis: the pubsub client-output-buffer-limit).
+    pub pubsub_output_buffer: usize,
 }
 
 impl Default for Config {
@@ -108,6 +111,7 @@ impl Default for LimitsConfig {
             max_array_len: l.max_array_len,
             max_inline_len: l.max_inline_len,
             pipeline_window: 1024,
+            pubsub_output_buffer: 32 * 1024 * 1024,
         }
     }
 }
@@ -199,6 +203,9 @@ impl Config {
         }
         if l.max_inline_len < 16 {
             return invalid("limits.max_inline_len", "must be at least 16");
+        }
+        if l.pubsub_output_buffer < 1024 {
+            return invalid("limits.pubsub_output_buffer", "must be at least 1024");
         }
         if l.pipeline_window == 0 {
             return invalid("limits.pipeline_window", "must be at least 1");
@@ -305,6 +312,7 @@ mod tests {
             ("limits.max_array_len", "max_array_len: 0"),
             ("limits.max_inline_len", "max_inline_len: 3"),
             ("limits.pipeline_window", "pipeline_window: 0"),
+            ("limits.pubsub_output_buffer", "pubsub_output_buffer: 10"),
         ] {
             assert_eq!(invalid_field(&format!("{seeds}limits:\n  {yaml}\n")), field);
         }

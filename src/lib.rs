@@ -16,6 +16,7 @@ pub mod info;
 pub mod local;
 pub mod multikey;
 pub mod plan;
+pub mod pubsub;
 pub mod redirect;
 pub mod resp;
 pub mod scan;

@@ -22,6 +22,8 @@ pub struct ClientState {
     pub lib_ver: Option<Bytes>,
     /// MULTI/WATCH state and the connection a transaction is pinned to.
     pub txn: crate::transaction::Transaction,
+    /// Pub/sub subscriptions and their connections, once the client subscribes.
+    pub subs: Option<crate::pubsub::Subscriptions>,
 }
 
 impl ClientState {
@@ -34,6 +36,7 @@ impl ClientState {
             lib_name: None,
             lib_ver: None,
             txn: Default::default(),
+            subs: None,
         }
     }
 }

@@ -233,9 +233,9 @@ pub fn integer(reply: &[u8]) -> Option<i64> {
     (len == reply.len()).then_some(v?)
 }
 
-/// The raw elements of an array (`*`) or set (`~`) reply.
+/// The raw elements of an array (`*`), set (`~`) or push (`>`) reply.
 pub fn elements(reply: &[u8]) -> Option<Vec<&[u8]>> {
-    if !matches!(reply.first(), Some(b'*' | b'~')) {
+    if !matches!(reply.first(), Some(b'*' | b'~' | b'>')) {
         return None;
     }
     let (n, mut at) = read_line_int(reply, 0).ok()??;

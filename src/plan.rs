@@ -12,6 +12,7 @@ use crate::dispatch::{Flight, SendOptions, Shared, Target};
 use crate::info::{self, InfoScope};
 use crate::local::{self, ClientState};
 use crate::multikey::{self, Merge};
+use crate::pubsub::{Subscriptions, is_subscription_command};
 use crate::resp::encode::error;
 use crate::resp::reply::bulk_body;
 use crate::resp::{Proto, Request};
@@ -72,7 +73,32 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
     if !state.authenticated && !matches!(name, "AUTH" | "HELLO" | "QUIT" | "RESET") {
         return ready(error("NOAUTH Authentication required."));
     }
-    if state.txn.takes(spec) && !matches!(name, "QUIT" | "RESET") {
+    let subscribed = state.subs.as_ref().is_some_and(|s| s.active());
+    if subscribed
+        && state.proto == Proto::Resp2
+        && !(is_subscription_command(name) || matches!(name, "PING" | "QUIT" | "RESET"))
+    {
+        return ready(error(&format!(
+            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / \
+             RESET are allowed in this context",
+            String::from_utf8_lossy(req.arg(0)).to_ascii_lowercase()
+        )));
+    }
+    let in_multi = state.txn.takes(spec);
+    if !in_multi
+        && (is_subscription_command(name)
+            || (name == "PING" && subscribed && state.proto == Proto::Resp2))
+    {
+        let limit = shared.config.limits.pubsub_output_buffer;
+        let proto = state.proto;
+        let subs = state
+            .subs
+            .get_or_insert_with(|| Subscriptions::new(proto, limit));
+        let reply = subs.command(shared, name, &req).await;
+        // Confirmations arrive as frames from the subscriber connections.
+        return ready(reply.unwrap_or_default());
+    }
+    if in_multi && !matches!(name, "QUIT" | "RESET") {
         let reply = state.txn.handle(shared, state.proto, spec, req).await;
         return (Step::Tx(reply), false);
     }

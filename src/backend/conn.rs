@@ -110,7 +110,7 @@ async fn supervise(settings: ConnSettings, mut inbox: mpsc::Receiver<Pending>) {
 }
 
 /// Opens the TCP connection and runs the greeting (AUTH, HELLO 3).
-async fn connect(settings: &ConnSettings) -> Result<TcpStream, String> {
+pub(crate) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String> {
     let (host, port) = split_addr(&settings.addr).ok_or("bad address")?;
     let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect((host, port)))
         .await

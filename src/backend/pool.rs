@@ -72,7 +72,13 @@ impl Backends {
             .clone()
     }
 
-    fn conn_settings(&self, addr: &Arc<str>, proto: Proto, inbox_capacity: usize) -> ConnSettings {
+    /// Settings for a new connection to `addr`.
+    pub fn conn_settings(
+        &self,
+        addr: &Arc<str>,
+        proto: Proto,
+        inbox_capacity: usize,
+    ) -> ConnSettings {
         ConnSettings {
             addr: addr.clone(),
             proto,

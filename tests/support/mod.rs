@@ -220,3 +220,66 @@ pub async fn key_on(cluster: &Cluster, port: u16, prefix: &str) -> String {
         })
         .unwrap()
 }
+
+/// A raw RESP connection for checking exact bytes, including pushed frames.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub async fn connect(port: u16) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(("127.0.0.1", port)).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads until exactly `expected` has arrived (or fails after 5 s with what came).
+    pub async fn expect(&mut self, expected: &[u8]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.buf.len() < expected.len() {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let got: Vec<u8> = self
+            .buf
+            .drain(..expected.len().min(self.buf.len()))
+            .collect();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected),
+            "unexpected bytes from slotgate"
+        );
+    }
+
+    /// The underlying stream, for reads of unknown length.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Asserts nothing more arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        let mut chunk = [0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(wait, self.stream.read(&mut chunk)).await {
+            assert_eq!(
+                n,
+                0,
+                "unexpected: {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            );
+        }
+        assert!(
+            self.buf.is_empty(),
+            "unexpected: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+    }
+}

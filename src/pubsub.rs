@@ -1,0 +1,592 @@
+//! Pub/Sub through the proxy.
+//!
+//! A subscribing client gets connections of its own: one to any master for SUBSCRIBE and
+//! PSUBSCRIBE (cluster pub/sub is broadcast, so every node sees every PUBLISH), and one per
+//! node for SSUBSCRIBE (shard channels live on their slot's master). Every frame those
+//! connections read is streamed to the client: RESP2 clients are in the classic subscriber
+//! mode, RESP3 clients get push frames and may keep sending ordinary commands.
+//!
+//! slotgate remembers what the client subscribed to. When a subscriber connection is lost,
+//! or a node drops a shard channel because its slot moved (Redis 7 sends `sunsubscribe`),
+//! slotgate subscribes again on the node that now serves it, and swallows the confirmation,
+//! so the client keeps receiving. A client that reads too slowly to keep its pending frames
+//! under the configured limit is disconnected, as Redis does with its pub/sub output buffer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::backend::conn;
+use crate::dispatch::Shared;
+use crate::multikey::{elements, integer};
+use crate::resp::encode::{Encoder, error};
+use crate::resp::reply::bulk_body;
+use crate::resp::{Proto, ReplyScanner, Request};
+use crate::slot::slot_of;
+
+/// Which subscriber connection a frame or command belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Link {
+    /// SUBSCRIBE / PSUBSCRIBE.
+    Global,
+    /// SSUBSCRIBE on this node.
+    Shard(Arc<str>),
+}
+
+/// What a subscriber connection reports to the client task.
+#[derive(Debug)]
+pub enum Event {
+    Frame {
+        link_id: u64,
+        frame: Bytes,
+    },
+    /// The connection ended (node down, connection lost).
+    Lost {
+        link_id: u64,
+    },
+    /// The client fell too far behind.
+    Overflow,
+}
+
+/// A live subscriber connection.
+#[derive(Debug)]
+struct SubConn {
+    /// Distinguishes this connection from an earlier one for the same link.
+    id: u64,
+    commands: mpsc::Sender<Bytes>,
+    /// Confirmation frames still to swallow (resubscriptions made by slotgate itself).
+    swallow: usize,
+}
+
+/// Subscription state of one client.
+#[derive(Debug)]
+pub struct Subscriptions {
+    proto: Proto,
+    /// Frames not yet written to the client, in bytes; bounded by `limit`.
+    pending: Arc<AtomicUsize>,
+    limit: usize,
+    events_tx: mpsc::UnboundedSender<Event>,
+    /// Events from every subscriber connection of this client.
+    pub events: mpsc::UnboundedReceiver<Event>,
+    links: HashMap<Link, SubConn>,
+    next_id: u64,
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    /// Shard channels and the node they are subscribed on.
+    shard_channels: HashMap<Bytes, Arc<str>>,
+}
+
+/// Whether a command name is one of the subscribe family.
+pub fn is_subscription_command(name: &str) -> bool {
+    matches!(
+        name,
+        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE"
+    )
+}
+
+impl Subscriptions {
+    pub fn new(proto: Proto, limit: usize) -> Self {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Subscriptions {
+            proto,
+            pending: Arc::new(AtomicUsize::new(0)),
+            limit,
+            events_tx,
+            events,
+            links: HashMap::new(),
+            next_id: 0,
+            channels: HashSet::new(),
+            patterns: HashSet::new(),
+            shard_channels: HashMap::new(),
+        }
+    }
+
+    /// True while the client is subscribed to anything (RESP2 subscriber mode).
+    pub fn active(&self) -> bool {
+        !self.channels.is_empty() || !self.patterns.is_empty() || !self.shard_channels.is_empty()
+    }
+
+    /// True while any subscriber connection may still send frames.
+    pub fn has_links(&self) -> bool {
+        !self.links.is_empty()
+    }
+
+    /// Counts written bytes off the pending total.
+    pub fn written(&self, n: usize) {
+        self.pending.fetch_sub(
+            n.min(self.pending.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Runs a subscribe-family command, or PING while in RESP2 subscriber mode. Replies come
+    /// as frames through `events`; an immediate reply (an error) is returned.
+    pub async fn command(&mut self, shared: &Shared, name: &str, req: &Request) -> Option<Bytes> {
+        let args: Vec<Bytes> = (1..req.len()).map(|i| req.arg_bytes(i)).collect();
+        match name {
+            "SUBSCRIBE" | "PSUBSCRIBE" => {
+                if args.is_empty() {
+                    return Some(wrong_args(name));
+                }
+                let set = if name == "SUBSCRIBE" {
+                    &mut self.channels
+                } else {
+                    &mut self.patterns
+                };
+                set.extend(args.iter().cloned());
+                self.send(shared, Link::Global, req.raw.clone()).await
+            }
+            "UNSUBSCRIBE" | "PUNSUBSCRIBE" => {
+                let set = if name == "UNSUBSCRIBE" {
+                    &mut self.channels
+                } else {
+                    &mut self.patterns
+                };
+                if args.is_empty() {
+                    set.clear();
+                } else {
+                    for a in &args {
+                        set.remove(a);
+                    }
+                }
+                if self.links.contains_key(&Link::Global) {
+                    self.send(shared, Link::Global, req.raw.clone()).await
+                } else {
+                    Some(self.nothing_to_unsubscribe(name, &args))
+                }
+            }
+            "SSUBSCRIBE" => {
+                if args.is_empty() {
+                    return Some(wrong_args(name));
+                }
+                let slot = slot_of(&args[0]);
+                if args.iter().any(|a| slot_of(a) != slot) {
+                    return Some(error(
+                        "CROSSSLOT Keys in request don't hash to the same slot",
+                    ));
+                }
+                let Some(addr) = shared
+                    .topology
+                    .table()
+                    .master_for(slot)
+                    .map(|m| m.addr.clone())
+                else {
+                    return Some(error("CLUSTERDOWN Hash slot not served"));
+                };
+                for a in &args {
+                    self.shard_channels.insert(a.clone(), addr.clone());
+                }
+                self.send(shared, Link::Shard(addr), req.raw.clone()).await
+            }
+            "SUNSUBSCRIBE" => {
+                let mut by_node: HashMap<Arc<str>, Vec<Bytes>> = HashMap::new();
+                if args.is_empty() {
+                    for (ch, addr) in self.shard_channels.drain() {
+                        by_node.entry(addr).or_default().push(ch);
+                    }
+                } else {
+                    for a in &args {
+                        if let Some(addr) = self.shard_channels.remove(a) {
+                            by_node.entry(addr).or_default().push(a.clone());
+                        }
+                    }
+                }
+                if by_node.is_empty() {
+                    return Some(self.nothing_to_unsubscribe(name, &args));
+                }
+                for (addr, chans) in by_node {
+                    let mut parts: Vec<&[u8]> = vec![b"SUNSUBSCRIBE"];
+                    parts.extend(chans.iter().map(|c| &c[..]));
+                    let raw = Request::from_args(&parts).raw;
+                    if let Some(e) = self.send(shared, Link::Shard(addr), raw).await {
+                        return Some(e);
+                    }
+                }
+                None
+            }
+            // PING in RESP2 subscriber mode: the node answers in subscriber form, in order
+            // with the stream.
+            _ => {
+                let link = if self.links.contains_key(&Link::Global) {
+                    Link::Global
+                } else {
+                    self.links.keys().next()?.clone()
+                };
+                self.send(shared, link, req.raw.clone()).await
+            }
+        }
+    }
+
+    /// Redis's answer to an unsubscribe when nothing is subscribed: one frame per channel
+    /// named (or one with a nil channel), with count 0.
+    fn nothing_to_unsubscribe(&self, name: &str, args: &[Bytes]) -> Bytes {
+        let kind = name.to_ascii_lowercase();
+        let mut e = Encoder::new(self.proto);
+        let frame = |e: &mut Encoder, ch: Option<&[u8]>| {
+            match self.proto {
+                Proto::Resp2 => e.array(3),
+                Proto::Resp3 => e.raw(b">3\r\n"),
+            };
+            e.bulk(kind.as_bytes());
+            match ch {
+                Some(c) => e.bulk(c),
+                None => e.null(),
+            };
+            e.integer(0);
+        };
+        if args.is_empty() {
+            frame(&mut e, None);
+        } else {
+            for a in args {
+                frame(&mut e, Some(a));
+            }
+        }
+        e.finish()
+    }
+
+    /// Sends a command on the link, opening its connection first when needed.
+    async fn send(&mut self, shared: &Shared, link: Link, raw: Bytes) -> Option<Bytes> {
+        if !self.links.contains_key(&link) {
+            let addr = match &link {
+                Link::Global => match shared.topology.table().any_master(rand::random()) {
+                    Some(m) => m.addr.clone(),
+                    None => return Some(error("CLUSTERDOWN The cluster is down")),
+                },
+                Link::Shard(addr) => addr.clone(),
+            };
+            self.open(shared, link.clone(), addr);
+        }
+        let conn = self.links.get(&link)?;
+        if conn.commands.send(raw).await.is_err() {
+            return Some(error("ERR slotgate: subscriber connection lost"));
+        }
+        None
+    }
+
+    fn open(&mut self, shared: &Shared, link: Link, addr: Arc<str>) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let (commands, inbox) = mpsc::channel(64);
+        let settings = shared.backends.conn_settings(&addr, self.proto, 64);
+        let span = info_span!("subscriber", backend = %addr);
+        tokio::spawn(
+            run_link(
+                settings,
+                id,
+                inbox,
+                self.events_tx.clone(),
+                self.pending.clone(),
+                self.limit,
+            )
+            .instrument(span),
+        );
+        self.links.insert(
+            link,
+            SubConn {
+                id,
+                commands,
+                swallow: 0,
+            },
+        );
+    }
+
+    /// Handles an event; returns bytes to write to the client, if any. `Err` means the
+    /// client must be disconnected (output buffer overflow).
+    pub async fn on_event(&mut self, shared: &Shared, event: Event) -> Result<Option<Bytes>, ()> {
+        match event {
+            Event::Overflow => Err(()),
+            Event::Lost { link_id } => {
+                if let Some(link) = self.link_of(link_id) {
+                    self.links.remove(&link);
+                    self.resubscribe(shared, link).await;
+                }
+                Ok(None)
+            }
+            Event::Frame { link_id, frame } => {
+                let Some(link) = self.link_of(link_id) else {
+                    // From a connection already replaced.
+                    self.written(frame.len());
+                    return Ok(None);
+                };
+                let parts = elements(&frame);
+                let kind = parts
+                    .as_ref()
+                    .and_then(|p| p.first())
+                    .and_then(|k| bulk_body(k))
+                    .map(|k| k.to_ascii_lowercase());
+                let is_confirmation = matches!(
+                    kind.as_deref(),
+                    Some(
+                        b"subscribe"
+                            | b"psubscribe"
+                            | b"ssubscribe"
+                            | b"unsubscribe"
+                            | b"punsubscribe"
+                            | b"sunsubscribe"
+                    )
+                );
+                if frame.first() == Some(&b'-')
+                    && let Some(conn) = self.links.get_mut(&link)
+                    && conn.swallow > 0
+                {
+                    // A resubscription slotgate made was refused; a MOVED says where the
+                    // slot is now, and the next check of slot moves follows it.
+                    conn.swallow -= 1;
+                    self.written(frame.len());
+                    let text = String::from_utf8_lossy(&frame[1..]).trim_end().to_string();
+                    let mut words = text.split(' ');
+                    if words.next() == Some("MOVED")
+                        && let (Some(slot), Some(addr)) = (words.next(), words.next())
+                        && let Ok(slot) = slot.parse::<u16>()
+                        && !addr.starts_with(':')
+                    {
+                        shared.topology.apply_moved(slot, addr);
+                    } else {
+                        warn!(reply = %text, "resubscription refused");
+                    }
+                    shared.topology.request_refresh(None);
+                    return Ok(None);
+                }
+                if let Some(conn) = self.links.get_mut(&link)
+                    && conn.swallow > 0
+                    && is_confirmation
+                {
+                    conn.swallow -= 1;
+                    self.written(frame.len());
+                    return Ok(None);
+                }
+                if kind.as_deref() == Some(b"sunsubscribe")
+                    && let Link::Shard(addr) = &link
+                    && let Some(ch) = parts
+                        .as_ref()
+                        .and_then(|p| p.get(1))
+                        .and_then(|c| bulk_body(c))
+                    && self.shard_channels.get(ch) == Some(addr)
+                {
+                    // The node dropped the channel without being asked (its slot moved).
+                    let ch = Bytes::copy_from_slice(ch);
+                    self.written(frame.len());
+                    self.follow_moved_channel(shared, ch).await;
+                    return Ok(None);
+                }
+                // The last unsubscribe on a link closes it.
+                let count = parts
+                    .as_ref()
+                    .and_then(|p| p.get(2))
+                    .and_then(|c| integer(c));
+                if matches!(
+                    kind.as_deref(),
+                    Some(b"unsubscribe" | b"punsubscribe" | b"sunsubscribe")
+                ) && count == Some(0)
+                {
+                    self.links.remove(&link);
+                }
+                Ok(Some(frame))
+            }
+        }
+    }
+
+    fn link_of(&self, id: u64) -> Option<Link> {
+        self.links
+            .iter()
+            .find(|(_, c)| c.id == id)
+            .map(|(l, _)| l.clone())
+    }
+
+    /// Subscribes again, on a node that serves them now, to what `link` carried.
+    async fn resubscribe(&mut self, shared: &Shared, link: Link) {
+        match link {
+            Link::Global => {
+                let wanted = [
+                    (
+                        "SUBSCRIBE",
+                        self.channels.iter().cloned().collect::<Vec<_>>(),
+                    ),
+                    ("PSUBSCRIBE", self.patterns.iter().cloned().collect()),
+                ];
+                for (cmd, names) in wanted {
+                    if names.is_empty() {
+                        continue;
+                    }
+                    let mut parts: Vec<&[u8]> = vec![cmd.as_bytes()];
+                    parts.extend(names.iter().map(|c| &c[..]));
+                    let raw = Request::from_args(&parts).raw;
+                    let _ = self
+                        .send_swallowing(shared, Link::Global, raw, names.len())
+                        .await;
+                }
+            }
+            Link::Shard(addr) => {
+                let lost: Vec<Bytes> = self
+                    .shard_channels
+                    .iter()
+                    .filter(|(_, a)| **a == addr)
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                shared
+                    .topology
+                    .refresh_and_wait(None, Duration::from_secs(2))
+                    .await;
+                for ch in lost {
+                    self.follow_moved_channel(shared, ch).await;
+                }
+            }
+        }
+    }
+
+    /// True while shard channels are subscribed, whose slots may move.
+    pub fn has_shard_channels(&self) -> bool {
+        !self.shard_channels.is_empty()
+    }
+
+    /// Moves shard channels whose slot changed owner in the slot table to the new owner:
+    /// unsubscribes on the old node (or closes it when nothing is left there) and subscribes
+    /// on the new one, swallowing both confirmations.
+    pub async fn follow_slot_moves(&mut self, shared: &Shared) {
+        let table = shared.topology.table();
+        let moved: Vec<(Bytes, Arc<str>)> = self
+            .shard_channels
+            .iter()
+            .filter(|(ch, addr)| {
+                table
+                    .master_for(slot_of(ch))
+                    .is_some_and(|m| m.addr != **addr)
+            })
+            .map(|(ch, addr)| (ch.clone(), addr.clone()))
+            .collect();
+        for (ch, old) in moved {
+            self.follow_moved_channel(shared, ch.clone()).await;
+            let still_used = self.shard_channels.values().any(|a| *a == old);
+            let old_link = Link::Shard(old);
+            if !still_used {
+                self.links.remove(&old_link);
+            } else if self.links.contains_key(&old_link) {
+                let raw = Request::from_args(&[&b"SUNSUBSCRIBE"[..], &ch]).raw;
+                let _ = self.send_swallowing(shared, old_link, raw, 1).await;
+            }
+        }
+    }
+
+    /// SSUBSCRIBEs `ch` on its slot's current master.
+    async fn follow_moved_channel(&mut self, shared: &Shared, ch: Bytes) {
+        let slot = slot_of(&ch);
+        let mut owner = shared
+            .topology
+            .table()
+            .master_for(slot)
+            .map(|m| m.addr.clone());
+        if owner.as_ref() == self.shard_channels.get(&ch) {
+            shared
+                .topology
+                .refresh_and_wait(None, Duration::from_secs(2))
+                .await;
+            owner = shared
+                .topology
+                .table()
+                .master_for(slot)
+                .map(|m| m.addr.clone());
+        }
+        let Some(addr) = owner else {
+            warn!("shard channel's slot has no master; subscription dropped");
+            self.shard_channels.remove(&ch);
+            return;
+        };
+        debug!(node = %addr, "resubscribing shard channel on its new master");
+        self.shard_channels.insert(ch.clone(), addr.clone());
+        let raw = Request::from_args(&[&b"SSUBSCRIBE"[..], &ch]).raw;
+        let _ = self
+            .send_swallowing(shared, Link::Shard(addr), raw, 1)
+            .await;
+    }
+
+    async fn send_swallowing(
+        &mut self,
+        shared: &Shared,
+        link: Link,
+        raw: Bytes,
+        n: usize,
+    ) -> Option<Bytes> {
+        let r = self.send(shared, link.clone(), raw).await;
+        if let Some(conn) = self.links.get_mut(&link) {
+            conn.swallow += n;
+        }
+        r
+    }
+}
+
+fn wrong_args(name: &str) -> Bytes {
+    error(&format!(
+        "ERR wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    ))
+}
+
+/// One subscriber connection: writes commands, streams every frame read to the client task.
+async fn run_link(
+    settings: conn::ConnSettings,
+    id: u64,
+    mut inbox: mpsc::Receiver<Bytes>,
+    events: mpsc::UnboundedSender<Event>,
+    pending: Arc<AtomicUsize>,
+    limit: usize,
+) {
+    let stream = match conn::connect(&settings).await {
+        Ok(s) => s,
+        Err(reason) => {
+            warn!(%reason, "cannot open subscriber connection");
+            let _ = events.send(Event::Lost { link_id: id });
+            return;
+        }
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut scanner = ReplyScanner::new();
+    loop {
+        tokio::select! {
+            cmd = inbox.recv() => match cmd {
+                Some(raw) => {
+                    if wr.write_all(&raw).await.is_err() {
+                        break;
+                    }
+                }
+                // The client left or the link was replaced.
+                None => return,
+            },
+            read = rd.read_buf(&mut buf) => {
+                match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                loop {
+                    match scanner.next(&buf) {
+                        Ok(Some(n)) => {
+                            let frame = buf.split_to(n).freeze();
+                            if pending.fetch_add(n, Ordering::Relaxed) + n > limit {
+                                let _ = events.send(Event::Overflow);
+                                return;
+                            }
+                            if events.send(Event::Frame { link_id: id, frame }).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            let _ = events.send(Event::Lost { link_id: id });
+                            return;
+                        }
+                    }
+                }
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(8 * 1024);
+                }
+            }
+        }
+    }
+    let _ = events.send(Event::Lost { link_id: id });
+}

@@ -1,0 +1,203 @@
+//! Pub/Sub through slotgate on a real cluster: classic subscriber mode (RESP2), push frames
+//! alongside ordinary commands (RESP3), patterns, and shard channels that follow their slot
+//! when it moves.
+
+mod support;
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use support::{Cluster, Proxy, RawClient};
+
+fn msg(kind: &str, ch: &str, payload: &str) -> Vec<u8> {
+    format!(
+        "*3\r\n${}\r\n{kind}\r\n${}\r\n{ch}\r\n${}\r\n{payload}\r\n",
+        kind.len(),
+        ch.len(),
+        payload.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp2_subscriber_mode() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(&cluster).await;
+    let mut publisher = proxy.client(2).await;
+    let mut sub = RawClient::connect(proxy.port).await;
+
+    // A reply due before SUBSCRIBE comes before its confirmation.
+    sub.send(b"SET {s}k 1\r\nSUBSCRIBE news sport\r\n").await;
+    sub.expect(b"+OK\r\n").await;
+    sub.expect(b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$5\r\nsport\r\n:2\r\n")
+        .await;
+    let _: i64 = publisher.publish("news", "hello").await.unwrap();
+    sub.expect(&msg("message", "news", "hello")).await;
+
+    // Only subscriber commands are accepted; PING answers in subscriber form.
+    sub.send(b"GET {s}k\r\nPING\r\n").await;
+    sub.expect(b"-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n")
+        .await;
+    sub.expect(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n").await;
+
+    sub.send(b"PSUBSCRIBE n*\r\n").await;
+    sub.expect(b"*3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:3\r\n")
+        .await;
+    let _: i64 = publisher.publish("news", "again").await.unwrap();
+    // Delivered once for the channel and once for the pattern.
+    sub.expect(&msg("message", "news", "again")).await;
+    sub.expect(b"*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$5\r\nagain\r\n")
+        .await;
+
+    // Leaving subscriber mode when everything is unsubscribed.
+    sub.send(b"UNSUBSCRIBE news sport\r\nPUNSUBSCRIBE n*\r\n")
+        .await;
+    sub.expect(b"*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:2\r\n")
+        .await;
+    sub.expect(b"*3\r\n$11\r\nunsubscribe\r\n$5\r\nsport\r\n:1\r\n")
+        .await;
+    sub.expect(b"*3\r\n$12\r\npunsubscribe\r\n$2\r\nn*\r\n:0\r\n")
+        .await;
+    sub.send(b"GET {s}k\r\nPING\r\n").await;
+    sub.expect(b"$1\r\n1\r\n+PONG\r\n").await;
+    // Unsubscribing when nothing is subscribed answers as Redis does.
+    sub.send(b"UNSUBSCRIBE\r\n").await;
+    sub.expect(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n")
+        .await;
+    sub.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_push_frames_beside_ordinary_commands() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(&cluster).await;
+    let mut publisher = proxy.client(2).await;
+    let _: () = publisher.set("plain", "v").await.unwrap();
+    let mut sub = RawClient::connect(proxy.port).await;
+    sub.send(b"HELLO 3\r\n").await;
+    // Skip the HELLO map: read until the modules entry.
+    let mut hello = Vec::new();
+    while !hello.ends_with(b"$7\r\nmodules\r\n*0\r\n") {
+        let (mut chunk, _) = (vec![0u8; 1], ());
+        tokio::io::AsyncReadExt::read_exact(&mut sub_stream(&mut sub), &mut chunk)
+            .await
+            .unwrap();
+        hello.extend(chunk);
+    }
+    sub.send(b"SUBSCRIBE ch\r\n").await;
+    sub.expect(b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n")
+        .await;
+    // Ordinary commands keep working while subscribed.
+    sub.send(b"GET plain\r\nPING\r\n").await;
+    sub.expect(b"$1\r\nv\r\n+PONG\r\n").await;
+    let _: i64 = publisher.publish("ch", "hi").await.unwrap();
+    sub.expect(b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+        .await;
+    sub.send(b"UNSUBSCRIBE ch\r\n").await;
+    sub.expect(b">3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n")
+        .await;
+    sub.send(b"UNSUBSCRIBE ch\r\n").await;
+    sub.expect(b">3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n")
+        .await;
+}
+
+/// The raw stream inside a `RawClient`, for byte-level reads in one test.
+fn sub_stream(c: &mut RawClient) -> &mut tokio::net::TcpStream {
+    c.stream_mut()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_channels_follow_their_slot() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(&cluster).await;
+    let mut publisher = proxy.client(2).await;
+    let mut sub = RawClient::connect(proxy.port).await;
+
+    sub.send(b"SSUBSCRIBE {x}a {y}b\r\n").await;
+    sub.expect(b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+        .await;
+    let ch = support::key_on(&cluster, cluster.master_ports[0], "shard").await;
+    sub.send(format!("SSUBSCRIBE {ch}\r\n").as_bytes()).await;
+    sub.expect(format!("*3\r\n$10\r\nssubscribe\r\n${}\r\n{ch}\r\n:1\r\n", ch.len()).as_bytes())
+        .await;
+    let n: i64 = redis::cmd("SPUBLISH")
+        .arg(&ch)
+        .arg("one")
+        .query_async(&mut publisher)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    sub.expect(&msg("smessage", &ch, "one")).await;
+
+    // Move the channel's slot to another master.
+    let slot = slotgate::slot::slot_of(ch.as_bytes());
+    let mut dst = cluster.node(cluster.master_ports[1]).await;
+    let dst_id: String = redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut dst)
+        .await
+        .unwrap();
+    for port in &cluster.master_ports {
+        let mut n = cluster.node(*port).await;
+        let _: () = redis::cmd("CLUSTER")
+            .arg(&["SETSLOT", &slot.to_string(), "NODE", &dst_id])
+            .query_async(&mut n)
+            .await
+            .unwrap();
+    }
+    // slotgate resubscribes on the new owner; the client sees no sunsubscribe.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = redis::cmd("SPUBLISH")
+            .arg(&ch)
+            .arg("two")
+            .query_async(&mut publisher)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not resubscribed on the new owner"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sub.expect(&msg("smessage", &ch, "two")).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_is_disconnected() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start_with(&cluster, |c| c.limits.pubsub_output_buffer = 64 * 1024).await;
+    let mut publisher = proxy.client(2).await;
+    let mut sub = RawClient::connect(proxy.port).await;
+    sub.send(b"SUBSCRIBE firehose\r\n").await;
+    sub.expect(b"*3\r\n$9\r\nsubscribe\r\n$8\r\nfirehose\r\n:1\r\n")
+        .await;
+    // The subscriber stops reading; far more than the limit is published.
+    let payload = "x".repeat(16 * 1024);
+    for _ in 0..2000 {
+        let _: i64 = publisher.publish("firehose", &payload).await.unwrap();
+    }
+    // slotgate gave up on it: reading what was buffered ends in EOF, well short of all.
+    let mut total = 0usize;
+    let stream = sub.stream_mut();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(stream, &mut chunk),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("slow subscriber was not disconnected"),
+        }
+    }
+    assert!(total < 2000 * payload.len(), "received {total} bytes");
+    // Other clients are unaffected.
+    let _: () = publisher.set("still", "fine").await.unwrap();
+}
