@@ -98,7 +98,7 @@ pub enum RouteError {
 }
 
 /// Reason given for commands that administer a single node.
-const NODE_ADMIN: &str = "administers a single Redis node; connect to the node directly";
+pub const NODE_ADMIN: &str = "administers a single Redis node; connect to the node directly";
 /// Reason given for commands whose support is planned but not built yet.
 const NOT_YET: &str = "is not supported by slotgate yet";
 /// Reason given for commands that only make sense on one standalone server.
@@ -371,7 +371,7 @@ pub static COMMANDS: &[CmdSpec] = table! {
     "WAIT" Admin NONE, Handling::Refused(NOT_YET);
     "WAITAOF" Admin NONE, Handling::Refused(NOT_YET);
     // Single-node administration.
-    "CLUSTER" Admin NONE, Handling::Refused(CLUSTER_DISABLED);
+    "CLUSTER" Admin NONE, Handling::Special;
     "CONFIG" Admin NONE, Handling::Subcommands { allowed: &["GET"], reason: NODE_ADMIN };
     "MONITOR" Admin NONE, Handling::Refused(NODE_ADMIN);
     "SYNC" Admin NONE, Handling::Refused(NODE_ADMIN);

@@ -44,6 +44,86 @@ pub fn scope(req: &Request) -> InfoScope {
     }
 }
 
+/// Whether INFO with these arguments includes the keyspace section, which is then summed
+/// over every master.
+pub fn wants_keyspace(req: &Request) -> bool {
+    req.len() == 1
+        || (1..req.len()).any(|i| {
+            let a = req.arg(i);
+            ["keyspace", "default", "all", "everything"]
+                .iter()
+                .any(|s| a.eq_ignore_ascii_case(s.as_bytes()))
+        })
+}
+
+/// The `# Keyspace` section summed over the masters' `INFO keyspace` replies: keys and
+/// expires added per database, `avg_ttl` weighted by expiring keys.
+pub fn sum_keyspace(replies: &[Bytes]) -> String {
+    // db index -> (keys, expires, avg_ttl * expires)
+    let mut dbs: std::collections::BTreeMap<u64, (u64, u64, u128)> = Default::default();
+    for reply in replies {
+        let Some(body) = bulk_body(reply) else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(body).lines() {
+            let Some((db, fields)) = line.split_once(':') else {
+                continue;
+            };
+            let Some(index) = db.strip_prefix("db").and_then(|d| d.parse::<u64>().ok()) else {
+                continue;
+            };
+            let field = |name: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let entry = dbs.entry(index).or_default();
+            entry.0 += field("keys");
+            entry.1 += field("expires");
+            entry.2 += u128::from(field("avg_ttl")) * u128::from(field("expires"));
+        }
+    }
+    let mut out = String::from("# Keyspace\r\n");
+    for (db, (keys, expires, ttl_weight)) in dbs {
+        let avg_ttl = if expires > 0 {
+            ttl_weight / u128::from(expires)
+        } else {
+            0
+        };
+        let _ = write!(
+            out,
+            "db{db}:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n"
+        );
+    }
+    out
+}
+
+/// Replaces the `# Keyspace` section of INFO text (or appends one).
+fn replace_keyspace(text: &str, section: &str) -> String {
+    let Some(start) = text.find("# Keyspace\r\n") else {
+        let mut t = text.to_string();
+        if !t.is_empty() && !t.ends_with("\r\n\r\n") {
+            t.push_str("\r\n");
+        }
+        t.push_str(section);
+        return t;
+    };
+    let after = start + "# Keyspace\r\n".len();
+    let end = text[after..]
+        .find("\r\n#")
+        .map_or(text.len(), |i| after + i + 2);
+    let mut t = String::with_capacity(text.len() + section.len());
+    t.push_str(&text[..start]);
+    t.push_str(section);
+    if end < text.len() {
+        t.push_str("\r\n");
+    }
+    t.push_str(&text[end..]);
+    t
+}
+
 /// The slotgate section.
 pub fn slotgate_section(shared: &Shared) -> String {
     let table = shared.topology.table();
@@ -105,11 +185,20 @@ pub fn local_reply(shared: &Shared, proto: Proto) -> Bytes {
 
 /// Rewrites a master's INFO reply for the client: `cluster_enabled:0`, and the slotgate
 /// section appended when asked for. Error replies pass unchanged.
-pub fn rewrite(reply: Bytes, shared: &Shared, proto: Proto, scope: InfoScope) -> Bytes {
+pub fn rewrite(
+    reply: Bytes,
+    shared: &Shared,
+    proto: Proto,
+    scope: InfoScope,
+    keyspace: Option<String>,
+) -> Bytes {
     let Some(body) = bulk_body(&reply) else {
         return reply;
     };
     let mut text = String::from_utf8_lossy(body).replace("cluster_enabled:1", "cluster_enabled:0");
+    if let Some(section) = keyspace {
+        text = replace_keyspace(&text, &section);
+    }
     if scope == InfoScope::WithSlotgate {
         if !text.is_empty() && !text.ends_with("\r\n\r\n") {
             text.push_str(if text.ends_with("\r\n") {
@@ -142,5 +231,33 @@ mod tests {
         assert_eq!(scope(&req("INFO all")), InfoScope::WithSlotgate);
         assert_eq!(scope(&req("INFO server")), InfoScope::BackendOnly);
         assert_eq!(scope(&req("INFO replication")), InfoScope::BackendOnly);
+        assert!(wants_keyspace(&req("INFO")));
+        assert!(wants_keyspace(&req("INFO KEYSPACE")));
+        assert!(!wants_keyspace(&req("INFO server")));
+    }
+
+    #[test]
+    fn keyspace_is_summed() {
+        let r = |t: &str| Bytes::from(format!("${}\r\n{t}\r\n", t.len()));
+        let replies = [
+            r("# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=100\r\n"),
+            r("# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=300\r\n"),
+            r("# Keyspace\r\n"),
+        ];
+        let section = sum_keyspace(&replies);
+        assert_eq!(
+            section,
+            "# Keyspace\r\ndb0:keys=15,expires=4,avg_ttl=200\r\n"
+        );
+        let text = "# Server\r\nx:1\r\n\r\n# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=100\r\n\r\n# Other\r\ny:2\r\n";
+        assert_eq!(
+            replace_keyspace(text, &section),
+            "# Server\r\nx:1\r\n\r\n# Keyspace\r\ndb0:keys=15,expires=4,avg_ttl=200\r\n\r\n# Other\r\ny:2\r\n"
+        );
+        let text = "# Server\r\nx:1\r\n\r\n# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=100\r\n";
+        assert_eq!(
+            replace_keyspace(text, &section),
+            "# Server\r\nx:1\r\n\r\n# Keyspace\r\ndb0:keys=15,expires=4,avg_ttl=200\r\n"
+        );
     }
 }

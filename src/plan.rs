@@ -42,8 +42,12 @@ pub enum Step {
 #[derive(Debug)]
 pub enum Post {
     None,
-    /// INFO: rewrite for the client (slotgate section, cluster_enabled:0).
-    Info(InfoScope),
+    /// INFO: rewrite for the client (slotgate section, cluster_enabled:0), with the keyspace
+    /// section summed from these flights (one per master) when it was asked for.
+    Info {
+        scope: InfoScope,
+        keyspace: Vec<Flight>,
+    },
     /// SCAN: replace the node's cursor with the client-facing one.
     Scan {
         step: ScanStep,
@@ -116,9 +120,6 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
             let r = local::answer(spec.name, &req, state, shared);
             (Step::Ready(r.reply), r.close)
         }
-        Handling::Refused(reason) if reason == crate::command::CLUSTER_DISABLED => {
-            ready(error(&format!("ERR {reason}")))
-        }
         Handling::Refused(reason) => {
             ready(error(&format!("ERR slotgate: '{}' {reason}", spec.name)))
         }
@@ -127,8 +128,14 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
             if scope == InfoScope::SlotgateOnly {
                 return ready(info::local_reply(shared, state.proto));
             }
+            let keyspace = if info::wants_keyspace(&req) {
+                let raw = Request::from_args(&["INFO", "keyspace"]).raw;
+                shared.start_all(&raw, opts).await
+            } else {
+                Vec::new()
+            };
             let flight = shared.start(req.raw, Target::Any, opts).await;
-            remote(flight, Post::Info(scope))
+            remote(flight, Post::Info { scope, keyspace })
         }
         Handling::AllMasters(fan) => {
             let flights = shared.start_all(&req.raw, opts).await;
@@ -246,6 +253,20 @@ async fn special(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
             let flight = shared.start(req.raw, Target::Any, opts).await;
             remote(flight, Post::None)
         }
+        // Read-only topology questions get a standalone server's answer, so clients that
+        // probe for cluster mode stay in standalone mode; cluster administration is refused.
+        (
+            "CLUSTER",
+            Some(
+                b"INFO" | b"NODES" | b"SLOTS" | b"SHARDS" | b"MYID" | b"MYSHARDID" | b"LINKS"
+                | b"KEYSLOT" | b"COUNTKEYSINSLOT" | b"GETKEYSINSLOT" | b"REPLICAS" | b"SLAVES",
+            ),
+        ) => ready(error(&format!("ERR {}", crate::command::CLUSTER_DISABLED))),
+        ("CLUSTER", Some(other)) => ready(error(&format!(
+            "ERR slotgate: 'CLUSTER {}' {}",
+            String::from_utf8_lossy(other),
+            crate::command::NODE_ADMIN
+        ))),
         ("SCRIPT" | "FUNCTION", Some(other)) => ready(error(&format!(
             "ERR slotgate does not support '{} {}'",
             spec.name,
@@ -283,7 +304,15 @@ pub async fn complete(shared: &Shared, step: Step, proto: Proto) -> Bytes {
 async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes {
     match post {
         Post::None => reply,
-        Post::Info(scope) => info::rewrite(reply, shared, proto, scope),
+        Post::Info { scope, keyspace } => {
+            let keyspace = if keyspace.is_empty() {
+                None
+            } else {
+                let replies = join_all(keyspace.into_iter().map(|f| shared.finish(f))).await;
+                Some(info::sum_keyspace(&replies))
+            };
+            info::rewrite(reply, shared, proto, scope, keyspace)
+        }
         Post::Scan { step, masters } => scan::rewrite(&reply, &step, masters),
         Post::RememberScript(body) => {
             if let Some(sha) = bulk_body(&reply) {
