@@ -16,12 +16,12 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::command::lookup;
-use crate::dispatch::Shared;
 use crate::local::ClientState;
 use crate::plan::{Step, complete, handle};
 use crate::pubsub::{Event, Subscriptions, is_subscription_command};
 use crate::resp::encode::error;
 use crate::resp::{Proto, Request, RequestScanner};
+use crate::shared::Shared;
 
 /// Replies at least this large are written straight from their buffer, not copied.
 const DIRECT_WRITE: usize = 16 * 1024;

@@ -1,12 +1,13 @@
-//! Sending one command to the cluster: route by slot, queue on the node's connection, then
-//! follow redirects and retries until there is a reply for the client.
+//! Sending one command to a cluster: route by slot, queue on the node's connection, then
+//! follow redirects and retries until there is a reply for the client. A `Cluster` is one
+//! resource (the primary, or a mirror) with its own topology, connections and counters.
 //!
 //! `start` queues the first attempt and returns at once, so a client's pipelined commands are
 //! queued in the order it sent them; `finish` awaits the reply and handles MOVED, ASK,
 //! TRYAGAIN, CLUSTERDOWN and connection errors as `redirect::decide` says.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,38 +15,40 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::debug;
 
 use crate::backend::conn::{Pending, ReplyResult};
-use crate::backend::pool::Backends;
+use crate::backend::pool::{Backends, PoolSettings};
 use crate::config::Config;
 use crate::error::BackendError;
+use crate::histogram::Histogram;
 use crate::redirect::{Attempts, Decision, Outcome, RetryPolicy, decide};
 use crate::resp::Proto;
 use crate::resp::encode::error;
-use crate::topology::Topology;
+use crate::topology::{Topology, TopologySettings};
 
-/// Counters shown in INFO's slotgate section.
+/// Counters of one cluster, shown in INFO.
 #[derive(Debug, Default)]
-pub struct Stats {
-    pub connected_clients: AtomicI64,
-    pub total_connections: AtomicU64,
-    pub total_commands: AtomicU64,
-    pub rejected_connections: AtomicU64,
+pub struct ClusterCounters {
+    /// Commands finished (each part of a split command counts).
+    pub requests: AtomicU64,
+    /// Commands that ended in an error reply or a failure.
+    pub errors: AtomicU64,
     pub redirects_moved: AtomicU64,
     pub redirects_ask: AtomicU64,
     pub retries: AtomicU64,
+    /// Time from queuing to the final reply.
+    pub latency: Histogram,
 }
 
-/// State shared by every client task.
+/// One cluster (or standalone node) slotgate sends commands to.
 #[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
+pub struct Cluster {
+    /// `primary`, or the mirror's name.
+    pub name: Arc<str>,
     pub topology: Arc<Topology>,
     pub backends: Arc<Backends>,
-    pub stats: Stats,
-    pub started: Instant,
     pub policy: RetryPolicy,
-    /// Script bodies loaded through slotgate (SCRIPT LOAD), by lower-case SHA1, so an
-    /// EVALSHA answered NOSCRIPT by a master that lacks the script can load it there.
-    pub scripts: dashmap::DashMap<Bytes, Bytes>,
+    /// Deadline for the refresh a retry waits for.
+    pub refresh_wait: Duration,
+    pub counters: ClusterCounters,
 }
 
 /// Where a command goes.
@@ -86,23 +89,60 @@ pub struct Flight {
     lease: Option<(mpsc::Sender<Pending>, OwnedSemaphorePermit)>,
     /// Set when the first attempt could not even be queued.
     early_error: Option<Bytes>,
+    /// When the command was queued, for the latency histogram.
+    queued_at: Instant,
 }
 
-impl Shared {
-    pub fn new(config: Config, topology: Arc<Topology>, backends: Arc<Backends>) -> Shared {
-        let policy = RetryPolicy {
-            max_redirects: config.cluster.max_redirects,
-            max_retries: config.cluster.max_retries,
-            backoff: Duration::from_millis(config.cluster.retry_backoff_ms),
-        };
-        Shared {
-            config,
+/// Where a cluster's nodes are and how to log in to them.
+#[derive(Debug, Clone)]
+pub struct ClusterAccess {
+    /// `primary`, or a mirror's name.
+    pub name: String,
+    /// Seed nodes; for a standalone server, its one address.
+    pub seeds: Vec<String>,
+    /// A standalone Redis (no CLUSTER NODES): every slot is served by `seeds[0]`.
+    pub standalone: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Cluster {
+    /// Connects to a cluster (lazily) and starts its topology manager; connection settings
+    /// (timeouts, pool sizes, retries) come from `config.cluster`.
+    pub fn connect(access: ClusterAccess, config: &Config) -> Cluster {
+        let c = &config.cluster;
+        let auth = access
+            .password
+            .clone()
+            .map(|p| (access.username.clone(), p));
+        let backends = Arc::new(Backends::new(PoolSettings {
+            connections_per_node: c.connections_per_node,
+            auth,
+            connect_timeout: config.connect_timeout(),
+            inbox_capacity: 1024,
+            blocking_per_node: c.max_blocking_per_node,
+        }));
+        let topology = Topology::start(
+            TopologySettings {
+                seeds: access.seeds.iter().map(|s| Arc::from(s.as_str())).collect(),
+                standalone: access.standalone,
+                refresh_interval: config.refresh_interval(),
+                min_refresh_gap: Duration::from_millis(50),
+                query_timeout: config.connect_timeout(),
+            },
+            backends.clone(),
+        );
+        Cluster {
+            name: Arc::from(access.name.as_str()),
             topology,
             backends,
-            stats: Stats::default(),
-            started: Instant::now(),
-            policy,
-            scripts: dashmap::DashMap::new(),
+            policy: RetryPolicy {
+                max_redirects: c.max_redirects,
+                max_retries: c.max_retries,
+                backoff: Duration::from_millis(c.retry_backoff_ms),
+            },
+            refresh_wait: config.connect_timeout(),
+            counters: ClusterCounters::default(),
         }
     }
 
@@ -116,6 +156,7 @@ impl Shared {
             rx: None,
             lease: None,
             early_error: None,
+            queued_at: Instant::now(),
         };
         let addr = self.route(&flight.target, opts.session);
         if let Some(addr) = addr
@@ -197,7 +238,19 @@ impl Shared {
     }
 
     /// Awaits the reply, following redirects and retrying as the policy allows.
-    pub async fn finish(&self, mut flight: Flight) -> Bytes {
+    pub async fn finish(&self, flight: Flight) -> Bytes {
+        let queued_at = flight.queued_at;
+        let reply = self.follow(flight).await;
+        let c = &self.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        if reply.first() == Some(&b'-') {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        c.latency.record(queued_at.elapsed());
+        reply
+    }
+
+    async fn follow(&self, mut flight: Flight) -> Bytes {
         if let Some(e) = flight.early_error.take() {
             return e;
         }
@@ -231,9 +284,9 @@ impl Shared {
                 Decision::Redirect { slot, addr, asking } => {
                     attempts.redirects += 1;
                     let counter = if asking {
-                        &self.stats.redirects_ask
+                        &self.counters.redirects_ask
                     } else {
-                        &self.stats.redirects_moved
+                        &self.counters.redirects_moved
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     debug!(slot, %addr, asking, "following redirect");
@@ -248,12 +301,12 @@ impl Shared {
                 }
                 Decision::Retry { wait, refresh } => {
                     attempts.retries += 1;
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     if refresh {
                         let deadline = wait.max(Duration::from_millis(10));
                         let started = Instant::now();
                         self.topology
-                            .refresh_and_wait(None, self.config.connect_timeout())
+                            .refresh_and_wait(None, self.refresh_wait)
                             .await;
                         if let Some(rest) = deadline.checked_sub(started.elapsed()) {
                             tokio::time::sleep(rest).await;

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use crate::dispatch::Shared;
 use crate::resp::Request;
 use crate::resp::encode::{Encoder, Proto};
 use crate::resp::reply::bulk_body;
+use crate::shared::Shared;
 
 /// What an INFO request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +126,7 @@ fn replace_keyspace(text: &str, section: &str) -> String {
 
 /// The slotgate section.
 pub fn slotgate_section(shared: &Shared) -> String {
-    let table = shared.topology.table();
+    let table = shared.primary.topology.table();
     let s = &shared.stats;
     let mut out = String::with_capacity(512);
     let _ = write!(
@@ -151,10 +151,18 @@ pub fn slotgate_section(shared: &Shared) -> String {
         s.total_connections.load(Ordering::Relaxed),
         s.rejected_connections.load(Ordering::Relaxed),
         s.total_commands.load(Ordering::Relaxed),
-        s.redirects_moved.load(Ordering::Relaxed),
-        s.redirects_ask.load(Ordering::Relaxed),
-        s.retries.load(Ordering::Relaxed),
-        shared.backends.blocking_in_use(),
+        shared
+            .primary
+            .counters
+            .redirects_moved
+            .load(Ordering::Relaxed),
+        shared
+            .primary
+            .counters
+            .redirects_ask
+            .load(Ordering::Relaxed),
+        shared.primary.counters.retries.load(Ordering::Relaxed),
+        shared.primary.backends.blocking_in_use(),
         table.generation,
         table.masters.len(),
         table.assigned_slots(),

@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 
-use crate::dispatch::Shared;
 use crate::resp::Request;
 use crate::resp::encode::{Encoder, OK, PONG, Proto};
+use crate::shared::Shared;
 
 /// What slotgate knows about one client connection.
 #[derive(Debug)]
@@ -197,6 +197,7 @@ fn hello(req: &Request, state: &mut ClientState, shared: &Shared) -> LocalReply 
     }
     state.proto = proto;
     let version = shared
+        .primary
         .topology
         .redis_version()
         .map_or_else(|| "7.0.0".to_string(), |v| v.to_string());

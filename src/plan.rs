@@ -8,7 +8,7 @@ use futures::future::join_all;
 use rand::seq::SliceRandom;
 
 use crate::command::{CmdSpec, Fan, Handling, Kind, RouteError, lookup};
-use crate::dispatch::{Flight, SendOptions, Shared, Target};
+use crate::dispatch::{Flight, SendOptions, Target};
 use crate::info::{self, InfoScope};
 use crate::local::{self, ClientState};
 use crate::multikey::{self, Merge};
@@ -17,6 +17,7 @@ use crate::resp::encode::error;
 use crate::resp::reply::bulk_body;
 use crate::resp::{Proto, Request};
 use crate::scan::{self, ScanStep};
+use crate::shared::Shared;
 use crate::transaction::TxReply;
 
 /// What to do with a request once it is parsed.
@@ -130,15 +131,15 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
             }
             let keyspace = if info::wants_keyspace(&req) {
                 let raw = Request::from_args(&["INFO", "keyspace"]).raw;
-                shared.start_all(&raw, opts).await
+                shared.primary.start_all(&raw, opts).await
             } else {
                 Vec::new()
             };
-            let flight = shared.start(req.raw, Target::Any, opts).await;
+            let flight = shared.primary.start(req.raw, Target::Any, opts).await;
             remote(flight, Post::Info { scope, keyspace })
         }
         Handling::AllMasters(fan) => {
-            let flights = shared.start_all(&req.raw, opts).await;
+            let flights = shared.primary.start_all(&req.raw, opts).await;
             fan_out(flights, fan, Post::None)
         }
         Handling::Special => special(shared, spec, req, opts).await,
@@ -180,7 +181,12 @@ async fn forward(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
             };
             let mut flights = Vec::with_capacity(parts.len());
             for part in parts {
-                flights.push(shared.start(part.raw, Target::Slot(part.slot), opts).await);
+                flights.push(
+                    shared
+                        .primary
+                        .start(part.raw, Target::Slot(part.slot), opts)
+                        .await,
+                );
             }
             return (
                 Step::FanOut {
@@ -201,7 +207,7 @@ async fn forward(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
     } else {
         Post::None
     };
-    let flight = shared.start(req.raw, target, opts).await;
+    let flight = shared.primary.start(req.raw, target, opts).await;
     remote(flight, post)
 }
 
@@ -210,8 +216,8 @@ async fn special(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
     let sub = (req.len() > 1).then(|| req.arg(1).to_ascii_uppercase());
     match (spec.name, sub.as_deref()) {
         ("SCAN", _) => {
-            let masters = shared.serving_masters();
-            let table = shared.topology.table();
+            let masters = shared.primary.serving_masters();
+            let table = shared.primary.topology.table();
             let master_of_slot = |slot| {
                 let addr = &table.master_for(slot)?.addr;
                 masters.iter().position(|m| m == addr)
@@ -220,7 +226,7 @@ async fn special(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
                 Err(e) => ready(e),
                 Ok(step) => {
                     let target = Target::Node(masters[step.master].clone());
-                    let flight = shared.start(step.raw.clone(), target, opts).await;
+                    let flight = shared.primary.start(step.raw.clone(), target, opts).await;
                     remote(
                         flight,
                         Post::Scan {
@@ -233,24 +239,24 @@ async fn special(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
         }
         ("RANDOMKEY", _) if req.len() == 1 => (Step::RandomKey { opts }, false),
         ("SCRIPT", Some(b"LOAD")) if req.len() == 3 => {
-            let flights = shared.start_all(&req.raw, opts).await;
+            let flights = shared.primary.start_all(&req.raw, opts).await;
             fan_out(flights, Fan::First, Post::RememberScript(req.arg_bytes(2)))
         }
         ("SCRIPT", Some(b"FLUSH")) => {
-            let flights = shared.start_all(&req.raw, opts).await;
+            let flights = shared.primary.start_all(&req.raw, opts).await;
             fan_out(flights, Fan::First, Post::ForgetScripts)
         }
         ("SCRIPT", Some(b"EXISTS")) => {
-            let flights = shared.start_all(&req.raw, opts).await;
+            let flights = shared.primary.start_all(&req.raw, opts).await;
             fan_out(flights, Fan::AllOf, Post::None)
         }
         ("SCRIPT", Some(b"KILL"))
         | ("FUNCTION", Some(b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE" | b"KILL")) => {
-            let flights = shared.start_all(&req.raw, opts).await;
+            let flights = shared.primary.start_all(&req.raw, opts).await;
             fan_out(flights, Fan::First, Post::None)
         }
         ("FUNCTION", Some(b"LIST" | b"DUMP" | b"STATS" | b"HELP")) | ("SCRIPT", Some(b"HELP")) => {
-            let flight = shared.start(req.raw, Target::Any, opts).await;
+            let flight = shared.primary.start(req.raw, Target::Any, opts).await;
             remote(flight, Post::None)
         }
         // Read-only topology questions get a standalone server's answer, so clients that
@@ -284,7 +290,7 @@ pub async fn complete(shared: &Shared, step: Step, proto: Proto) -> Bytes {
     match step {
         Step::Ready(reply) => reply,
         Step::Remote { flight, post } => {
-            let reply = shared.finish(flight).await;
+            let reply = shared.primary.finish(flight).await;
             apply(shared, post, reply, proto).await
         }
         Step::FanOut {
@@ -292,7 +298,7 @@ pub async fn complete(shared: &Shared, step: Step, proto: Proto) -> Bytes {
             merge,
             post,
         } => {
-            let replies = join_all(flights.into_iter().map(|f| shared.finish(f))).await;
+            let replies = join_all(flights.into_iter().map(|f| shared.primary.finish(f))).await;
             let reply = multikey::merge(&merge, &replies);
             apply(shared, post, reply, proto).await
         }
@@ -308,7 +314,8 @@ async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes
             let keyspace = if keyspace.is_empty() {
                 None
             } else {
-                let replies = join_all(keyspace.into_iter().map(|f| shared.finish(f))).await;
+                let replies =
+                    join_all(keyspace.into_iter().map(|f| shared.primary.finish(f))).await;
                 Some(info::sum_keyspace(&replies))
             };
             info::rewrite(reply, shared, proto, scope, keyspace)
@@ -343,28 +350,31 @@ async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes
                 dedicated: false,
             };
             let load = Request::from_args(&[&b"SCRIPT"[..], b"LOAD", &body]);
-            let loads = shared.start_all(&load.raw, opts).await;
-            join_all(loads.into_iter().map(|f| shared.finish(f))).await;
+            let loads = shared.primary.start_all(&load.raw, opts).await;
+            join_all(loads.into_iter().map(|f| shared.primary.finish(f))).await;
             let spec = lookup(req.arg(0)).expect("EVALSHA is in the table");
             let target = match spec.slot(&req) {
                 Ok(Some(slot)) => Target::Slot(slot),
                 _ => Target::Any,
             };
-            let flight = shared.start(req.raw, target, opts).await;
-            shared.finish(flight).await
+            let flight = shared.primary.start(req.raw, target, opts).await;
+            shared.primary.finish(flight).await
         }
     }
 }
 
 /// RANDOMKEY: ask masters in random order until one returns a key; nil when all are empty.
 async fn random_key(shared: &Shared, opts: SendOptions) -> Bytes {
-    let mut masters = shared.serving_masters();
+    let mut masters = shared.primary.serving_masters();
     masters.shuffle(&mut rand::thread_rng());
     let raw = Request::from_args(&["RANDOMKEY"]).raw;
     let mut last = None;
     for addr in masters {
-        let flight = shared.start(raw.clone(), Target::Node(addr), opts).await;
-        let reply = shared.finish(flight).await;
+        let flight = shared
+            .primary
+            .start(raw.clone(), Target::Node(addr), opts)
+            .await;
+        let reply = shared.primary.finish(flight).await;
         let empty = matches!(&reply[..], b"$-1\r\n" | b"_\r\n");
         if !empty {
             return reply;

@@ -23,11 +23,11 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::backend::conn;
-use crate::dispatch::Shared;
 use crate::multikey::{elements, integer};
 use crate::resp::encode::{Encoder, error};
 use crate::resp::reply::bulk_body;
 use crate::resp::{Proto, ReplyScanner, Request};
+use crate::shared::Shared;
 use crate::slot::slot_of;
 
 /// Which subscriber connection a frame or command belongs to.
@@ -172,6 +172,7 @@ impl Subscriptions {
                     ));
                 }
                 let Some(addr) = shared
+                    .primary
                     .topology
                     .table()
                     .master_for(slot)
@@ -254,7 +255,7 @@ impl Subscriptions {
     async fn send(&mut self, shared: &Shared, link: Link, raw: Bytes) -> Option<Bytes> {
         if !self.links.contains_key(&link) {
             let addr = match &link {
-                Link::Global => match shared.topology.table().any_master(rand::random()) {
+                Link::Global => match shared.primary.topology.table().any_master(rand::random()) {
                     Some(m) => m.addr.clone(),
                     None => return Some(error("CLUSTERDOWN The cluster is down")),
                 },
@@ -273,7 +274,7 @@ impl Subscriptions {
         self.next_id += 1;
         let id = self.next_id;
         let (commands, inbox) = mpsc::channel(64);
-        let settings = shared.backends.conn_settings(&addr, self.proto, 64);
+        let settings = shared.primary.backends.conn_settings(&addr, self.proto, 64);
         let span = info_span!("subscriber", backend = %addr);
         tokio::spawn(
             run_link(
@@ -346,11 +347,11 @@ impl Subscriptions {
                         && let Ok(slot) = slot.parse::<u16>()
                         && !addr.starts_with(':')
                     {
-                        shared.topology.apply_moved(slot, addr);
+                        shared.primary.topology.apply_moved(slot, addr);
                     } else {
                         warn!(reply = %text, "resubscription refused");
                     }
-                    shared.topology.request_refresh(None);
+                    shared.primary.topology.request_refresh(None);
                     return Ok(None);
                 }
                 if let Some(conn) = self.links.get_mut(&link)
@@ -430,6 +431,7 @@ impl Subscriptions {
                     .map(|(c, _)| c.clone())
                     .collect();
                 shared
+                    .primary
                     .topology
                     .refresh_and_wait(None, Duration::from_secs(2))
                     .await;
@@ -449,7 +451,7 @@ impl Subscriptions {
     /// unsubscribes on the old node (or closes it when nothing is left there) and subscribes
     /// on the new one, swallowing both confirmations.
     pub async fn follow_slot_moves(&mut self, shared: &Shared) {
-        let table = shared.topology.table();
+        let table = shared.primary.topology.table();
         let moved: Vec<(Bytes, Arc<str>)> = self
             .shard_channels
             .iter()
@@ -477,16 +479,19 @@ impl Subscriptions {
     async fn follow_moved_channel(&mut self, shared: &Shared, ch: Bytes) {
         let slot = slot_of(&ch);
         let mut owner = shared
+            .primary
             .topology
             .table()
             .master_for(slot)
             .map(|m| m.addr.clone());
         if owner.as_ref() == self.shard_channels.get(&ch) {
             shared
+                .primary
                 .topology
                 .refresh_and_wait(None, Duration::from_secs(2))
                 .await;
             owner = shared
+                .primary
                 .topology
                 .table()
                 .master_for(slot)

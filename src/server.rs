@@ -10,40 +10,29 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info, info_span};
 
-use crate::backend::pool::{Backends, PoolSettings};
 use crate::config::Config;
-use crate::dispatch::Shared;
-use crate::topology::{Topology, TopologySettings};
+use crate::dispatch::{Cluster, ClusterAccess};
+use crate::shared::Shared;
 
-/// Builds the shared state (backends, topology manager) for `config`.
+/// Builds the shared state (primary cluster and its topology manager) for `config`.
 pub fn build(config: Config) -> Arc<Shared> {
-    let auth = config
-        .cluster
-        .password
-        .clone()
-        .map(|p| (config.cluster.username.clone(), p));
-    let backends = Arc::new(Backends::new(PoolSettings {
-        connections_per_node: config.cluster.connections_per_node,
-        auth,
-        connect_timeout: config.connect_timeout(),
-        inbox_capacity: 1024,
-        blocking_per_node: config.cluster.max_blocking_per_node,
-    }));
-    let topology = Topology::start(
-        TopologySettings {
-            seeds: config
-                .cluster
-                .seeds
-                .iter()
-                .map(|s| Arc::from(s.as_str()))
-                .collect(),
-            refresh_interval: config.refresh_interval(),
-            min_refresh_gap: Duration::from_millis(50),
-            query_timeout: config.connect_timeout(),
+    let primary = Cluster::connect(
+        ClusterAccess {
+            name: "primary".into(),
+            seeds: config.cluster.seeds.clone(),
+            standalone: false,
+            username: config.cluster.username.clone(),
+            password: config.cluster.password.clone(),
         },
-        backends.clone(),
+        &config,
     );
-    Arc::new(Shared::new(config, topology, backends))
+    Arc::new(Shared {
+        config,
+        primary,
+        stats: Default::default(),
+        started: std::time::Instant::now(),
+        scripts: Default::default(),
+    })
 }
 
 /// Serves clients on `listener` until `shutdown` completes. The first topology refresh runs
@@ -51,6 +40,7 @@ pub fn build(config: Config) -> Arc<Shared> {
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
     let shared = build(config);
     shared
+        .primary
         .topology
         .refresh_and_wait(None, shared.config.connect_timeout() * 2)
         .await;

@@ -14,9 +14,9 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::backend::conn::{Pending, ReplyResult};
 use crate::command::{CmdSpec, Handling, Kind, RouteError};
-use crate::dispatch::Shared;
 use crate::resp::encode::error;
 use crate::resp::{Proto, Request};
+use crate::shared::Shared;
 
 /// The connection a transaction is pinned to.
 #[derive(Debug)]
@@ -259,7 +259,7 @@ impl Transaction {
         proto: Proto,
         slot: Option<u16>,
     ) -> Result<(), Bytes> {
-        let table = shared.topology.table();
+        let table = shared.primary.topology.table();
         let master = match slot {
             Some(s) => table.master_for(s),
             None => table.any_master(rand::random()),
@@ -267,12 +267,16 @@ impl Transaction {
         let Some(addr) = master.map(|m| m.addr.clone()) else {
             return Err(error("CLUSTERDOWN Hash slot not served"));
         };
-        let (conn, permit) = shared.backends.dedicated(&addr, proto).map_err(|limit| {
-            error(&format!(
-                "ERR slotgate: too many transactions and blocking commands in progress on \
+        let (conn, permit) = shared
+            .primary
+            .backends
+            .dedicated(&addr, proto)
+            .map_err(|limit| {
+                error(&format!(
+                    "ERR slotgate: too many transactions and blocking commands in progress on \
                  {addr} (limit {limit}); try again later"
-            ))
-        })?;
+                ))
+            })?;
         self.pin = Some(Pin {
             addr,
             slot,

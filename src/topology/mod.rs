@@ -28,6 +28,9 @@ pub use table::{Master, SlotTable};
 pub struct TopologySettings {
     /// Addresses to ask when no known node answers.
     pub seeds: Vec<Arc<str>>,
+    /// A standalone server, not a cluster: every slot is served by the first seed and
+    /// nothing is polled.
+    pub standalone: bool,
     /// Period of the background refresh.
     pub refresh_interval: Duration,
     /// Shortest gap between two refreshes asked for by requests.
@@ -135,6 +138,14 @@ async fn refresh(
     hint: Option<Arc<str>>,
 ) {
     let current = topo.table();
+    if settings.standalone {
+        if current.masters.is_empty()
+            && let Some(addr) = settings.seeds.first()
+        {
+            topo.table.store(Arc::new(SlotTable::single(addr)));
+        }
+        return;
+    }
     let mut candidates = current.known_addrs();
     candidates.shuffle(&mut rand::thread_rng());
     let mut seeds = settings.seeds.clone();

@@ -51,6 +51,17 @@ impl Default for SlotTable {
 }
 
 impl SlotTable {
+    /// A table in which one standalone server serves every slot.
+    pub fn single(addr: &str) -> SlotTable {
+        let mut t = SlotTable {
+            generation: 1,
+            ..SlotTable::default()
+        };
+        t.master_index(addr, "", 0);
+        t.slots.fill(0);
+        t
+    }
+
     /// The master serving `slot`, if any.
     pub fn master_for(&self, slot: u16) -> Option<&Master> {
         let i = *self.slots.get(slot as usize)?;
@@ -268,6 +279,13 @@ c 127.0.0.1:7002@17002 master,fail - 0 0 4 disconnected
         assert_eq!(t3.masters.len(), 4);
         assert!(!t3.same_routing(&t));
         assert!(t.same_routing(&t.clone()));
+    }
+
+    #[test]
+    fn a_standalone_server_serves_every_slot() {
+        let t = SlotTable::single("127.0.0.1:6379");
+        assert_eq!(t.assigned_slots(), SLOT_COUNT);
+        assert_eq!(&*t.master_for(16383).unwrap().addr, "127.0.0.1:6379");
     }
 
     #[test]

@@ -1,0 +1,32 @@
+//! State shared by every client task: configuration, the primary cluster, mirrors, and
+//! proxy-wide counters.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::dispatch::Cluster;
+
+/// Proxy-wide counters shown in INFO's slotgate section.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connected_clients: AtomicI64,
+    pub total_connections: AtomicU64,
+    pub total_commands: AtomicU64,
+    pub rejected_connections: AtomicU64,
+}
+
+/// State shared by every client task.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    /// The cluster clients read from and write to.
+    pub primary: Cluster,
+    pub stats: Stats,
+    pub started: Instant,
+    /// Script bodies loaded through slotgate (SCRIPT LOAD), by lower-case SHA1, so an
+    /// EVALSHA answered NOSCRIPT by a master that lacks the script can load it there.
+    pub scripts: dashmap::DashMap<Bytes, Bytes>,
+}
