@@ -125,9 +125,25 @@ impl Proxy {
         tokio::spawn(slotgate::server::run(listener, config, async {
             let _ = stopped.await;
         }));
-        Proxy {
+        let proxy = Proxy {
             port,
             stop: Some(stop),
+        };
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// Waits until slotgate knows the owner of every slot, so tests start from a steady state.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut con = self.client(2).await;
+        loop {
+            let info: String = redis::cmd("INFO").arg("slotgate").query_async(&mut con).await.unwrap();
+            if info.contains("cluster_slots_assigned:16384") {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "slotgate never saw the whole cluster: {info}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
