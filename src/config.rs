@@ -24,6 +24,115 @@ pub struct Config {
     pub log_level: String,
     pub cluster: ClusterConfig,
     pub limits: LimitsConfig,
+    /// Multi-write: extra clusters that receive the writes too.
+    pub mirror: MirrorConfig,
+}
+
+/// Whom the client waits for when writes are mirrored.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MultiWriteMode {
+    /// Reply when the primary answers; mirrors are written in the background.
+    #[default]
+    FirstResourceOnly,
+    /// Reply when every resource answered, with the primary's reply.
+    AllResourcesNoCheck,
+    /// Reply when every resource answered; an error naming the resource if any failed.
+    AllResourcesCheckError,
+    /// Reply when the primary answered and the write is in the durable queue; a slotgate in
+    /// consumer mode applies the queue to the mirrors.
+    Async,
+}
+
+impl std::str::FromStr for MultiWriteMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "first_resource_only" => Ok(MultiWriteMode::FirstResourceOnly),
+            "all_resources_no_check" => Ok(MultiWriteMode::AllResourcesNoCheck),
+            "all_resources_check_error" => Ok(MultiWriteMode::AllResourcesCheckError),
+            "async" => Ok(MultiWriteMode::Async),
+            other => Err(format!(
+                "{other:?} is not a mode: use first_resource_only, all_resources_no_check, \
+                 all_resources_check_error or async"
+            )),
+        }
+    }
+}
+
+/// Multi-write settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    pub mode: MultiWriteMode,
+    /// Mirror writes of one client connection waiting to be sent (first_resource_only);
+    /// beyond it they are dropped, counted and logged.
+    pub backlog: Option<usize>,
+    /// Period of the double-write delay probe, in milliseconds; 0 turns it off.
+    pub probe_interval_ms: u64,
+    /// Differing keys logged per mirror in compare mode.
+    pub compare_log_limit: Option<usize>,
+    /// The mirrors.
+    pub resources: Vec<MirrorResourceConfig>,
+    /// The durable queue of the async mode.
+    pub queue: Option<QueueConfig>,
+}
+
+/// One mirror: a cluster given by seeds, or a standalone Redis.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorResourceConfig {
+    /// Name used in INFO, logs and errors.
+    pub name: String,
+    /// Seed nodes of a mirror cluster.
+    pub cluster: Vec<String>,
+    /// Address of a standalone mirror (instead of `cluster`).
+    pub standalone: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Glob patterns: only writes to matching keys go to this mirror; empty means all.
+    pub keys: Vec<String>,
+    /// Compare this mirror's replies with the primary's and count mismatches.
+    pub compare: bool,
+}
+
+/// The Redis Streams queue of the async mode.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// The Redis (standalone) holding the stream.
+    pub redis: String,
+    pub password: Option<String>,
+    pub stream: String,
+    /// Consumer group the consumers read with.
+    pub group: String,
+    /// This consumer's name within the group (consumer mode).
+    pub consumer: String,
+    /// Approximate cap on the stream's length (`XADD MAXLEN ~`).
+    pub maxlen: u64,
+    /// Where entries the mirror keeps rejecting go.
+    pub dead_letter: String,
+    /// Attempts before an entry goes to the dead-letter stream.
+    pub max_attempts: u32,
+    /// Entries read per batch by the consumer.
+    pub batch: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            redis: String::new(),
+            password: None,
+            stream: "slotgate:mirror".into(),
+            group: "slotgate".into(),
+            consumer: "consumer-1".into(),
+            maxlen: 1_000_000,
+            dead_letter: "slotgate:mirror:dead".into(),
+            max_attempts: 5,
+            batch: 100,
+        }
+    }
 }
 
 /// The Redis Cluster behind the proxy.
@@ -81,6 +190,7 @@ impl Default for Config {
             log_level: "info".into(),
             cluster: ClusterConfig::default(),
             limits: LimitsConfig::default(),
+            mirror: MirrorConfig::default(),
         }
     }
 }
@@ -210,6 +320,7 @@ impl Config {
         if l.pipeline_window == 0 {
             return invalid("limits.pipeline_window", "must be at least 1");
         }
+        self.validate_mirror()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return invalid(
                 "log_level",
@@ -217,6 +328,54 @@ impl Config {
             );
         }
         Ok(self)
+    }
+
+    fn validate_mirror(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        let m = &self.mirror;
+        let mut names = std::collections::HashSet::new();
+        for r in &m.resources {
+            if r.name.is_empty() || r.name == "primary" {
+                return invalid("mirror.resources.name", format!("{:?} is not a usable name", r.name));
+            }
+            if !names.insert(&r.name) {
+                return invalid("mirror.resources.name", format!("{:?} is used twice", r.name));
+            }
+            match (&r.standalone, r.cluster.is_empty()) {
+                (Some(a), true) if is_host_port(a) => {}
+                (None, false) if r.cluster.iter().all(|s| is_host_port(s)) => {}
+                (Some(_), false) | (None, true) => {
+                    return invalid(
+                        "mirror.resources.cluster",
+                        format!("mirror {:?} needs either cluster seeds or a standalone address", r.name),
+                    );
+                }
+                _ => {
+                    return invalid(
+                        "mirror.resources.cluster",
+                        format!("mirror {:?} has an address that is not HOST:PORT", r.name),
+                    );
+                }
+            }
+        }
+        if m.backlog == Some(0) {
+            return invalid("mirror.backlog", "must be at least 1".into());
+        }
+        if m.mode == MultiWriteMode::Async {
+            let Some(q) = &m.queue else {
+                return invalid("mirror.queue", "the async mode needs a queue".into());
+            };
+            if !is_host_port(&q.redis) {
+                return invalid("mirror.queue.redis", format!("{:?} is not HOST:PORT", q.redis));
+            }
+            if q.stream.is_empty() || q.group.is_empty() || q.dead_letter.is_empty() || q.consumer.is_empty() {
+                return invalid("mirror.queue", "stream, group, consumer and dead_letter must not be empty".into());
+            }
+            if q.max_attempts == 0 || q.batch == 0 {
+                return invalid("mirror.queue", "max_attempts and batch must be at least 1".into());
+            }
+        }
+        Ok(())
     }
 
     /// Request-scanner limits.
@@ -316,6 +475,34 @@ mod tests {
         ] {
             assert_eq!(invalid_field(&format!("{seeds}limits:\n  {yaml}\n")), field);
         }
+    }
+
+    #[test]
+    fn mirror_rules() {
+        let seeds = "cluster:\n  seeds: [127.0.0.1:7000]\n";
+        let ok = check(&format!(
+            "{seeds}mirror:\n  mode: all_resources_check_error\n  resources:\n    - name: b\n      cluster: [127.0.0.1:7100]\n      keys: ['user:*']\n    - name: c\n      standalone: 127.0.0.1:6390\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.mirror.mode, MultiWriteMode::AllResourcesCheckError);
+        assert_eq!(ok.mirror.resources.len(), 2);
+        for (field, yaml) in [
+            ("mirror.resources.name", "  resources:\n    - cluster: [127.0.0.1:7100]\n"),
+            ("mirror.resources.name", "  resources:\n    - {name: a, cluster: [127.0.0.1:1]}\n    - {name: a, cluster: [127.0.0.1:2]}\n"),
+            ("mirror.resources.cluster", "  resources:\n    - name: a\n"),
+            ("mirror.resources.cluster", "  resources:\n    - {name: a, cluster: [nope]}\n"),
+            ("mirror.queue", "  mode: async\n"),
+            ("mirror.queue.redis", "  mode: async\n  queue: {redis: nope}\n"),
+            ("mirror.backlog", "  backlog: 0\n"),
+        ] {
+            assert_eq!(invalid_field(&format!("{seeds}mirror:\n{yaml}")), field, "{yaml}");
+        }
+        assert!(matches!(
+            Config::from_yaml("mirror:\n  mode: sometimes\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert_eq!("async".parse::<MultiWriteMode>(), Ok(MultiWriteMode::Async));
+        assert!("x".parse::<MultiWriteMode>().is_err());
     }
 
     #[test]

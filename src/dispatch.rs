@@ -16,6 +16,9 @@ use tracing::debug;
 
 use crate::backend::conn::{Pending, ReplyResult};
 use crate::backend::pool::{Backends, PoolSettings};
+use crate::command::{CmdSpec, Handling, RouteError};
+use crate::multikey::{self, Merge};
+use crate::resp::Request;
 use crate::config::Config;
 use crate::error::BackendError;
 use crate::histogram::Histogram;
@@ -49,6 +52,15 @@ pub struct Cluster {
     /// Deadline for the refresh a retry waits for.
     pub refresh_wait: Duration,
     pub counters: ClusterCounters,
+}
+
+/// A command queued on a cluster: one flight, several whose replies merge, or an answer
+/// known at once (CROSSSLOT).
+#[derive(Debug)]
+pub enum Submitted {
+    One(Flight),
+    Many(Vec<Flight>, Merge),
+    Done(Bytes),
 }
 
 /// Where a command goes.
@@ -175,6 +187,48 @@ impl Cluster {
             Target::Node(addr) => return Some(addr.clone()),
         };
         master.map(|m| m.addr.clone())
+    }
+
+    /// Queues a command routed by its table entry: by the keys' slot (split per slot when
+    /// the keys span slots and the command can be split), or to every master.
+    pub async fn submit(&self, spec: &CmdSpec, req: &Request, opts: SendOptions) -> Submitted {
+        if let Handling::AllMasters(fan) = spec.handling {
+            let flights = self.start_all(&req.raw, opts).await;
+            if flights.is_empty() {
+                return Submitted::Done(error("CLUSTERDOWN The cluster is down"));
+            }
+            return Submitted::Many(flights, Merge::from(fan));
+        }
+        let target = match spec.slot(req) {
+            Ok(Some(slot)) => Target::Slot(slot),
+            Ok(None) => Target::Any,
+            Err(RouteError::CrossSlot) => {
+                let Some((parts, merge)) = multikey::split(spec.name, req) else {
+                    return Submitted::Done(error(
+                        "CROSSSLOT Keys in request don't hash to the same slot",
+                    ));
+                };
+                let mut flights = Vec::with_capacity(parts.len());
+                for part in parts {
+                    flights.push(self.start(part.raw, Target::Slot(part.slot), opts).await);
+                }
+                return Submitted::Many(flights, merge);
+            }
+        };
+        Submitted::One(self.start(req.raw.clone(), target, opts).await)
+    }
+
+    /// The reply of a submitted command.
+    pub async fn wait(&self, submitted: Submitted) -> Bytes {
+        match submitted {
+            Submitted::One(f) => self.finish(f).await,
+            Submitted::Many(flights, merge) => {
+                let replies =
+                    futures::future::join_all(flights.into_iter().map(|f| self.finish(f))).await;
+                multikey::merge(&merge, &replies)
+            }
+            Submitted::Done(b) => b,
+        }
     }
 
     /// Addresses of the masters that serve slots, in a fixed (sorted) order.

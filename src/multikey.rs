@@ -35,6 +35,18 @@ pub enum Merge {
     AllOf,
 }
 
+impl From<crate::command::Fan> for Merge {
+    fn from(fan: crate::command::Fan) -> Merge {
+        use crate::command::Fan;
+        match fan {
+            Fan::Sum => Merge::Sum,
+            Fan::First => Merge::First,
+            Fan::Concat => Merge::Concat,
+            Fan::AllOf => Merge::AllOf,
+        }
+    }
+}
+
 /// One sub-command of a split request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {

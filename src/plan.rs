@@ -7,8 +7,8 @@ use bytes::Bytes;
 use futures::future::join_all;
 use rand::seq::SliceRandom;
 
-use crate::command::{CmdSpec, Fan, Handling, Kind, RouteError, lookup};
-use crate::dispatch::{Flight, SendOptions, Target};
+use crate::command::{CmdSpec, Fan, Handling, Kind, lookup};
+use crate::dispatch::{Flight, SendOptions, Submitted, Target};
 use crate::info::{self, InfoScope};
 use crate::local::{self, ClientState};
 use crate::multikey::{self, Merge};
@@ -138,9 +138,9 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
             let flight = shared.primary.start(req.raw, Target::Any, opts).await;
             remote(flight, Post::Info { scope, keyspace })
         }
-        Handling::AllMasters(fan) => {
-            let flights = shared.primary.start_all(&req.raw, opts).await;
-            fan_out(flights, fan, Post::None)
+        Handling::AllMasters(_) => {
+            let submitted = shared.primary.submit(spec, &req, opts).await;
+            from_submitted(submitted, Post::None)
         }
         Handling::Special => special(shared, spec, req, opts).await,
         Handling::Forward | Handling::Subcommands { .. } => forward(shared, spec, req, opts).await,
@@ -151,12 +151,7 @@ fn fan_out(flights: Vec<Flight>, fan: Fan, post: Post) -> (Step, bool) {
     if flights.is_empty() {
         return ready(error("CLUSTERDOWN The cluster is down"));
     }
-    let merge = match fan {
-        Fan::Sum => Merge::Sum,
-        Fan::First => Merge::First,
-        Fan::Concat => Merge::Concat,
-        Fan::AllOf => Merge::AllOf,
-    };
+    let merge = Merge::from(fan);
     (
         Step::FanOut {
             flights,
@@ -170,34 +165,6 @@ fn fan_out(flights: Vec<Flight>, fan: Fan, post: Post) -> (Step, bool) {
 /// Commands routed by their keys; multi-key commands across slots are split when they can
 /// be, and refused with CROSSSLOT otherwise.
 async fn forward(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOptions) -> (Step, bool) {
-    let target = match spec.slot(&req) {
-        Ok(Some(slot)) => Target::Slot(slot),
-        Ok(None) => Target::Any,
-        Err(RouteError::CrossSlot) => {
-            let Some((parts, merge)) = multikey::split(spec.name, &req) else {
-                return ready(error(
-                    "CROSSSLOT Keys in request don't hash to the same slot",
-                ));
-            };
-            let mut flights = Vec::with_capacity(parts.len());
-            for part in parts {
-                flights.push(
-                    shared
-                        .primary
-                        .start(part.raw, Target::Slot(part.slot), opts)
-                        .await,
-                );
-            }
-            return (
-                Step::FanOut {
-                    flights,
-                    merge,
-                    post: Post::None,
-                },
-                false,
-            );
-        }
-    };
     let opts = SendOptions {
         dedicated: spec.is_blocking(&req),
         ..opts
@@ -207,8 +174,23 @@ async fn forward(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
     } else {
         Post::None
     };
-    let flight = shared.primary.start(req.raw, target, opts).await;
-    remote(flight, post)
+    let submitted = shared.primary.submit(spec, &req, opts).await;
+    from_submitted(submitted, post)
+}
+
+fn from_submitted(submitted: Submitted, post: Post) -> (Step, bool) {
+    match submitted {
+        Submitted::One(flight) => remote(flight, post),
+        Submitted::Many(flights, merge) => (
+            Step::FanOut {
+                flights,
+                merge,
+                post,
+            },
+            false,
+        ),
+        Submitted::Done(reply) => ready(reply),
+    }
 }
 
 /// SCAN, RANDOMKEY, SCRIPT and FUNCTION.

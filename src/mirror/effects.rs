@@ -1,0 +1,374 @@
+//! What a mirror is sent for a write: the command itself, or the effect the primary
+//! reported, where the command's outcome depends on time or on the data already there.
+//!
+//! Relative expirations become absolute ones computed when the primary accepted the write
+//! (as Redis replication does); counters become the value the primary returned; pops become
+//! removals of what the primary popped; conditional writes are sent only when they took
+//! effect. A mirror that started with different data therefore converges instead of drifting.
+
+use bytes::Bytes;
+
+use crate::multikey::{elements, integer};
+use crate::resp::Request;
+use crate::resp::reply::bulk_body;
+
+/// Whether the effect of `name` can only be known from the primary's reply.
+pub fn needs_primary_reply(name: &str) -> bool {
+    matches!(
+        name,
+        "SET"
+            | "SETEX"
+            | "PSETEX"
+            | "SETNX"
+            | "MSETNX"
+            | "HSETNX"
+            | "EXPIRE"
+            | "PEXPIRE"
+            | "EXPIREAT"
+            | "PEXPIREAT"
+            | "GETEX"
+            | "INCR"
+            | "DECR"
+            | "INCRBY"
+            | "DECRBY"
+            | "INCRBYFLOAT"
+            | "HINCRBY"
+            | "HINCRBYFLOAT"
+            | "ZINCRBY"
+            | "SPOP"
+            | "BLPOP"
+            | "BRPOP"
+            | "BLMOVE"
+            | "BRPOPLPUSH"
+            | "BZPOPMIN"
+            | "BZPOPMAX"
+            | "XADD"
+    )
+}
+
+fn is_null(reply: &[u8]) -> bool {
+    matches!(reply, b"$-1\r\n" | b"*-1\r\n" | b"_\r\n")
+}
+
+/// A scalar reply as text: bulk, simple string, integer or RESP3 double.
+fn scalar(reply: &[u8]) -> Option<Bytes> {
+    if let Some(b) = bulk_body(reply) {
+        return Some(Bytes::copy_from_slice(b));
+    }
+    match reply.first() {
+        Some(b'+' | b':' | b',') => {
+            let line = &reply[1..];
+            let end = line.iter().position(|&c| c == b'\r')?;
+            Some(Bytes::copy_from_slice(&line[..end]))
+        }
+        _ => None,
+    }
+}
+
+fn cmd(parts: &[&[u8]]) -> Request {
+    Request::from_args(parts)
+}
+
+fn upper(req: &Request, i: usize) -> Vec<u8> {
+    req.arg(i).to_ascii_uppercase()
+}
+
+fn parse_u64(b: &[u8]) -> Option<u64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// The commands to send the mirrors for `req` (named `name`), given the primary's reply
+/// and the time it was accepted (Unix ms). Empty when the write did nothing on the primary
+/// (an error, a condition not met) or nothing needs mirroring.
+pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Request> {
+    if reply.first() == Some(&b'-') {
+        return Vec::new();
+    }
+    let same = || vec![req.clone()];
+    let n = req.len();
+    let ok = reply.starts_with(b"+OK");
+    let one = integer(reply) == Some(1);
+    match name {
+        "SET" if n >= 3 => set_effect(req, reply, now_ms).unwrap_or_else(same),
+        "SETEX" | "PSETEX" if n == 4 && ok => {
+            let Some(t) = parse_u64(req.arg(2)) else { return same() };
+            let ms = if name == "SETEX" { t.saturating_mul(1000) } else { t };
+            let at = (now_ms + ms).to_string();
+            vec![cmd(&[b"SET", req.arg(1), req.arg(3), b"PXAT", at.as_bytes()])]
+        }
+        "SETNX" if n == 3 => {
+            if one {
+                vec![cmd(&[b"SET", req.arg(1), req.arg(2)])]
+            } else {
+                Vec::new()
+            }
+        }
+        "MSETNX" => {
+            if one {
+                let mut parts: Vec<&[u8]> = vec![b"MSET"];
+                parts.extend((1..n).map(|i| req.arg(i)));
+                vec![cmd(&parts)]
+            } else {
+                Vec::new()
+            }
+        }
+        "HSETNX" if n == 4 => {
+            if one {
+                vec![cmd(&[b"HSET", req.arg(1), req.arg(2), req.arg(3)])]
+            } else {
+                Vec::new()
+            }
+        }
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if n >= 3 => {
+            if !one {
+                return Vec::new();
+            }
+            let Some(t) = std::str::from_utf8(req.arg(2)).ok().and_then(|t| t.parse::<i64>().ok())
+            else {
+                return same();
+            };
+            let at: i64 = match name {
+                "EXPIRE" => now_ms as i64 + t.saturating_mul(1000),
+                "PEXPIRE" => now_ms as i64 + t,
+                "EXPIREAT" => t.saturating_mul(1000),
+                _ => t,
+            };
+            let at = at.to_string();
+            vec![cmd(&[b"PEXPIREAT", req.arg(1), at.as_bytes()])]
+        }
+        "GETEX" if n >= 2 => {
+            if is_null(reply) || n == 2 {
+                return Vec::new();
+            }
+            let opt = upper(req, 2);
+            if opt == b"PERSIST" {
+                return vec![cmd(&[b"PERSIST", req.arg(1)])];
+            }
+            let Some(t) = (n > 3).then(|| parse_u64(req.arg(3))).flatten() else {
+                return same();
+            };
+            let at = match &opt[..] {
+                b"EX" => now_ms + t.saturating_mul(1000),
+                b"PX" => now_ms + t,
+                b"EXAT" => t.saturating_mul(1000),
+                b"PXAT" => t,
+                _ => return same(),
+            };
+            let at = at.to_string();
+            vec![cmd(&[b"PEXPIREAT", req.arg(1), at.as_bytes()])]
+        }
+        "INCR" | "DECR" | "INCRBY" | "DECRBY" | "INCRBYFLOAT" => match scalar(reply) {
+            Some(v) => vec![cmd(&[b"SET", req.arg(1), &v, b"KEEPTTL"])],
+            None => same(),
+        },
+        "HINCRBY" | "HINCRBYFLOAT" if n == 4 => match scalar(reply) {
+            Some(v) => vec![cmd(&[b"HSET", req.arg(1), req.arg(2), &v])],
+            None => same(),
+        },
+        "ZINCRBY" if n == 4 => match scalar(reply) {
+            Some(v) => vec![cmd(&[b"ZADD", req.arg(1), &v, req.arg(3)])],
+            None => same(),
+        },
+        "SPOP" if n >= 2 => {
+            let members: Vec<Bytes> = if let Some(v) = bulk_body(reply) {
+                vec![Bytes::copy_from_slice(v)]
+            } else if let Some(items) = elements(reply) {
+                items.iter().filter_map(|i| bulk_body(i)).map(Bytes::copy_from_slice).collect()
+            } else {
+                Vec::new()
+            };
+            if members.is_empty() {
+                return Vec::new();
+            }
+            let mut parts: Vec<&[u8]> = vec![b"SREM", req.arg(1)];
+            parts.extend(members.iter().map(|m| &m[..]));
+            vec![cmd(&parts)]
+        }
+        "BLPOP" | "BRPOP" => {
+            let Some(key) = elements(reply).and_then(|e| e.first().and_then(|k| bulk_body(k)).map(Bytes::copy_from_slice)) else {
+                return Vec::new();
+            };
+            let pop: &[u8] = if name == "BLPOP" { b"LPOP" } else { b"RPOP" };
+            vec![cmd(&[pop, &key])]
+        }
+        "BZPOPMIN" | "BZPOPMAX" => {
+            let Some(e) = elements(reply).filter(|e| e.len() == 3) else {
+                return Vec::new();
+            };
+            match (bulk_body(e[0]), bulk_body(e[1])) {
+                (Some(k), Some(m)) => vec![cmd(&[b"ZREM", k, m])],
+                _ => Vec::new(),
+            }
+        }
+        "BLMOVE" if n == 6 => {
+            if is_null(reply) {
+                return Vec::new();
+            }
+            vec![cmd(&[b"LMOVE", req.arg(1), req.arg(2), req.arg(3), req.arg(4)])]
+        }
+        "BRPOPLPUSH" if n == 4 => {
+            if is_null(reply) {
+                return Vec::new();
+            }
+            vec![cmd(&[b"RPOPLPUSH", req.arg(1), req.arg(2)])]
+        }
+        "XADD" => {
+            // An auto-generated id is replaced by the id the primary chose.
+            let Some(id) = scalar(reply) else { return same() };
+            let star = (2..n).find(|&i| req.arg(i) == b"*");
+            match star {
+                Some(i) => {
+                    let mut parts: Vec<&[u8]> = (0..n).map(|j| req.arg(j)).collect();
+                    parts[i] = &id;
+                    vec![cmd(&parts)]
+                }
+                None => same(),
+            }
+        }
+        _ => same(),
+    }
+}
+
+/// SET with its options resolved: sent only when it took effect, with NX/XX/GET dropped and
+/// a relative expiry made absolute. `None` when the options are not understood.
+fn set_effect(req: &Request, reply: &[u8], now_ms: u64) -> Option<Vec<Request>> {
+    let (mut nx, mut xx, mut get) = (false, false, false);
+    let mut ttl: Option<Vec<u8>> = None;
+    let mut keepttl = false;
+    let mut i = 3;
+    while i < req.len() {
+        match &upper(req, i)[..] {
+            b"NX" => nx = true,
+            b"XX" => xx = true,
+            b"GET" => get = true,
+            b"KEEPTTL" => keepttl = true,
+            opt @ (b"EX" | b"PX" | b"EXAT" | b"PXAT") => {
+                if i + 1 >= req.len() {
+                    return None;
+                }
+                let t = parse_u64(req.arg(i + 1))?;
+                let at = match opt {
+                    b"EX" => now_ms + t.saturating_mul(1000),
+                    b"PX" => now_ms + t,
+                    b"EXAT" => t.saturating_mul(1000),
+                    _ => t,
+                };
+                ttl = Some(at.to_string().into_bytes());
+                i += 1;
+            }
+            _ => return None,
+        }
+        i += 1;
+    }
+    let applied = match (nx, xx, get) {
+        (true, _, true) => is_null(reply),
+        (_, true, true) => !is_null(reply),
+        (true, _, false) | (_, true, false) => reply.starts_with(b"+OK"),
+        _ => true,
+    };
+    if !applied {
+        return Some(Vec::new());
+    }
+    let mut parts: Vec<&[u8]> = vec![b"SET", req.arg(1), req.arg(2)];
+    if let Some(at) = &ttl {
+        parts.push(b"PXAT");
+        parts.push(at);
+    } else if keepttl {
+        parts.push(b"KEEPTTL");
+    }
+    Some(vec![cmd(&parts)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(s: &str) -> Request {
+        Request::from_args(&s.split(' ').collect::<Vec<_>>())
+    }
+
+    fn eff(command: &str, reply: &str) -> Vec<String> {
+        let r = req(command);
+        let name = String::from_utf8(r.arg(0).to_ascii_uppercase()).unwrap();
+        effect(&name, &r, reply.as_bytes(), 1_000_000)
+            .iter()
+            .map(|c| {
+                (0..c.len())
+                    .map(|i| String::from_utf8_lossy(c.arg(i)).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn relative_expirations_become_absolute() {
+        assert_eq!(eff("SET k v EX 10", "+OK\r\n"), ["SET k v PXAT 1010000"]);
+        assert_eq!(eff("SET k v PX 10", "+OK\r\n"), ["SET k v PXAT 1000010"]);
+        assert_eq!(eff("SET k v EXAT 5", "+OK\r\n"), ["SET k v PXAT 5000"]);
+        assert_eq!(eff("SETEX k 2 v", "+OK\r\n"), ["SET k v PXAT 1002000"]);
+        assert_eq!(eff("PSETEX k 2 v", "+OK\r\n"), ["SET k v PXAT 1000002"]);
+        assert_eq!(eff("EXPIRE k 3", ":1\r\n"), ["PEXPIREAT k 1003000"]);
+        assert_eq!(eff("PEXPIRE k 3 NX", ":1\r\n"), ["PEXPIREAT k 1000003"]);
+        assert_eq!(eff("EXPIREAT k 7", ":1\r\n"), ["PEXPIREAT k 7000"]);
+        assert!(eff("EXPIRE k 3", ":0\r\n").is_empty());
+        assert_eq!(eff("GETEX k EX 1", "$1\r\nv\r\n"), ["PEXPIREAT k 1001000"]);
+        assert_eq!(eff("GETEX k PERSIST", "$1\r\nv\r\n"), ["PERSIST k"]);
+        assert!(eff("GETEX k EX 1", "$-1\r\n").is_empty());
+        assert!(eff("GETEX k", "$1\r\nv\r\n").is_empty());
+    }
+
+    #[test]
+    fn conditional_writes_only_when_applied() {
+        assert_eq!(eff("SET k v NX", "+OK\r\n"), ["SET k v"]);
+        assert!(eff("SET k v NX", "$-1\r\n").is_empty());
+        assert!(eff("SET k v XX", "_\r\n").is_empty());
+        assert_eq!(eff("SET k v NX GET", "$-1\r\n"), ["SET k v"]);
+        assert!(eff("SET k v NX GET", "$1\r\no\r\n").is_empty());
+        assert_eq!(eff("SET k v XX GET KEEPTTL", "$1\r\no\r\n"), ["SET k v KEEPTTL"]);
+        assert_eq!(eff("SETNX k v", ":1\r\n"), ["SET k v"]);
+        assert!(eff("SETNX k v", ":0\r\n").is_empty());
+        assert_eq!(eff("HSETNX h f v", ":1\r\n"), ["HSET h f v"]);
+        assert_eq!(eff("MSETNX a 1 b 2", ":1\r\n"), ["MSET a 1 b 2"]);
+        assert!(eff("MSETNX a 1 b 2", ":0\r\n").is_empty());
+        // An unknown option: sent as it is, the mirror decides.
+        assert_eq!(eff("SET k v WEIRD", "+OK\r\n"), ["SET k v WEIRD"]);
+    }
+
+    #[test]
+    fn counters_become_values() {
+        assert_eq!(eff("INCR c", ":5\r\n"), ["SET c 5 KEEPTTL"]);
+        assert_eq!(eff("DECRBY c 2", ":-1\r\n"), ["SET c -1 KEEPTTL"]);
+        assert_eq!(eff("INCRBYFLOAT c 0.5", "$3\r\n1.5\r\n"), ["SET c 1.5 KEEPTTL"]);
+        assert_eq!(eff("HINCRBY h f 2", ":7\r\n"), ["HSET h f 7"]);
+        assert_eq!(eff("HINCRBYFLOAT h f 2", "$3\r\n7.5\r\n"), ["HSET h f 7.5"]);
+        assert_eq!(eff("ZINCRBY z 2 m", "$1\r\n4\r\n"), ["ZADD z 4 m"]);
+        assert_eq!(eff("ZINCRBY z 2 m", ",4.5\r\n"), ["ZADD z 4.5 m"]);
+    }
+
+    #[test]
+    fn pops_become_removals() {
+        assert_eq!(eff("SPOP s", "$1\r\na\r\n"), ["SREM s a"]);
+        assert_eq!(eff("SPOP s 2", "*2\r\n$1\r\na\r\n$1\r\nb\r\n"), ["SREM s a b"]);
+        assert!(eff("SPOP s", "$-1\r\n").is_empty());
+        assert!(eff("SPOP s 2", "*0\r\n").is_empty());
+        assert_eq!(eff("BLPOP a b 0", "*2\r\n$1\r\nb\r\n$1\r\nx\r\n"), ["LPOP b"]);
+        assert!(eff("BRPOP a 1", "*-1\r\n").is_empty());
+        assert_eq!(
+            eff("BZPOPMIN z 0", "*3\r\n$1\r\nz\r\n$1\r\nm\r\n$1\r\n1\r\n"),
+            ["ZREM z m"]
+        );
+        assert_eq!(eff("BLMOVE a b LEFT RIGHT 0", "$1\r\nx\r\n"), ["LMOVE a b LEFT RIGHT"]);
+        assert_eq!(eff("BRPOPLPUSH a b 0", "$1\r\nx\r\n"), ["RPOPLPUSH a b"]);
+    }
+
+    #[test]
+    fn stream_ids_are_fixed_and_others_pass() {
+        assert_eq!(eff("XADD s * f v", "$3\r\n1-0\r\n"), ["XADD s 1-0 f v"]);
+        assert_eq!(eff("XADD s MAXLEN 5 * f v", "$3\r\n1-0\r\n"), ["XADD s MAXLEN 5 1-0 f v"]);
+        assert_eq!(eff("XADD s 5-1 f v", "$3\r\n5-1\r\n"), ["XADD s 5-1 f v"]);
+        assert_eq!(eff("LPUSH l a", ":1\r\n"), ["LPUSH l a"]);
+        assert!(eff("LPUSH l a", "-WRONGTYPE x\r\n").is_empty());
+        assert!(needs_primary_reply("INCR") && !needs_primary_reply("LPUSH"));
+    }
+}
