@@ -253,6 +253,33 @@ impl Config {
         })
     }
 
+    /// Checks the values consumer mode uses (the mirrors and the queue; no primary).
+    pub fn validate_consumer(mut self) -> Result<Config, ConfigError> {
+        if self.mirror.queue.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "mirror.queue",
+                message: "consumer mode needs the queue it reads".into(),
+            });
+        }
+        if self.mirror.resources.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "mirror.resources",
+                message: "consumer mode needs at least one mirror to apply the queue to".into(),
+            });
+        }
+        self.mirror.mode = MultiWriteMode::Async;
+        if self.cluster.seeds.is_empty() {
+            // No primary in consumer mode; a placeholder keeps the shared checks simple.
+            self.cluster.seeds = vec![
+                self.mirror
+                    .queue
+                    .as_ref()
+                    .map_or(String::new(), |q| q.redis.clone()),
+            ];
+        }
+        self.validate()
+    }
+
     /// Checks every value; the error names the field to fix.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let invalid = |field, message: &str| {
@@ -336,10 +363,16 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for r in &m.resources {
             if r.name.is_empty() || r.name == "primary" {
-                return invalid("mirror.resources.name", format!("{:?} is not a usable name", r.name));
+                return invalid(
+                    "mirror.resources.name",
+                    format!("{:?} is not a usable name", r.name),
+                );
             }
             if !names.insert(&r.name) {
-                return invalid("mirror.resources.name", format!("{:?} is used twice", r.name));
+                return invalid(
+                    "mirror.resources.name",
+                    format!("{:?} is used twice", r.name),
+                );
             }
             match (&r.standalone, r.cluster.is_empty()) {
                 (Some(a), true) if is_host_port(a) => {}
@@ -347,7 +380,10 @@ impl Config {
                 (Some(_), false) | (None, true) => {
                     return invalid(
                         "mirror.resources.cluster",
-                        format!("mirror {:?} needs either cluster seeds or a standalone address", r.name),
+                        format!(
+                            "mirror {:?} needs either cluster seeds or a standalone address",
+                            r.name
+                        ),
                     );
                 }
                 _ => {
@@ -366,13 +402,26 @@ impl Config {
                 return invalid("mirror.queue", "the async mode needs a queue".into());
             };
             if !is_host_port(&q.redis) {
-                return invalid("mirror.queue.redis", format!("{:?} is not HOST:PORT", q.redis));
+                return invalid(
+                    "mirror.queue.redis",
+                    format!("{:?} is not HOST:PORT", q.redis),
+                );
             }
-            if q.stream.is_empty() || q.group.is_empty() || q.dead_letter.is_empty() || q.consumer.is_empty() {
-                return invalid("mirror.queue", "stream, group, consumer and dead_letter must not be empty".into());
+            if q.stream.is_empty()
+                || q.group.is_empty()
+                || q.dead_letter.is_empty()
+                || q.consumer.is_empty()
+            {
+                return invalid(
+                    "mirror.queue",
+                    "stream, group, consumer and dead_letter must not be empty".into(),
+                );
             }
             if q.max_attempts == 0 || q.batch == 0 {
-                return invalid("mirror.queue", "max_attempts and batch must be at least 1".into());
+                return invalid(
+                    "mirror.queue",
+                    "max_attempts and batch must be at least 1".into(),
+                );
             }
         }
         Ok(())
@@ -487,15 +536,31 @@ mod tests {
         assert_eq!(ok.mirror.mode, MultiWriteMode::AllResourcesCheckError);
         assert_eq!(ok.mirror.resources.len(), 2);
         for (field, yaml) in [
-            ("mirror.resources.name", "  resources:\n    - cluster: [127.0.0.1:7100]\n"),
-            ("mirror.resources.name", "  resources:\n    - {name: a, cluster: [127.0.0.1:1]}\n    - {name: a, cluster: [127.0.0.1:2]}\n"),
+            (
+                "mirror.resources.name",
+                "  resources:\n    - cluster: [127.0.0.1:7100]\n",
+            ),
+            (
+                "mirror.resources.name",
+                "  resources:\n    - {name: a, cluster: [127.0.0.1:1]}\n    - {name: a, cluster: [127.0.0.1:2]}\n",
+            ),
             ("mirror.resources.cluster", "  resources:\n    - name: a\n"),
-            ("mirror.resources.cluster", "  resources:\n    - {name: a, cluster: [nope]}\n"),
+            (
+                "mirror.resources.cluster",
+                "  resources:\n    - {name: a, cluster: [nope]}\n",
+            ),
             ("mirror.queue", "  mode: async\n"),
-            ("mirror.queue.redis", "  mode: async\n  queue: {redis: nope}\n"),
+            (
+                "mirror.queue.redis",
+                "  mode: async\n  queue: {redis: nope}\n",
+            ),
             ("mirror.backlog", "  backlog: 0\n"),
         ] {
-            assert_eq!(invalid_field(&format!("{seeds}mirror:\n{yaml}")), field, "{yaml}");
+            assert_eq!(
+                invalid_field(&format!("{seeds}mirror:\n{yaml}")),
+                field,
+                "{yaml}"
+            );
         }
         assert!(matches!(
             Config::from_yaml("mirror:\n  mode: sometimes\n"),

@@ -17,13 +17,13 @@ use tracing::debug;
 use crate::backend::conn::{Pending, ReplyResult};
 use crate::backend::pool::{Backends, PoolSettings};
 use crate::command::{CmdSpec, Handling, RouteError};
-use crate::multikey::{self, Merge};
-use crate::resp::Request;
 use crate::config::Config;
 use crate::error::BackendError;
 use crate::histogram::Histogram;
+use crate::multikey::{self, Merge};
 use crate::redirect::{Attempts, Decision, Outcome, RetryPolicy, decide};
 use crate::resp::Proto;
+use crate::resp::Request;
 use crate::resp::encode::error;
 use crate::topology::{Topology, TopologySettings};
 

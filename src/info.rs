@@ -32,11 +32,12 @@ pub fn scope(req: &Request) -> InfoScope {
     }
     let names: Vec<&[u8]> = (1..req.len()).map(|i| req.arg(i)).collect();
     let is = |n: &[u8], s: &str| n.eq_ignore_ascii_case(s.as_bytes());
-    if names.iter().all(|n| is(n, "slotgate")) {
+    let ours = |n: &[u8]| is(n, "slotgate") || is(n, "multiwrite");
+    if names.iter().all(|n| ours(n)) {
         InfoScope::SlotgateOnly
     } else if names
         .iter()
-        .any(|n| is(n, "slotgate") || is(n, "all") || is(n, "everything") || is(n, "default"))
+        .any(|n| ours(n) || is(n, "all") || is(n, "everything") || is(n, "default"))
     {
         InfoScope::WithSlotgate
     } else {
@@ -184,16 +185,30 @@ pub fn slotgate_section(shared: &Shared) -> String {
     out
 }
 
-/// Only the slotgate section, as a reply.
-pub fn local_reply(shared: &Shared, proto: Proto) -> Bytes {
+/// The sections slotgate adds: `# Slotgate`, and `# Multiwrite` when writes are mirrored.
+pub async fn proxy_sections(shared: &Shared) -> String {
+    let mut text = slotgate_section(shared);
+    if let Some(m) = &shared.mirrors {
+        let lag = match &m.queue {
+            Some(q) => q.lag().await,
+            None => None,
+        };
+        text.push_str("\r\n");
+        text.push_str(&crate::mirror::info_section(m, &shared.primary, lag));
+    }
+    text
+}
+
+/// Only slotgate's own sections, as a reply.
+pub async fn local_reply(shared: &Shared, proto: Proto) -> Bytes {
     let mut e = Encoder::new(proto);
-    e.verbatim_text(slotgate_section(shared).as_bytes());
+    e.verbatim_text(proxy_sections(shared).await.as_bytes());
     e.finish()
 }
 
 /// Rewrites a master's INFO reply for the client: `cluster_enabled:0`, and the slotgate
 /// section appended when asked for. Error replies pass unchanged.
-pub fn rewrite(
+pub async fn rewrite(
     reply: Bytes,
     shared: &Shared,
     proto: Proto,
@@ -215,7 +230,7 @@ pub fn rewrite(
                 "\r\n\r\n"
             });
         }
-        text.push_str(&slotgate_section(shared));
+        text.push_str(&proxy_sections(shared).await);
     }
     let mut e = Encoder::new(proto);
     e.verbatim_text(text.as_bytes());

@@ -15,6 +15,7 @@ pub mod error;
 pub mod histogram;
 pub mod info;
 pub mod local;
+pub mod mirror;
 pub mod multikey;
 pub mod plan;
 pub mod pubsub;

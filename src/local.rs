@@ -24,6 +24,8 @@ pub struct ClientState {
     pub txn: crate::transaction::Transaction,
     /// Pub/sub subscriptions and their connections, once the client subscribes.
     pub subs: Option<crate::pubsub::Subscriptions>,
+    /// This connection's mirror feed (multi-write), opened on its first mirrored write.
+    pub mirror_feed: Option<tokio::sync::mpsc::Sender<crate::mirror::Job>>,
 }
 
 impl ClientState {
@@ -37,6 +39,7 @@ impl ClientState {
             lib_ver: None,
             txn: Default::default(),
             subs: None,
+            mirror_feed: None,
         }
     }
 }

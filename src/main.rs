@@ -3,8 +3,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use slotgate::config::Config;
+use clap::{ArgAction, Parser, Subcommand};
+use slotgate::config::{Config, MirrorResourceConfig};
+use slotgate::error::ConfigError;
 use tracing_subscriber::EnvFilter;
 
 /// A Redis Cluster proxy: standalone-Redis clients use a whole cluster through it.
@@ -12,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "slotgate", version)]
 struct Cli {
     /// YAML config file (see config/slotgate.yaml); flags override its values.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<String>,
     /// Address to accept clients on.
     #[arg(long, value_name = "HOST:PORT")]
@@ -24,32 +25,69 @@ struct Cli {
     #[arg(long, value_name = "PASS")]
     password: Option<String>,
     /// Log filter when RUST_LOG is not set (error, warn, info, debug, trace).
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, value_name = "LEVEL", global = true)]
     log_level: Option<String>,
+    /// A mirror cluster that receives the writes too, by its seed nodes; repeat for several.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", action = ArgAction::Append)]
+    mirror: Vec<String>,
+    /// Whom clients wait for when writes are mirrored: first_resource_only,
+    /// all_resources_no_check, all_resources_check_error or async.
+    #[arg(long, value_name = "MODE")]
+    multi_write_mode: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn load(cli: Cli) -> Result<Config, slotgate::error::ConfigError> {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consumer mode: apply the async multi-write queue (mirror.queue) to the mirrors.
+    Consume,
+}
+
+fn load(cli: &Cli) -> Result<Config, slotgate::error::ConfigError> {
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    if let Some(listen) = cli.listen {
-        config.listen = listen;
+    if let Some(listen) = &cli.listen {
+        config.listen = listen.clone();
     }
-    if let Some(seeds) = cli.cluster {
-        config.cluster.seeds = seeds.into_iter().filter(|s| !s.is_empty()).collect();
+    if let Some(seeds) = &cli.cluster {
+        config.cluster.seeds = seeds.iter().filter(|s| !s.is_empty()).cloned().collect();
     }
-    if let Some(password) = cli.password {
-        config.password = Some(password);
+    if let Some(password) = &cli.password {
+        config.password = Some(password.clone());
     }
-    if let Some(level) = cli.log_level {
-        config.log_level = level;
+    if let Some(level) = &cli.log_level {
+        config.log_level = level.clone();
     }
-    config.validate()
+    let first_new = config.mirror.resources.len() + 1;
+    for (i, seeds) in cli.mirror.iter().enumerate() {
+        config.mirror.resources.push(MirrorResourceConfig {
+            name: format!("mirror{}", first_new + i),
+            cluster: seeds
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            ..MirrorResourceConfig::default()
+        });
+    }
+    if let Some(mode) = &cli.multi_write_mode {
+        config.mirror.mode = mode.parse().map_err(|message| ConfigError::Invalid {
+            field: "--multi-write-mode",
+            message,
+        })?;
+    }
+    match cli.command {
+        Some(Command::Consume) => config.validate_consumer(),
+        None => config.validate(),
+    }
 }
 
 fn main() -> ExitCode {
-    let config = match load(Cli::parse()) {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("slotgate: {e}");
@@ -69,6 +107,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Consume) = cli.command {
+        return runtime.block_on(async {
+            match slotgate::mirror::consumer::run(config, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("slotgate consume: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        });
+    }
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(&config.listen).await {
             Ok(l) => l,

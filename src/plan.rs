@@ -11,6 +11,7 @@ use crate::command::{CmdSpec, Fan, Handling, Kind, lookup};
 use crate::dispatch::{Flight, SendOptions, Submitted, Target};
 use crate::info::{self, InfoScope};
 use crate::local::{self, ClientState};
+use crate::mirror::{self, Ticket};
 use crate::multikey::{self, Merge};
 use crate::pubsub::{Subscriptions, is_subscription_command};
 use crate::resp::encode::error;
@@ -37,6 +38,8 @@ pub enum Step {
     RandomKey { opts: SendOptions },
     /// Part of a transaction, on its pinned connection.
     Tx(TxReply),
+    /// A write also sent to the mirrors: the inner step's reply settles the ticket.
+    Mirrored { inner: Box<Step>, ticket: Ticket },
 }
 
 /// Adjustments to a reply after it arrives.
@@ -127,7 +130,7 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
         Handling::Info => {
             let scope = info::scope(&req);
             if scope == InfoScope::SlotgateOnly {
-                return ready(info::local_reply(shared, state.proto));
+                return ready(info::local_reply(shared, state.proto).await);
             }
             let keyspace = if info::wants_keyspace(&req) {
                 let raw = Request::from_args(&["INFO", "keyspace"]).raw;
@@ -140,10 +143,19 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
         }
         Handling::AllMasters(_) => {
             let submitted = shared.primary.submit(spec, &req, opts).await;
-            from_submitted(submitted, Post::None)
+            let step = from_submitted(submitted, Post::None);
+            mirror(shared, state, spec, &req, step).await
         }
         Handling::Special => special(shared, spec, req, opts).await,
-        Handling::Forward | Handling::Subcommands { .. } => forward(shared, spec, req, opts).await,
+        Handling::Forward | Handling::Subcommands { .. } => {
+            let mirrored = shared.mirrors.is_some() && mirror::mirrored(spec);
+            let copy = mirrored.then(|| req.clone());
+            let step = forward(shared, spec, req, opts).await;
+            match copy {
+                Some(req) => mirror(shared, state, spec, &req, step).await,
+                None => step,
+            }
+        }
     }
 }
 
@@ -176,6 +188,33 @@ async fn forward(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
     };
     let submitted = shared.primary.submit(spec, &req, opts).await;
     from_submitted(submitted, post)
+}
+
+/// Hands a write to the mirrors, when there are any and the primary did not refuse it
+/// before sending (CROSSSLOT and the like are answered at once and not mirrored).
+async fn mirror(
+    shared: &Shared,
+    state: &mut ClientState,
+    spec: &'static CmdSpec,
+    req: &Request,
+    (step, close): (Step, bool),
+) -> (Step, bool) {
+    let Some(mirrors) = &shared.mirrors else {
+        return (step, close);
+    };
+    if matches!(step, Step::Ready(_)) || !mirror::mirrored(spec) {
+        return (step, close);
+    }
+    match mirrors.submit(&mut state.mirror_feed, spec, req).await {
+        Some(ticket) => (
+            Step::Mirrored {
+                inner: Box::new(step),
+                ticket,
+            },
+            close,
+        ),
+        None => (step, close),
+    }
 }
 
 fn from_submitted(submitted: Submitted, post: Post) -> (Step, bool) {
@@ -270,6 +309,17 @@ async fn special(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
 /// Turns a step into the client's reply.
 pub async fn complete(shared: &Shared, step: Step, proto: Proto) -> Bytes {
     match step {
+        Step::Mirrored { inner, ticket } => {
+            let reply = complete_one(shared, *inner, proto).await;
+            ticket.settle(reply).await
+        }
+        other => complete_one(shared, other, proto).await,
+    }
+}
+
+async fn complete_one(shared: &Shared, step: Step, proto: Proto) -> Bytes {
+    match step {
+        Step::Mirrored { .. } => error("ERR slotgate: nested mirrored write"),
         Step::Ready(reply) => reply,
         Step::Remote { flight, post } => {
             let reply = shared.primary.finish(flight).await;
@@ -300,7 +350,7 @@ async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes
                     join_all(keyspace.into_iter().map(|f| shared.primary.finish(f))).await;
                 Some(info::sum_keyspace(&replies))
             };
-            info::rewrite(reply, shared, proto, scope, keyspace)
+            info::rewrite(reply, shared, proto, scope, keyspace).await
         }
         Post::Scan { step, masters } => scan::rewrite(&reply, &step, masters),
         Post::RememberScript(body) => {

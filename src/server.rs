@@ -26,7 +26,9 @@ pub fn build(config: Config) -> Arc<Shared> {
         },
         &config,
     );
+    let mirrors = crate::mirror::Mirrors::build(&config);
     Arc::new(Shared {
+        mirrors,
         config,
         primary,
         stats: Default::default(),
@@ -44,6 +46,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .topology
         .refresh_and_wait(None, shared.config.connect_timeout() * 2)
         .await;
+    let probe = shared.config.mirror.probe_interval_ms;
+    if probe > 0 && shared.mirrors.is_some() {
+        tokio::spawn(crate::mirror::probe::run(
+            shared.clone(),
+            Duration::from_millis(probe),
+        ));
+    }
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_clients));
     let next_id = AtomicU64::new(1);
     info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "slotgate ready");

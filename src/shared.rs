@@ -24,6 +24,8 @@ pub struct Shared {
     pub config: Config,
     /// The cluster clients read from and write to.
     pub primary: Cluster,
+    /// Resources that receive the writes too (multi-write), if configured.
+    pub mirrors: Option<std::sync::Arc<crate::mirror::Mirrors>>,
     pub stats: Stats,
     pub started: Instant,
     /// Script bodies loaded through slotgate (SCRIPT LOAD), by lower-case SHA1, so an

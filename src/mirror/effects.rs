@@ -91,10 +91,22 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
     match name {
         "SET" if n >= 3 => set_effect(req, reply, now_ms).unwrap_or_else(same),
         "SETEX" | "PSETEX" if n == 4 && ok => {
-            let Some(t) = parse_u64(req.arg(2)) else { return same() };
-            let ms = if name == "SETEX" { t.saturating_mul(1000) } else { t };
+            let Some(t) = parse_u64(req.arg(2)) else {
+                return same();
+            };
+            let ms = if name == "SETEX" {
+                t.saturating_mul(1000)
+            } else {
+                t
+            };
             let at = (now_ms + ms).to_string();
-            vec![cmd(&[b"SET", req.arg(1), req.arg(3), b"PXAT", at.as_bytes()])]
+            vec![cmd(&[
+                b"SET",
+                req.arg(1),
+                req.arg(3),
+                b"PXAT",
+                at.as_bytes(),
+            ])]
         }
         "SETNX" if n == 3 => {
             if one {
@@ -123,7 +135,9 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
             if !one {
                 return Vec::new();
             }
-            let Some(t) = std::str::from_utf8(req.arg(2)).ok().and_then(|t| t.parse::<i64>().ok())
+            let Some(t) = std::str::from_utf8(req.arg(2))
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
             else {
                 return same();
             };
@@ -173,7 +187,11 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
             let members: Vec<Bytes> = if let Some(v) = bulk_body(reply) {
                 vec![Bytes::copy_from_slice(v)]
             } else if let Some(items) = elements(reply) {
-                items.iter().filter_map(|i| bulk_body(i)).map(Bytes::copy_from_slice).collect()
+                items
+                    .iter()
+                    .filter_map(|i| bulk_body(i))
+                    .map(Bytes::copy_from_slice)
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -185,7 +203,11 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
             vec![cmd(&parts)]
         }
         "BLPOP" | "BRPOP" => {
-            let Some(key) = elements(reply).and_then(|e| e.first().and_then(|k| bulk_body(k)).map(Bytes::copy_from_slice)) else {
+            let Some(key) = elements(reply).and_then(|e| {
+                e.first()
+                    .and_then(|k| bulk_body(k))
+                    .map(Bytes::copy_from_slice)
+            }) else {
                 return Vec::new();
             };
             let pop: &[u8] = if name == "BLPOP" { b"LPOP" } else { b"RPOP" };
@@ -204,7 +226,13 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
             if is_null(reply) {
                 return Vec::new();
             }
-            vec![cmd(&[b"LMOVE", req.arg(1), req.arg(2), req.arg(3), req.arg(4)])]
+            vec![cmd(&[
+                b"LMOVE",
+                req.arg(1),
+                req.arg(2),
+                req.arg(3),
+                req.arg(4),
+            ])]
         }
         "BRPOPLPUSH" if n == 4 => {
             if is_null(reply) {
@@ -214,7 +242,9 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
         }
         "XADD" => {
             // An auto-generated id is replaced by the id the primary chose.
-            let Some(id) = scalar(reply) else { return same() };
+            let Some(id) = scalar(reply) else {
+                return same();
+            };
             let star = (2..n).find(|&i| req.arg(i) == b"*");
             match star {
                 Some(i) => {
@@ -325,7 +355,10 @@ mod tests {
         assert!(eff("SET k v XX", "_\r\n").is_empty());
         assert_eq!(eff("SET k v NX GET", "$-1\r\n"), ["SET k v"]);
         assert!(eff("SET k v NX GET", "$1\r\no\r\n").is_empty());
-        assert_eq!(eff("SET k v XX GET KEEPTTL", "$1\r\no\r\n"), ["SET k v KEEPTTL"]);
+        assert_eq!(
+            eff("SET k v XX GET KEEPTTL", "$1\r\no\r\n"),
+            ["SET k v KEEPTTL"]
+        );
         assert_eq!(eff("SETNX k v", ":1\r\n"), ["SET k v"]);
         assert!(eff("SETNX k v", ":0\r\n").is_empty());
         assert_eq!(eff("HSETNX h f v", ":1\r\n"), ["HSET h f v"]);
@@ -339,7 +372,10 @@ mod tests {
     fn counters_become_values() {
         assert_eq!(eff("INCR c", ":5\r\n"), ["SET c 5 KEEPTTL"]);
         assert_eq!(eff("DECRBY c 2", ":-1\r\n"), ["SET c -1 KEEPTTL"]);
-        assert_eq!(eff("INCRBYFLOAT c 0.5", "$3\r\n1.5\r\n"), ["SET c 1.5 KEEPTTL"]);
+        assert_eq!(
+            eff("INCRBYFLOAT c 0.5", "$3\r\n1.5\r\n"),
+            ["SET c 1.5 KEEPTTL"]
+        );
         assert_eq!(eff("HINCRBY h f 2", ":7\r\n"), ["HSET h f 7"]);
         assert_eq!(eff("HINCRBYFLOAT h f 2", "$3\r\n7.5\r\n"), ["HSET h f 7.5"]);
         assert_eq!(eff("ZINCRBY z 2 m", "$1\r\n4\r\n"), ["ZADD z 4 m"]);
@@ -349,23 +385,35 @@ mod tests {
     #[test]
     fn pops_become_removals() {
         assert_eq!(eff("SPOP s", "$1\r\na\r\n"), ["SREM s a"]);
-        assert_eq!(eff("SPOP s 2", "*2\r\n$1\r\na\r\n$1\r\nb\r\n"), ["SREM s a b"]);
+        assert_eq!(
+            eff("SPOP s 2", "*2\r\n$1\r\na\r\n$1\r\nb\r\n"),
+            ["SREM s a b"]
+        );
         assert!(eff("SPOP s", "$-1\r\n").is_empty());
         assert!(eff("SPOP s 2", "*0\r\n").is_empty());
-        assert_eq!(eff("BLPOP a b 0", "*2\r\n$1\r\nb\r\n$1\r\nx\r\n"), ["LPOP b"]);
+        assert_eq!(
+            eff("BLPOP a b 0", "*2\r\n$1\r\nb\r\n$1\r\nx\r\n"),
+            ["LPOP b"]
+        );
         assert!(eff("BRPOP a 1", "*-1\r\n").is_empty());
         assert_eq!(
             eff("BZPOPMIN z 0", "*3\r\n$1\r\nz\r\n$1\r\nm\r\n$1\r\n1\r\n"),
             ["ZREM z m"]
         );
-        assert_eq!(eff("BLMOVE a b LEFT RIGHT 0", "$1\r\nx\r\n"), ["LMOVE a b LEFT RIGHT"]);
+        assert_eq!(
+            eff("BLMOVE a b LEFT RIGHT 0", "$1\r\nx\r\n"),
+            ["LMOVE a b LEFT RIGHT"]
+        );
         assert_eq!(eff("BRPOPLPUSH a b 0", "$1\r\nx\r\n"), ["RPOPLPUSH a b"]);
     }
 
     #[test]
     fn stream_ids_are_fixed_and_others_pass() {
         assert_eq!(eff("XADD s * f v", "$3\r\n1-0\r\n"), ["XADD s 1-0 f v"]);
-        assert_eq!(eff("XADD s MAXLEN 5 * f v", "$3\r\n1-0\r\n"), ["XADD s MAXLEN 5 1-0 f v"]);
+        assert_eq!(
+            eff("XADD s MAXLEN 5 * f v", "$3\r\n1-0\r\n"),
+            ["XADD s MAXLEN 5 1-0 f v"]
+        );
         assert_eq!(eff("XADD s 5-1 f v", "$3\r\n5-1\r\n"), ["XADD s 5-1 f v"]);
         assert_eq!(eff("LPUSH l a", ":1\r\n"), ["LPUSH l a"]);
         assert!(eff("LPUSH l a", "-WRONGTYPE x\r\n").is_empty());

@@ -52,13 +52,12 @@ pub fn glob(pattern: &[u8], s: &[u8]) -> bool {
                         continue;
                     }
                 }
-                b'\\' if p + 1 < pattern.len() => {
-                    if pattern[p + 1] == s[i] {
-                        p += 2;
-                        i += 1;
-                        continue;
-                    }
+                b'\\' if p + 1 < pattern.len() && pattern[p + 1] == s[i] => {
+                    p += 2;
+                    i += 1;
+                    continue;
                 }
+                b'\\' if p + 1 < pattern.len() => {}
                 c if c == s[i] => {
                     p += 1;
                     i += 1;
@@ -96,7 +95,10 @@ fn class(pattern: &[u8], at: usize, c: u8) -> Option<(bool, usize)> {
         if pc == b'\\' && p + 1 < pattern.len() {
             matched |= pattern[p + 1] == c;
             p += 2;
-        } else if pattern.get(p + 1) == Some(&b'-') && p + 2 < pattern.len() && pattern[p + 2] != b']' {
+        } else if pattern.get(p + 1) == Some(&b'-')
+            && p + 2 < pattern.len()
+            && pattern[p + 2] != b']'
+        {
             let (lo, hi) = (pc.min(pattern[p + 2]), pc.max(pattern[p + 2]));
             matched |= (lo..=hi).contains(&c);
             p += 3;

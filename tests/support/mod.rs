@@ -138,11 +138,18 @@ impl Proxy {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         let mut con = self.client(2).await;
         loop {
-            let info: String = redis::cmd("INFO").arg("slotgate").query_async(&mut con).await.unwrap();
+            let info: String = redis::cmd("INFO")
+                .arg("slotgate")
+                .query_async(&mut con)
+                .await
+                .unwrap();
             if info.contains("cluster_slots_assigned:16384") {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "slotgate never saw the whole cluster: {info}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "slotgate never saw the whole cluster: {info}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -298,4 +305,131 @@ impl RawClient {
             String::from_utf8_lossy(&self.buf)
         );
     }
+}
+
+/// A standalone `redis-server` on a free port (a standalone mirror, the async queue);
+/// stopped on drop.
+pub struct Standalone {
+    pub port: u16,
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Standalone {
+    pub async fn start() -> Standalone {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "slotgate-standalone-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Standalone { port, child, dir };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s
+    }
+
+    pub async fn con(&self) -> MultiplexedConnection {
+        connect(self.port, 2).await
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every key of a cluster with a printable form of its value (and whether it has a TTL),
+/// read from each master directly.
+pub async fn dump(cluster: &Cluster) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for port in &cluster.master_ports {
+        let mut node = cluster.node(*port).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        for k in keys {
+            if k.starts_with("slotgate:probe") {
+                continue;
+            }
+            let t: String = redis::cmd("TYPE")
+                .arg(&k)
+                .query_async(&mut node)
+                .await
+                .unwrap();
+            let v: redis::Value = match t.as_str() {
+                "string" => redis::cmd("GET")
+                    .arg(&k)
+                    .query_async(&mut node)
+                    .await
+                    .unwrap(),
+                "hash" => redis::cmd("HGETALL")
+                    .arg(&k)
+                    .query_async(&mut node)
+                    .await
+                    .unwrap(),
+                "list" => redis::cmd("LRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut node)
+                    .await
+                    .unwrap(),
+                "set" => redis::cmd("SORT")
+                    .arg(&k)
+                    .arg("ALPHA")
+                    .query_async(&mut node)
+                    .await
+                    .unwrap(),
+                "zset" => redis::cmd("ZRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut node)
+                    .await
+                    .unwrap(),
+                other => redis::Value::SimpleString(other.to_string()),
+            };
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&k)
+                .query_async(&mut node)
+                .await
+                .unwrap();
+            out.insert(k, format!("{t} {v:?} ttl={}", ttl > 0));
+        }
+    }
+    out
 }

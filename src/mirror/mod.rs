@@ -1,0 +1,532 @@
+//! Multi-write: writes go to the primary cluster and are mirrored to extra resources
+//! (clusters or standalone servers), as operators need while migrating between clusters.
+//!
+//! Each client connection that writes gets a feed: a task that takes its mirrored writes in
+//! the order the client sent them and queues them on every mirror (so one client's writes
+//! keep their order on each mirror too). Writes whose effect depends on time or existing data
+//! wait for the primary's reply and are rewritten (`effects`). The mode decides whom the
+//! client waits for; in `first_resource_only` the feed's backlog is bounded and overflow is
+//! dropped, counted and logged, so a slow or dead mirror never slows the client.
+
+pub mod consumer;
+pub mod effects;
+pub mod probe;
+pub mod queue;
+pub mod rules;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::command::{CmdSpec, Kind, lookup};
+use crate::config::{Config, MultiWriteMode};
+use crate::dispatch::{Cluster, ClusterAccess, SendOptions};
+use crate::histogram::Histogram;
+use crate::resp::encode::error;
+use crate::resp::{Proto, Request};
+use queue::{StreamQueue, WriteQueue};
+use rules::KeyRules;
+
+/// One mirror resource at run time.
+#[derive(Debug)]
+pub struct Resource {
+    pub name: String,
+    pub cluster: Cluster,
+    pub rules: KeyRules,
+    /// Compare replies with the primary's.
+    pub compare: bool,
+    /// Mirror writes dropped because the client's feed was full.
+    pub dropped: AtomicU64,
+    /// Replies that differed from the primary's, by command.
+    pub mismatches: DashMap<&'static str, u64>,
+    /// Differing keys logged so far (up to the configured limit).
+    mismatch_logged: AtomicUsize,
+    /// Double-write delay measured by the probe.
+    pub delay: Histogram,
+    pub last_delay_us: AtomicU64,
+}
+
+/// Every mirror and how clients wait for them.
+#[derive(Debug)]
+pub struct Mirrors {
+    pub mode: MultiWriteMode,
+    pub resources: Vec<Resource>,
+    /// The durable queue of the async mode.
+    pub queue: Option<Arc<dyn WriteQueue>>,
+    backlog: usize,
+    compare_log_limit: usize,
+}
+
+/// A mirrored write's reply from one resource.
+#[derive(Debug, Clone)]
+pub struct MirrorReply {
+    pub resource: usize,
+    pub reply: Bytes,
+}
+
+/// One write handed to a client's feed.
+#[derive(Debug)]
+pub struct Job {
+    spec: &'static CmdSpec,
+    req: Request,
+    /// The primary's reply, sent by the client's reply path.
+    primary: oneshot::Receiver<Bytes>,
+    /// Where the mirrors' replies go when the client waits for them.
+    done: Option<oneshot::Sender<Vec<MirrorReply>>>,
+}
+
+/// The client side of a mirrored write: hand over the primary's reply, and wait for the
+/// mirrors as the mode says.
+#[derive(Debug)]
+pub struct Ticket {
+    mode: MultiWriteMode,
+    primary: oneshot::Sender<Bytes>,
+    done: Option<oneshot::Receiver<Vec<MirrorReply>>>,
+    mirrors: Arc<Mirrors>,
+}
+
+/// Whether writes of this kind are mirrored.
+pub fn mirrored(spec: &CmdSpec) -> bool {
+    matches!(spec.kind, Kind::Write | Kind::Blocking)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Mirrors {
+    /// Builds the mirrors configured in `config`, if any.
+    pub fn build(config: &Config) -> Option<Arc<Mirrors>> {
+        let m = &config.mirror;
+        if m.resources.is_empty() && m.mode != MultiWriteMode::Async {
+            return None;
+        }
+        let resources = m
+            .resources
+            .iter()
+            .map(|r| Resource {
+                name: r.name.clone(),
+                cluster: Cluster::connect(
+                    ClusterAccess {
+                        name: r.name.clone(),
+                        seeds: match &r.standalone {
+                            Some(a) => vec![a.clone()],
+                            None => r.cluster.clone(),
+                        },
+                        standalone: r.standalone.is_some(),
+                        username: r.username.clone(),
+                        password: r.password.clone(),
+                    },
+                    config,
+                ),
+                rules: KeyRules::new(&r.keys),
+                compare: r.compare,
+                dropped: AtomicU64::new(0),
+                mismatches: DashMap::new(),
+                mismatch_logged: AtomicUsize::new(0),
+                delay: Histogram::default(),
+                last_delay_us: AtomicU64::new(0),
+            })
+            .collect();
+        let queue: Option<Arc<dyn WriteQueue>> = match (&m.mode, &m.queue) {
+            (MultiWriteMode::Async, Some(q)) => Some(Arc::new(StreamQueue::connect(q, config))),
+            _ => None,
+        };
+        Some(Arc::new(Mirrors {
+            mode: m.mode,
+            resources,
+            queue,
+            // In the modes where the client waits, the feed must hold a whole pipeline window,
+            // or the client would wait on a full feed while the feed waits on its replies.
+            backlog: m
+                .backlog
+                .unwrap_or(10_000)
+                .max(config.limits.pipeline_window + 1),
+            compare_log_limit: m.compare_log_limit.unwrap_or(20),
+        }))
+    }
+
+    /// Hands a write to the client's feed (opening the feed on first use). `None` when the
+    /// write is not mirrored, or was dropped because the feed is full (first_resource_only).
+    pub async fn submit(
+        self: &Arc<Self>,
+        feed: &mut Option<mpsc::Sender<Job>>,
+        spec: &'static CmdSpec,
+        req: &Request,
+    ) -> Option<Ticket> {
+        if self.mode != MultiWriteMode::Async && !self.resources.iter().any(|r| r.wants(spec, req))
+        {
+            return None;
+        }
+        let tx = feed.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(self.backlog);
+            tokio::spawn(run_feed(self.clone(), rx));
+            tx
+        });
+        let (primary_tx, primary_rx) = oneshot::channel();
+        let waits = self.mode != MultiWriteMode::FirstResourceOnly;
+        let (done_tx, done_rx) = if waits {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let job = Job {
+            spec,
+            req: req.clone(),
+            primary: primary_rx,
+            done: done_tx,
+        };
+        if waits {
+            if tx.send(job).await.is_err() {
+                return None;
+            }
+        } else if let Err(e) = tx.try_send(job) {
+            if let mpsc::error::TrySendError::Full(job) = e {
+                for r in self
+                    .resources
+                    .iter()
+                    .filter(|r| r.wants(job.spec, &job.req))
+                {
+                    let n = r.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        warn!(mirror = %r.name, dropped = n, "mirror backlog full: mirror writes dropped");
+                    }
+                }
+            }
+            return None;
+        }
+        Some(Ticket {
+            mode: self.mode,
+            primary: primary_tx,
+            done: done_rx,
+            mirrors: self.clone(),
+        })
+    }
+}
+
+impl Resource {
+    /// Whether this mirror receives (part of) the write.
+    fn wants(&self, spec: &CmdSpec, req: &Request) -> bool {
+        self.rules.all()
+            || spec
+                .key_indices(req)
+                .any(|i| self.rules.matches(req.arg(i)))
+    }
+
+    /// The write as this mirror receives it: keys outside its rules removed from the
+    /// commands that can lose some (MSET, DEL, UNLINK), skipped when no key matches.
+    fn filter(&self, spec: &CmdSpec, req: &Request) -> Option<Request> {
+        if self.rules.all() {
+            return Some(req.clone());
+        }
+        let keys: Vec<usize> = spec.key_indices(req).collect();
+        let matching: Vec<usize> = keys
+            .iter()
+            .copied()
+            .filter(|&i| self.rules.matches(req.arg(i)))
+            .collect();
+        if matching.is_empty() {
+            return None;
+        }
+        if matching.len() == keys.len() || !matches!(spec.name, "MSET" | "DEL" | "UNLINK") {
+            return Some(req.clone());
+        }
+        let pairs = spec.name == "MSET";
+        let mut parts: Vec<&[u8]> = vec![req.arg(0)];
+        for i in matching {
+            parts.push(req.arg(i));
+            if pairs {
+                parts.push(req.arg(i + 1));
+            }
+        }
+        Some(Request::from_args(&parts))
+    }
+
+    /// Records a reply that differs from the primary's.
+    fn compare(
+        &self,
+        name: &'static str,
+        req: &Request,
+        primary: &[u8],
+        mine: &[u8],
+        limit: usize,
+    ) {
+        if same_outcome(primary, mine) {
+            return;
+        }
+        *self.mismatches.entry(name).or_insert(0) += 1;
+        if self.mismatch_logged.fetch_add(1, Ordering::Relaxed) < limit {
+            let key = (req.len() > 1).then(|| String::from_utf8_lossy(req.arg(1)).into_owned());
+            warn!(
+                mirror = %self.name,
+                command = name,
+                key = key.as_deref().unwrap_or(""),
+                primary = %String::from_utf8_lossy(&primary[..primary.len().min(64)]).trim_end(),
+                mirror_reply = %String::from_utf8_lossy(&mine[..mine.len().min(64)]).trim_end(),
+                "mirror diverges from primary"
+            );
+        }
+    }
+}
+
+/// Whether two replies say the same thing: same type, same integer, both OK or both errors.
+pub fn same_outcome(a: &[u8], b: &[u8]) -> bool {
+    match (a.first(), b.first()) {
+        (Some(b':'), Some(b':')) => a == b,
+        (Some(b'-'), Some(b'-')) => true,
+        (Some(b'+'), Some(b'+')) => a == b,
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
+impl Ticket {
+    /// Gives the mirrors the primary's reply and returns what the client gets.
+    pub async fn settle(self, reply: Bytes) -> Bytes {
+        let _ = self.primary.send(reply.clone());
+        let Some(done) = self.done else {
+            return reply;
+        };
+        let Ok(replies) = done.await else {
+            return match self.mode {
+                MultiWriteMode::AllResourcesNoCheck => reply,
+                _ => error("ERR slotgate: the mirror write was lost (connection closing)"),
+            };
+        };
+        match self.mode {
+            MultiWriteMode::AllResourcesNoCheck | MultiWriteMode::FirstResourceOnly => reply,
+            MultiWriteMode::AllResourcesCheckError | MultiWriteMode::Async => {
+                if reply.first() == Some(&b'-') {
+                    return reply;
+                }
+                for r in &replies {
+                    if r.reply.first() == Some(&b'-') {
+                        let name = self
+                            .mirrors
+                            .resources
+                            .get(r.resource)
+                            .map_or("queue", |res| res.name.as_str());
+                        let text = String::from_utf8_lossy(&r.reply[1..])
+                            .trim_end()
+                            .to_string();
+                        return error(&format!(
+                            "ERR slotgate: the write succeeded on the primary but failed on \
+                             mirror '{name}': {text}"
+                        ));
+                    }
+                }
+                reply
+            }
+        }
+    }
+}
+
+/// Most mirror writes of one client awaiting their replies at once.
+const FEED_INFLIGHT: usize = 1024;
+
+/// A client's feed: mirrors its writes in order.
+async fn run_feed(mirrors: Arc<Mirrors>, mut rx: mpsc::Receiver<Job>) {
+    let mut inflight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some(()) = inflight.next(), if !inflight.is_empty() => {}
+            job = rx.recv(), if inflight.len() < FEED_INFLIGHT => match job {
+                Some(job) => {
+                    if let Some(fut) = dispatch(&mirrors, job).await {
+                        inflight.push(fut);
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    while inflight.next().await.is_some() {}
+}
+
+type Completion = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Queues one job on the mirrors (or the durable queue); returns the future that collects
+/// the replies.
+async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
+    let Job {
+        spec,
+        req,
+        primary,
+        done,
+    } = job;
+    let opts = SendOptions {
+        proto: Proto::Resp2,
+        session: 0,
+        idempotent: false,
+        dedicated: false,
+    };
+    let rewrite = mirrors.mode == MultiWriteMode::Async || effects::needs_primary_reply(spec.name);
+    if rewrite {
+        // The effect is known only from the primary's reply; later writes wait behind it.
+        let Ok(reply) = primary.await else {
+            debug!("client left before the primary answered; mirror write skipped");
+            return None;
+        };
+        let commands = effects::effect(spec.name, &req, &reply, now_ms());
+        if let Some(queue) = &mirrors.queue {
+            let mut outcome = MirrorReply {
+                resource: usize::MAX,
+                reply: crate::resp::encode::OK,
+            };
+            for c in &commands {
+                if let Err(e) = queue.push(c.raw.clone()).await {
+                    outcome.reply = error(&format!("ERR queue: {e}"));
+                }
+            }
+            if let Some(done) = done {
+                let _ = done.send(vec![outcome]);
+            }
+            return None;
+        }
+        let mut started = Vec::new();
+        for (i, r) in mirrors.resources.iter().enumerate() {
+            for c in &commands {
+                let Some(spec) = lookup(c.arg(0)) else {
+                    continue;
+                };
+                if let Some(filtered) = r.filter(spec, c) {
+                    started.push((i, r.cluster.submit(spec, &filtered, opts).await));
+                }
+            }
+        }
+        let mirrors = mirrors.clone();
+        return Some(Box::pin(async move {
+            let mut replies = Vec::with_capacity(started.len());
+            for (i, s) in started {
+                let reply = mirrors.resources[i].cluster.wait(s).await;
+                replies.push(MirrorReply { resource: i, reply });
+            }
+            if let Some(done) = done {
+                let _ = done.send(replies);
+            }
+        }));
+    }
+    // Sent at once, in parallel with the primary.
+    let mut started = Vec::new();
+    for (i, r) in mirrors.resources.iter().enumerate() {
+        if let Some(filtered) = r.filter(spec, &req) {
+            started.push((i, r.cluster.submit(spec, &filtered, opts).await));
+        }
+    }
+    let mirrors = mirrors.clone();
+    let limit = mirrors.compare_log_limit;
+    Some(Box::pin(async move {
+        let mut replies = Vec::with_capacity(started.len());
+        for (i, s) in started {
+            let reply = mirrors.resources[i].cluster.wait(s).await;
+            replies.push(MirrorReply { resource: i, reply });
+        }
+        if replies
+            .iter()
+            .any(|r| mirrors.resources[r.resource].compare)
+            && let Ok(primary) = tokio::time::timeout(Duration::from_secs(30), primary).await
+            && let Ok(primary) = primary
+        {
+            for r in &replies {
+                let res = &mirrors.resources[r.resource];
+                if res.compare {
+                    res.compare(spec.name, &req, &primary, &r.reply, limit);
+                }
+            }
+        }
+        if let Some(done) = done {
+            let _ = done.send(replies);
+        }
+    }))
+}
+
+/// The `# Multiwrite` INFO section.
+pub fn info_section(mirrors: &Mirrors, primary: &Cluster, lag: Option<queue::Lag>) -> String {
+    use std::fmt::Write;
+    let mut out = String::from("# Multiwrite\r\n");
+    let mode = match mirrors.mode {
+        MultiWriteMode::FirstResourceOnly => "first_resource_only",
+        MultiWriteMode::AllResourcesNoCheck => "all_resources_no_check",
+        MultiWriteMode::AllResourcesCheckError => "all_resources_check_error",
+        MultiWriteMode::Async => "async",
+    };
+    let _ = write!(out, "mode:{mode}\r\n");
+    let mut line = |name: &str, c: &Cluster, extra: String| {
+        let k = &c.counters;
+        let _ = write!(
+            out,
+            "resource_{name}:requests={},errors={},latency_p50_us={},latency_p99_us={},latency_max_us={}{extra}\r\n",
+            k.requests.load(Ordering::Relaxed),
+            k.errors.load(Ordering::Relaxed),
+            k.latency.quantile_us(0.5),
+            k.latency.quantile_us(0.99),
+            k.latency.max_us(),
+        );
+    };
+    line("primary", primary, String::new());
+    for r in &mirrors.resources {
+        let mismatches: u64 = r.mismatches.iter().map(|e| *e.value()).sum();
+        let by_cmd: Vec<String> = r
+            .mismatches
+            .iter()
+            .map(|e| format!("{}:{}", e.key(), e.value()))
+            .collect();
+        line(
+            &r.name,
+            &r.cluster,
+            format!(
+                ",dropped={},mismatches={}{}{},delay_last_us={},delay_p50_us={},delay_max_us={},delay_probes={}",
+                r.dropped.load(Ordering::Relaxed),
+                mismatches,
+                if by_cmd.is_empty() {
+                    ""
+                } else {
+                    ",mismatches_by_command="
+                },
+                by_cmd.join("/"),
+                r.last_delay_us.load(Ordering::Relaxed),
+                r.delay.quantile_us(0.5),
+                r.delay.max_us(),
+                r.delay.count(),
+            ),
+        );
+    }
+    if let Some(lag) = lag {
+        let _ = write!(
+            out,
+            "queue_length:{}\r\nqueue_lag_entries:{}\r\nqueue_pending_entries:{}\r\nqueue_lag_seconds:{:.3}\r\n",
+            lag.length, lag.undelivered, lag.pending, lag.seconds
+        );
+    }
+    out
+}
+
+/// Milliseconds since `t`, as microseconds for the delay figures.
+pub fn micros_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes() {
+        assert!(same_outcome(b"+OK\r\n", b"+OK\r\n"));
+        assert!(same_outcome(b":1\r\n", b":1\r\n"));
+        assert!(!same_outcome(b":1\r\n", b":0\r\n"));
+        assert!(same_outcome(b"-ERR a\r\n", b"-WRONGTYPE b\r\n"));
+        assert!(!same_outcome(b"+OK\r\n", b"-ERR x\r\n"));
+        assert!(same_outcome(b"$1\r\na\r\n", b"$1\r\nb\r\n"));
+    }
+}

@@ -1,0 +1,78 @@
+//! The double-write delay probe: every `mirror.probe_interval_ms`, a probe key is written
+//! through the same path as a client's write (so it is mirrored like one), then each mirror
+//! is polled directly until the value appears. The time from the primary's acknowledgement
+//! to its appearance on a mirror is the double-write delay shown in INFO.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use crate::command::lookup;
+use crate::dispatch::SendOptions;
+use crate::local::ClientState;
+use crate::mirror::micros_since;
+use crate::plan;
+use crate::resp::reply::bulk_body;
+use crate::resp::{Proto, Request};
+use crate::shared::Shared;
+
+/// Longest a probe waits for a mirror.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the probe until the process ends.
+pub async fn run(shared: Arc<Shared>, interval: Duration) {
+    let Some(mirrors) = shared.mirrors.clone() else {
+        return;
+    };
+    let mut state = ClientState::new(0, false);
+    let key = format!("slotgate:probe:{}", std::process::id());
+    let get = lookup(b"GET").expect("GET is in the table");
+    let opts = SendOptions {
+        proto: Proto::Resp2,
+        session: 0,
+        idempotent: true,
+        dedicated: false,
+    };
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let nonce = format!(
+            "{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let req = Request::from_args(&["SET", key.as_str(), nonce.as_str(), "PX", "60000"]);
+        let (step, _) = plan::handle(&shared, &mut state, req).await;
+        let reply = plan::complete(&shared, step, Proto::Resp2).await;
+        if reply.first() == Some(&b'-') {
+            debug!(reply = %String::from_utf8_lossy(&reply).trim_end(), "delay probe write failed");
+            continue;
+        }
+        let acked = Instant::now();
+        let read = Request::from_args(&["GET", key.as_str()]);
+        for r in mirrors
+            .resources
+            .iter()
+            .filter(|r| r.rules.matches(key.as_bytes()))
+        {
+            loop {
+                let submitted = r.cluster.submit(get, &read, opts).await;
+                let value = r.cluster.wait(submitted).await;
+                if bulk_body(&value) == Some(nonce.as_bytes()) {
+                    let us = micros_since(acked);
+                    r.last_delay_us.store(us, Ordering::Relaxed);
+                    r.delay.record(Duration::from_micros(us));
+                    break;
+                }
+                if acked.elapsed() > PROBE_TIMEOUT {
+                    debug!(mirror = %r.name, "delay probe timed out");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The durable queue of the async multi-write mode, behind a small trait so other engines
+//! (Kafka, NATS JetStream) can be added. The engine here is Redis Streams on a Redis the
+//! operator names: `XADD` with an approximate `MAXLEN`, read by consumers of one group.
+
+use std::fmt::Debug;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use crate::config::{Config, QueueConfig};
+use crate::dispatch::{Cluster, ClusterAccess, SendOptions, Target};
+use crate::multikey::{elements, integer};
+use crate::resp::reply::bulk_body;
+use crate::resp::{Proto, Request};
+
+/// How far consumers are behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Lag {
+    /// Entries in the stream.
+    pub length: u64,
+    /// Entries not yet delivered to the group.
+    pub undelivered: u64,
+    /// Entries delivered but not acknowledged.
+    pub pending: u64,
+    /// Age of the oldest entry not yet acknowledged, in seconds.
+    pub seconds: f64,
+}
+
+/// A durable, ordered queue of write commands.
+pub trait WriteQueue: Send + Sync + Debug {
+    /// Appends one command (RESP bytes); resolves once the queue has stored it.
+    fn push(&self, command: Bytes) -> BoxFuture<'_, Result<(), String>>;
+    /// How far the consumers are behind.
+    fn lag(&self) -> BoxFuture<'_, Option<Lag>>;
+}
+
+/// The Redis Streams queue.
+#[derive(Debug)]
+pub struct StreamQueue {
+    pub redis: Cluster,
+    pub settings: QueueConfig,
+}
+
+/// Field name of the command in each stream entry.
+pub const FIELD: &str = "c";
+
+impl StreamQueue {
+    pub fn connect(settings: &QueueConfig, config: &Config) -> StreamQueue {
+        StreamQueue {
+            redis: Cluster::connect(
+                ClusterAccess {
+                    name: "queue".into(),
+                    seeds: vec![settings.redis.clone()],
+                    standalone: true,
+                    username: None,
+                    password: settings.password.clone(),
+                },
+                config,
+            ),
+            settings: settings.clone(),
+        }
+    }
+
+    /// Sends one command to the queue's Redis and returns the reply.
+    pub async fn call(&self, args: &[&[u8]], dedicated: bool) -> Bytes {
+        let opts = SendOptions {
+            proto: Proto::Resp2,
+            session: 0,
+            idempotent: false,
+            dedicated,
+        };
+        let flight = self
+            .redis
+            .start(Request::from_args(args).raw, Target::Any, opts)
+            .await;
+        self.redis.finish(flight).await
+    }
+}
+
+fn reply_error(reply: &[u8]) -> Option<String> {
+    (reply.first() == Some(&b'-'))
+        .then(|| String::from_utf8_lossy(&reply[1..]).trim_end().to_string())
+}
+
+/// The millisecond part of a stream entry id.
+pub fn id_ms(id: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(id).ok()?;
+    text.split('-').next()?.parse().ok()
+}
+
+impl WriteQueue for StreamQueue {
+    fn push(&self, command: Bytes) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let maxlen = self.settings.maxlen.to_string();
+            let reply = self
+                .call(
+                    &[
+                        b"XADD",
+                        self.settings.stream.as_bytes(),
+                        b"MAXLEN",
+                        b"~",
+                        maxlen.as_bytes(),
+                        b"*",
+                        FIELD.as_bytes(),
+                        &command,
+                    ],
+                    false,
+                )
+                .await;
+            match reply_error(&reply) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn lag(&self) -> BoxFuture<'_, Option<Lag>> {
+        Box::pin(async move {
+            let stream = self.settings.stream.as_bytes();
+            let length = integer(&self.call(&[b"XLEN", stream], false).await)?;
+            let groups = self.call(&[b"XINFO", b"GROUPS", stream], false).await;
+            let mut lag = Lag {
+                length: length as u64,
+                ..Lag::default()
+            };
+            let mut last_delivered = None;
+            for g in elements(&groups).unwrap_or_default() {
+                let fields = elements(g)?;
+                let get = |name: &str| {
+                    fields
+                        .chunks(2)
+                        .find(|kv| bulk_body(kv[0]) == Some(name.as_bytes()))
+                        .map(|kv| kv[1])
+                };
+                if get("name").and_then(bulk_body) != Some(self.settings.group.as_bytes()) {
+                    continue;
+                }
+                lag.pending = get("pending").and_then(integer).unwrap_or(0) as u64;
+                lag.undelivered = get("lag").and_then(integer).unwrap_or(length) as u64;
+                last_delivered = get("last-delivered-id")
+                    .and_then(bulk_body)
+                    .map(Bytes::copy_from_slice);
+            }
+            // The oldest entry not acknowledged: the first pending one, else the first after
+            // the last delivered.
+            let pending = self
+                .call(
+                    &[b"XPENDING", stream, self.settings.group.as_bytes()],
+                    false,
+                )
+                .await;
+            let oldest = elements(&pending)
+                .and_then(|p| p.get(1).and_then(|id| bulk_body(id)).and_then(id_ms));
+            let oldest = match oldest {
+                Some(ms) => Some(ms),
+                None if lag.undelivered > 0 => {
+                    let start = last_delivered
+                        .as_ref()
+                        .map(|id| format!("({}", String::from_utf8_lossy(id)))
+                        .unwrap_or_else(|| "-".into());
+                    let first = self
+                        .call(
+                            &[b"XRANGE", stream, start.as_bytes(), b"+", b"COUNT", b"1"],
+                            false,
+                        )
+                        .await;
+                    elements(&first)
+                        .and_then(|e| e.first().and_then(|entry| elements(entry)))
+                        .and_then(|entry| {
+                            entry.first().and_then(|id| bulk_body(id)).and_then(id_ms)
+                        })
+                }
+                None => None,
+            };
+            if let Some(ms) = oldest {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                lag.seconds = now.saturating_sub(ms) as f64 / 1000.0;
+            }
+            Some(lag)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids() {
+        assert_eq!(id_ms(b"1700000000000-3"), Some(1_700_000_000_000));
+        assert_eq!(id_ms(b"x-1"), None);
+    }
+}

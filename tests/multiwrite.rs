@@ -1,0 +1,432 @@
+//! Multi-write with two real clusters: the reply semantics of each mode (mirror healthy,
+//! stopped, answering errors), a mixed workload ending identical on both clusters, reads
+//! never reaching the mirror, key rules, the async queue with a consumer killed and
+//! restarted, and the figures in INFO.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, Value};
+use slotgate::config::{MirrorResourceConfig, MultiWriteMode, QueueConfig};
+use support::{Cluster, Proxy, Standalone, dump};
+
+fn mirror_of(cluster: &Cluster, name: &str) -> MirrorResourceConfig {
+    MirrorResourceConfig {
+        name: name.into(),
+        cluster: cluster.seeds.split(',').map(String::from).collect(),
+        ..MirrorResourceConfig::default()
+    }
+}
+
+async fn info(con: &mut MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(con)
+        .await
+        .unwrap()
+}
+
+async fn wait_until_equal(a: &Cluster, b: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (da, db) = (dump(a).await, dump(b).await);
+        if da == db {
+            return;
+        }
+        if Instant::now() > deadline {
+            let only_a: Vec<_> = da
+                .iter()
+                .filter(|(k, v)| db.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            let only_b: Vec<_> = db
+                .iter()
+                .filter(|(k, v)| da.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            panic!("clusters differ: primary {only_a:?} mirror {only_b:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modes_with_a_healthy_a_failing_and_a_dead_mirror() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    for mode in [
+        MultiWriteMode::FirstResourceOnly,
+        MultiWriteMode::AllResourcesNoCheck,
+        MultiWriteMode::AllResourcesCheckError,
+    ] {
+        let proxy = Proxy::start_with(&primary, |c| {
+            c.mirror.mode = mode;
+            c.mirror.resources = vec![mirror_of(&mirror, "b")];
+            c.cluster.max_retries = 2;
+        })
+        .await;
+        let mut con = proxy.client(2).await;
+        let key = format!("{mode:?}:k");
+        let _: () = con.set(&key, "v").await.unwrap();
+        // The mirror has it at once in the waiting modes, soon in the other.
+        let mirror_proxy = Proxy::start(&mirror).await;
+        let mut m = mirror_proxy.client(2).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while m.get::<_, Option<String>>(&key).await.unwrap().is_none() {
+            assert!(
+                mode == MultiWriteMode::FirstResourceOnly && Instant::now() < deadline,
+                "{mode:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A WRONGTYPE only on the mirror.
+        let list = format!("{mode:?}:list");
+        let _: () = m.set(&list, "a string on the mirror only").await.unwrap();
+        let r = redis::cmd("LPUSH")
+            .arg(&list)
+            .arg("x")
+            .query_async::<i64>(&mut con)
+            .await;
+        match mode {
+            MultiWriteMode::AllResourcesCheckError => {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("mirror 'b'") && e.contains("WRONGTYPE"), "{e}");
+            }
+            _ => assert_eq!(r.unwrap(), 1),
+        }
+        let stats = info(&mut con, "multiwrite").await;
+        assert!(stats.contains("resource_b:requests="), "{stats}");
+    }
+
+    // A dead mirror.
+    let dead = {
+        let c = Cluster::start_with(3, 0);
+        let seeds = c.seeds.clone();
+        drop(c);
+        seeds
+    };
+    for mode in [
+        MultiWriteMode::FirstResourceOnly,
+        MultiWriteMode::AllResourcesNoCheck,
+        MultiWriteMode::AllResourcesCheckError,
+    ] {
+        let proxy = Proxy::start_with(&primary, |c| {
+            c.mirror.mode = mode;
+            c.mirror.resources = vec![MirrorResourceConfig {
+                name: "gone".into(),
+                cluster: dead.split(',').map(String::from).collect(),
+                ..MirrorResourceConfig::default()
+            }];
+            c.cluster.max_retries = 2;
+        })
+        .await;
+        let mut con = proxy.client(2).await;
+        let started = Instant::now();
+        let r = con.set::<_, _, ()>(format!("dead:{mode:?}"), "v").await;
+        match mode {
+            MultiWriteMode::AllResourcesCheckError => {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("mirror 'gone'"), "{e}");
+            }
+            _ => r.unwrap(),
+        }
+        if mode == MultiWriteMode::FirstResourceOnly {
+            // Never slowed by the mirror.
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                started.elapsed()
+            );
+            for i in 0..200 {
+                let _: () = con.set(format!("dead:more:{i}"), i).await.unwrap();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        let stats = info(&mut con, "multiwrite").await;
+        let errors: u64 = stats
+            .lines()
+            .find(|l| l.starts_with("resource_gone:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("errors=")))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut errors = errors;
+        while errors == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let stats = info(&mut con, "multiwrite").await;
+            errors = stats
+                .lines()
+                .find(|l| l.starts_with("resource_gone:"))
+                .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("errors=")))
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+        assert!(errors > 0, "failed mirror writes are counted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_workload_ends_identical_and_reads_stay_on_the_primary() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&primary, |c| {
+        c.mirror.resources = vec![MirrorResourceConfig {
+            compare: true,
+            ..mirror_of(&mirror, "b")
+        }];
+        c.mirror.probe_interval_ms = 100;
+    })
+    .await;
+    let mut con = proxy.client(2).await;
+    let mut n = 0;
+    for round in 0..200 {
+        let mut pipe = redis::pipe();
+        for i in 0..10 {
+            let k = format!("w:{}", (round * 10 + i) % 500);
+            pipe.set(format!("{k}:s"), round).ignore();
+            pipe.incr(format!("{k}:c"), 1).ignore();
+            pipe.cmd("INCRBYFLOAT")
+                .arg(format!("{k}:f"))
+                .arg(0.5)
+                .ignore();
+            pipe.hset(format!("{k}:h"), "f", round).ignore();
+            pipe.cmd("HINCRBY")
+                .arg(format!("{k}:h"))
+                .arg("n")
+                .arg(2)
+                .ignore();
+            pipe.lpush(format!("{k}:l"), round).ignore();
+            pipe.sadd(format!("{k}:set"), round % 7).ignore();
+            pipe.cmd("ZINCRBY")
+                .arg(format!("{k}:z"))
+                .arg(1)
+                .arg("m")
+                .ignore();
+            pipe.cmd("SET")
+                .arg(format!("{k}:ttl"))
+                .arg(round)
+                .arg("EX")
+                .arg(1000)
+                .ignore();
+            pipe.cmd("MSET")
+                .arg(format!("{k}:m1"))
+                .arg(round)
+                .arg(format!("{k}:m2"))
+                .arg(round)
+                .ignore();
+            n += 10;
+        }
+        let mut pipe2 = redis::pipe();
+        pipe2
+            .cmd("SPOP")
+            .arg(format!("w:{}:set", round % 500))
+            .ignore();
+        pipe2.del(format!("w:{}:s", (round * 7) % 500)).ignore();
+        pipe2
+            .cmd("EXPIRE")
+            .arg(format!("w:{}:c", round % 500))
+            .arg(500)
+            .ignore();
+        n += 3;
+        let _: () = pipe.query_async(&mut con).await.unwrap();
+        let _: () = pipe2.query_async(&mut con).await.unwrap();
+    }
+    assert!(n >= 20_000, "{n}");
+    wait_until_equal(&primary, &mirror).await;
+
+    // Reads never reach the mirror.
+    let mut gets_before = 0u64;
+    for port in &mirror.master_ports {
+        let mut m = mirror.node(*port).await;
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut m)
+            .await
+            .unwrap();
+        gets_before += stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_get:"))
+            .and_then(|l| {
+                l.split(&[':', '=', ','][..])
+                    .nth(2)
+                    .map(|c| c.parse::<u64>().unwrap())
+            })
+            .unwrap_or(0);
+    }
+    for i in 0..500 {
+        let _: Option<String> = con.get(format!("w:{i}:s")).await.unwrap();
+        let _: Vec<Option<String>> = con
+            .mget(&[format!("w:{i}:m1"), format!("w:{i}:m2")])
+            .await
+            .unwrap();
+    }
+    let mut gets_after = 0u64;
+    for port in &mirror.master_ports {
+        let mut m = mirror.node(*port).await;
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut m)
+            .await
+            .unwrap();
+        gets_after += stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_get:"))
+            .and_then(|l| {
+                l.split(&[':', '=', ','][..])
+                    .nth(2)
+                    .map(|c| c.parse::<u64>().unwrap())
+            })
+            .unwrap_or(0);
+    }
+    // Only the delay probe reads the mirror (directly), never a client's GET.
+    assert!(
+        gets_after - gets_before < 100,
+        "{gets_before} -> {gets_after}"
+    );
+
+    // INFO shows latency histograms, the delay figure, and no divergence.
+    let stats = info(&mut con, "multiwrite").await;
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("resource_b:"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("latency_p99_us="), "{line}");
+    assert!(line.contains(",mismatches=0,"), "{line}");
+    let probes: u64 = line
+        .split(',')
+        .find_map(|f| f.strip_prefix("delay_probes="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(probes > 0, "{line}");
+    assert!(stats.contains("resource_primary:requests="), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rules_choose_the_mirror() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&primary, |c| {
+        c.mirror.mode = MultiWriteMode::AllResourcesCheckError;
+        c.mirror.resources = vec![MirrorResourceConfig {
+            keys: vec!["user:*".into()],
+            ..mirror_of(&mirror, "users")
+        }];
+    })
+    .await;
+    let mut con = proxy.client(2).await;
+    let _: () = con.set("user:1", "a").await.unwrap();
+    let _: () = con.set("other:1", "b").await.unwrap();
+    let _: () = redis::cmd("MSET")
+        .arg(&["user:2", "c", "other:2", "d"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let keys: Vec<String> = dump(&mirror).await.into_keys().collect();
+    assert_eq!(keys, ["user:1", "user:2"]);
+    assert_eq!(dump(&primary).await.len(), 4);
+}
+
+/// Runs `slotgate consume` with `config` until dropped.
+struct Consumer(Child);
+
+impl Consumer {
+    fn start(config: &std::path::Path) -> Consumer {
+        Consumer(
+            Command::new(env!("CARGO_BIN_EXE_slotgate"))
+                .arg("consume")
+                .arg("--config")
+                .arg(config)
+                .arg("--log-level")
+                .arg("warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_survives_a_consumer_restart() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    let queue = Standalone::start().await;
+    let queue_config = QueueConfig {
+        redis: format!("127.0.0.1:{}", queue.port),
+        ..QueueConfig::default()
+    };
+    let proxy = Proxy::start_with(&primary, |c| {
+        c.mirror.mode = MultiWriteMode::Async;
+        c.mirror.resources = vec![mirror_of(&mirror, "b")];
+        c.mirror.queue = Some(queue_config.clone());
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("slotgate-consumer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("consumer.yaml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "mirror:\n  resources:\n    - name: b\n      cluster: [{}]\n  queue:\n    redis: 127.0.0.1:{}\n",
+            mirror.seeds, queue.port
+        ),
+    )
+    .unwrap();
+
+    let mut con = proxy.client(2).await;
+    let mut consumer = Some(Consumer::start(&config_path));
+    for batch in 0..20 {
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            let k = format!("a:{}", batch * 100 + i);
+            pipe.set(&k, i).ignore();
+            pipe.incr(format!("{k}:n"), 2).ignore();
+        }
+        let _: () = pipe.query_async(&mut con).await.unwrap();
+        if batch == 8 {
+            // Killed mid-stream, once it has applied part of the queue.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while dump(&mirror).await.is_empty() {
+                assert!(Instant::now() < deadline, "consumer applied nothing");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            consumer = None;
+            assert!(dump(&mirror).await.len() < 4000);
+        }
+        if batch == 14 {
+            consumer = Some(Consumer::start(&config_path));
+        }
+    }
+    // The queue holds the writes the consumer has not applied yet.
+    let stats = info(&mut con, "multiwrite").await;
+    assert!(stats.contains("queue_lag_entries:"), "{stats}");
+    wait_until_equal(&primary, &mirror).await;
+    assert_eq!(dump(&mirror).await.len(), 4000);
+    drop(consumer);
+    let mut q = queue.con().await;
+    let dead: i64 = redis::cmd("XLEN")
+        .arg("slotgate:mirror:dead")
+        .query_async(&mut q)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _: Value = redis::cmd("PING").query_async(&mut q).await.unwrap();
+}
