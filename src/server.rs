@@ -46,6 +46,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .topology
         .refresh_and_wait(None, shared.config.connect_timeout() * 2)
         .await;
+    if shared.mirrors.is_some() {
+        tokio::spawn(log_multiwrite(shared.clone()));
+    }
     let probe = shared.config.mirror.probe_interval_ms;
     if probe > 0 && shared.mirrors.is_some() {
         tokio::spawn(crate::mirror::probe::run(
@@ -107,4 +110,24 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         );
     }
     info!("shutting down");
+}
+
+/// Logs the multi-write figures (the `# Multiwrite` INFO lines) every 30 seconds.
+async fn log_multiwrite(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(30));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(m) = &shared.mirrors else { return };
+        let lag = match &m.queue {
+            Some(q) => q.lag().await,
+            None => None,
+        };
+        for line in crate::mirror::info_section(m, &shared.primary, lag)
+            .lines()
+            .skip(1)
+        {
+            info!(target: "slotgate::multiwrite", "{line}");
+        }
+    }
 }

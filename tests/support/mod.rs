@@ -101,6 +101,8 @@ fn rand_suffix() -> u64 {
 /// slotgate serving in this process on a free port; stops when dropped.
 pub struct Proxy {
     pub port: u16,
+    /// The client password, when one is configured.
+    password: Option<String>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -122,11 +124,13 @@ impl Proxy {
         tweak(&mut config);
         let config = config.validate().unwrap();
         let (stop, stopped) = oneshot::channel();
+        let password = config.password.clone();
         tokio::spawn(slotgate::server::run(listener, config, async {
             let _ = stopped.await;
         }));
         let proxy = Proxy {
             port,
+            password,
             stop: Some(stop),
         };
         proxy.wait_ready().await;
@@ -137,6 +141,13 @@ impl Proxy {
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         let mut con = self.client(2).await;
+        if let Some(p) = &self.password {
+            let _: () = redis::cmd("AUTH")
+                .arg(p)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
         loop {
             let info: String = redis::cmd("INFO")
                 .arg("slotgate")
