@@ -149,13 +149,15 @@ async fn next_event(subs: &mut Option<Subscriptions>) -> Event {
     }
 }
 
-/// Whether this request's replies bypass the ordered reply queue (subscribe-family commands,
-/// and PING in RESP2 subscriber mode), so the replies before it must be written first.
+/// Whether the replies before this request must be written first: its replies bypass the
+/// ordered reply queue (subscribe-family commands, PING in RESP2 subscriber mode), or it must
+/// see every earlier write acknowledged (WAIT, WAITAOF).
 fn streams_replies(state: &ClientState, req: &Request) -> bool {
     let Some(spec) = lookup(req.arg(0)) else {
         return false;
     };
     is_subscription_command(spec.name)
+        || matches!(spec.name, "WAIT" | "WAITAOF")
         || (spec.name == "PING"
             && state.proto == Proto::Resp2
             && state.subs.as_ref().is_some_and(|s| s.active()))

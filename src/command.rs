@@ -99,8 +99,6 @@ pub enum RouteError {
 
 /// Reason given for commands that administer a single node.
 pub const NODE_ADMIN: &str = "administers a single Redis node; connect to the node directly";
-/// Reason given for commands whose support is planned but not built yet.
-const NOT_YET: &str = "is not supported by slotgate yet";
 /// Reason given for commands that only make sense on one standalone server.
 const CLUSTER_ONLY_DB0: &str = "is not available: a Redis Cluster has only database 0";
 /// slotgate presents a standalone server: CLUSTER is answered as a standalone Redis answers
@@ -368,8 +366,8 @@ pub static COMMANDS: &[CmdSpec] = table! {
     "RANDOMKEY" Read NONE, Handling::Special;
     "FLUSHALL" Write NONE, Handling::AllMasters(Fan::First);
     "FLUSHDB" Write NONE, Handling::AllMasters(Fan::First);
-    "WAIT" Admin NONE, Handling::Refused(NOT_YET);
-    "WAITAOF" Admin NONE, Handling::Refused(NOT_YET);
+    "WAIT" Admin NONE, Handling::Special;
+    "WAITAOF" Admin NONE, Handling::Special;
     // Single-node administration.
     "CLUSTER" Admin NONE, Handling::Special;
     "CONFIG" Admin NONE, Handling::Subcommands { allowed: &["GET"], reason: NODE_ADMIN };

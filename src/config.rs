@@ -161,6 +161,21 @@ pub struct ClusterConfig {
     /// Most connections of their own that blocking commands (BLPOP ...) may hold open to one
     /// node at once; beyond it such commands get an error instead of waiting.
     pub max_blocking_per_node: usize,
+    /// Where read-only commands go.
+    pub read_from: ReadFrom,
+}
+
+/// Where read-only commands of a slot go.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// The slot's master (no stale reads).
+    #[default]
+    Master,
+    /// A replica of the slot's master, or the master when it has no replica.
+    PreferReplica,
+    /// A replica only; with none known, reads of that slot fail.
+    Replica,
 }
 
 /// Bounds that protect the proxy from a single client.
@@ -208,6 +223,7 @@ impl Default for ClusterConfig {
             max_retries: 5,
             retry_backoff_ms: 50,
             max_blocking_per_node: 256,
+            read_from: ReadFrom::Master,
         }
     }
 }

@@ -17,7 +17,7 @@ use tracing::debug;
 use crate::backend::conn::{Pending, ReplyResult};
 use crate::backend::pool::{Backends, PoolSettings};
 use crate::command::{CmdSpec, Handling, RouteError};
-use crate::config::Config;
+use crate::config::{Config, ReadFrom};
 use crate::error::BackendError;
 use crate::histogram::Histogram;
 use crate::multikey::{self, Merge};
@@ -85,6 +85,8 @@ pub struct SendOptions {
     pub idempotent: bool,
     /// Run on a connection of its own (blocking commands).
     pub dedicated: bool,
+    /// Where a read of a slot goes (`read_from`); writes always go to the master.
+    pub read_from: ReadFrom,
 }
 
 /// A command on its way: the current attempt and what is needed for the next.
@@ -133,6 +135,7 @@ impl Cluster {
             connect_timeout: config.connect_timeout(),
             inbox_capacity: 1024,
             blocking_per_node: c.max_blocking_per_node,
+            readonly: c.read_from != ReadFrom::Master,
         }));
         let topology = Topology::start(
             TopologySettings {
@@ -170,7 +173,7 @@ impl Cluster {
             early_error: None,
             queued_at: Instant::now(),
         };
-        let addr = self.route(&flight.target, opts.session);
+        let addr = self.route(&flight.target, &opts);
         if let Some(addr) = addr
             && let Err(e) = self.send(&mut flight, addr, false).await
         {
@@ -179,14 +182,24 @@ impl Cluster {
         flight
     }
 
-    fn route(&self, target: &Target, session: u64) -> Option<Arc<str>> {
+    fn route(&self, target: &Target, opts: &SendOptions) -> Option<Arc<str>> {
         let table = self.topology.table();
         let master = match target {
             Target::Slot(s) => table.master_for(*s),
-            Target::Any => table.any_master(session),
+            Target::Any => table.any_master(opts.session),
             Target::Node(addr) => return Some(addr.clone()),
-        };
-        master.map(|m| m.addr.clone())
+        }?;
+        if matches!(target, Target::Slot(_)) && opts.read_from != ReadFrom::Master {
+            // The same replica for one client, so its reads do not go back in time.
+            if !master.replicas.is_empty() {
+                let i = (opts.session % master.replicas.len() as u64) as usize;
+                return Some(master.replicas[i].clone());
+            }
+            if opts.read_from == ReadFrom::Replica {
+                return None;
+            }
+        }
+        Some(master.addr.clone())
     }
 
     /// Queues a command routed by its table entry: by the keys' slot (split per slot when
@@ -370,7 +383,7 @@ impl Cluster {
                     }
                     flight.addr = None;
                     flight.rx = None;
-                    if let Some(addr) = self.route(&flight.target, flight.opts.session)
+                    if let Some(addr) = self.route(&flight.target, &flight.opts)
                         && let Err(e) = self.send(&mut flight, addr, false).await
                     {
                         return e;

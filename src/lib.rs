@@ -27,3 +27,4 @@ pub mod shared;
 pub mod slot;
 pub mod topology;
 pub mod transaction;
+pub mod wait;

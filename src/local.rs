@@ -26,6 +26,8 @@ pub struct ClientState {
     pub subs: Option<crate::pubsub::Subscriptions>,
     /// This connection's mirror feed (multi-write), opened on its first mirrored write.
     pub mirror_feed: Option<tokio::sync::mpsc::Sender<crate::mirror::Job>>,
+    /// Slots written since the last WAIT, for WAIT/WAITAOF.
+    pub written: crate::wait::Written,
 }
 
 impl ClientState {
@@ -40,6 +42,7 @@ impl ClientState {
             txn: Default::default(),
             subs: None,
             mirror_feed: None,
+            written: Default::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::resp::{Proto, Request};
 use crate::scan::{self, ScanStep};
 use crate::shared::Shared;
 use crate::transaction::TxReply;
+use crate::wait::{self, Written};
 
 /// What to do with a request once it is parsed.
 #[derive(Debug)]
@@ -38,6 +39,8 @@ pub enum Step {
     RandomKey { opts: SendOptions },
     /// Part of a transaction, on its pinned connection.
     Tx(TxReply),
+    /// WAIT / WAITAOF on the masters this client wrote to.
+    Wait { req: Request, written: Written },
     /// A write also sent to the mirrors: the inner step's reply settles the ticket.
     Mirrored { inner: Box<Step>, ticket: Ticket },
 }
@@ -81,6 +84,13 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
     if !state.authenticated && !matches!(name, "AUTH" | "HELLO" | "QUIT" | "RESET") {
         return ready(error("NOAUTH Authentication required."));
     }
+    if let Some(spec) = spec
+        && matches!(spec.kind, Kind::Write | Kind::Blocking)
+    {
+        state
+            .written
+            .record_keys(spec.key_indices(&req).map(|i| req.arg(i)));
+    }
     let subscribed = state.subs.as_ref().is_some_and(|s| s.active());
     if subscribed
         && state.proto == Proto::Resp2
@@ -118,6 +128,12 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
         session: state.id,
         idempotent: spec.kind == Kind::Read,
         dedicated: false,
+        // Writes, and everything that is not a plain read, go to masters.
+        read_from: if spec.kind == Kind::Read {
+            shared.config.cluster.read_from
+        } else {
+            crate::config::ReadFrom::Master
+        },
     };
     match spec.handling_of(&req) {
         Handling::Local => {
@@ -146,7 +162,13 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
             let step = from_submitted(submitted, Post::None);
             mirror(shared, state, spec, &req, step).await
         }
-        Handling::Special => special(shared, spec, req, opts).await,
+        Handling::Special => {
+            let (mut step, close) = special(shared, spec, req, opts).await;
+            if let Step::Wait { written, .. } = &mut step {
+                *written = std::mem::take(&mut state.written);
+            }
+            (step, close)
+        }
         Handling::Forward | Handling::Subcommands { .. } => {
             let mirrored = shared.mirrors.is_some() && mirror::mirrored(spec);
             let copy = mirrored.then(|| req.clone());
@@ -259,6 +281,20 @@ async fn special(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
             }
         }
         ("RANDOMKEY", _) if req.len() == 1 => (Step::RandomKey { opts }, false),
+        ("WAIT", _) if req.len() == 3 => (
+            Step::Wait {
+                req,
+                written: Default::default(),
+            },
+            false,
+        ),
+        ("WAITAOF", _) if req.len() == 4 => (
+            Step::Wait {
+                req,
+                written: Default::default(),
+            },
+            false,
+        ),
         ("SCRIPT", Some(b"LOAD")) if req.len() == 3 => {
             let flights = shared.primary.start_all(&req.raw, opts).await;
             fan_out(flights, Fan::First, Post::RememberScript(req.arg_bytes(2)))
@@ -336,6 +372,7 @@ async fn complete_one(shared: &Shared, step: Step, proto: Proto) -> Bytes {
         }
         Step::RandomKey { opts } => random_key(shared, opts).await,
         Step::Tx(reply) => reply.wait().await,
+        Step::Wait { req, mut written } => wait::run(shared, &mut written, req, proto).await,
     }
 }
 
@@ -380,6 +417,7 @@ async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes
                 session: 0,
                 idempotent: false,
                 dedicated: false,
+                read_from: crate::config::ReadFrom::Master,
             };
             let load = Request::from_args(&[&b"SCRIPT"[..], b"LOAD", &body]);
             let loads = shared.primary.start_all(&load.raw, opts).await;

@@ -53,6 +53,8 @@ pub struct ConnSettings {
     pub connect_timeout: Duration,
     /// Capacity of the inbox; senders wait when it is full.
     pub inbox_capacity: usize,
+    /// Send READONLY after the greeting, so a replica serves reads of its master's slots.
+    pub readonly: bool,
 }
 
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
@@ -133,7 +135,8 @@ pub(crate) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String
         (Proto::Resp2, Some((None, pass))) => Some(Request::from_args(&["AUTH", pass.as_str()])),
         (Proto::Resp2, None) => None,
     };
-    if let Some(greeting) = greeting {
+    let readonly = settings.readonly.then(|| Request::from_args(&["READONLY"]));
+    for greeting in greeting.into_iter().chain(readonly) {
         let reply = tokio::time::timeout(
             settings.connect_timeout,
             round_trip(&mut stream, &greeting.raw),

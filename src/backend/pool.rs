@@ -26,6 +26,8 @@ pub struct PoolSettings {
     pub inbox_capacity: usize,
     /// Most dedicated connections (blocking commands) open to one node at once.
     pub blocking_per_node: usize,
+    /// Send READONLY on every connection, so replicas serve reads.
+    pub readonly: bool,
 }
 
 /// The connections to one node.
@@ -85,6 +87,7 @@ impl Backends {
             auth: self.settings.auth.clone(),
             connect_timeout: self.settings.connect_timeout,
             inbox_capacity,
+            readonly: self.settings.readonly,
         }
     }
 

@@ -208,6 +208,7 @@ async fn apply(mirrors: &Mirrors, command: &Bytes) -> Result<(), String> {
         session: 0,
         idempotent: false,
         dedicated: false,
+        read_from: crate::config::ReadFrom::Master,
     };
     for r in &mirrors.resources {
         let Some(filtered) = r.filter(spec, &req) else {

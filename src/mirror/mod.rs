@@ -369,6 +369,7 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
         session: 0,
         idempotent: false,
         dedicated: false,
+        read_from: crate::config::ReadFrom::Master,
     };
     let rewrite = mirrors.mode == MultiWriteMode::Async || effects::needs_primary_reply(spec.name);
     if rewrite {

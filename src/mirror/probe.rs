@@ -34,6 +34,7 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
         session: 0,
         idempotent: true,
         dedicated: false,
+        read_from: crate::config::ReadFrom::Master,
     };
     let mut ticker = tokio::time::interval(interval);
     loop {

@@ -69,6 +69,7 @@ impl StreamQueue {
             session: 0,
             idempotent: false,
             dedicated,
+            read_from: crate::config::ReadFrom::Master,
         };
         let flight = self
             .redis

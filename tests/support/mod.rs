@@ -21,7 +21,10 @@ pub fn repo_root() -> PathBuf {
 
 /// A running local cluster; stopped on drop.
 pub struct Cluster {
-    dir: PathBuf,
+    /// Where the nodes keep their files (`DIR/<port>/`).
+    pub dir: PathBuf,
+    /// Every node's port, masters first.
+    pub ports: Vec<u16>,
     /// Comma-separated master addresses.
     pub seeds: String,
     /// Ports of the masters at start.
@@ -53,6 +56,7 @@ impl Cluster {
         // Build the guard first so a failed start still stops whatever did start.
         let mut cluster = Cluster {
             dir,
+            ports: Vec::new(),
             seeds: String::new(),
             master_ports: Vec::new(),
         };
@@ -68,7 +72,36 @@ impl Cluster {
             .split(',')
             .map(|a| a.rsplit_once(':').unwrap().1.parse().unwrap())
             .collect();
+        let base = cluster.master_ports[0];
+        cluster.ports = (base..base + (masters * (1 + replicas)) as u16).collect();
         cluster
+    }
+
+    /// Runs `integration/faults.sh` with `args`; returns its output.
+    pub fn fault(&self, args: &[&str]) -> String {
+        let out = Command::new("bash")
+            .arg(repo_root().join("integration/faults.sh"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "faults.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The replica whose master listens on `master_port`.
+    pub fn replica_of(&self, master_port: u16) -> u16 {
+        *self
+            .ports
+            .iter()
+            .find(|p| {
+                !self.master_ports.contains(p)
+                    && self.fault(&["master-of", &p.to_string()]) == master_port.to_string()
+            })
+            .unwrap()
     }
 
     /// A direct connection to the node on `port` (no proxy).

@@ -1,0 +1,459 @@
+//! slotgate while the cluster changes under it (resharding, a master killed, a manual
+//! failover, a node added), WAIT through the proxy, and replica reads. Faults are injected
+//! with `integration/faults.sh`.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use slotgate::config::ReadFrom;
+use slotgate::slot::slot_of;
+use support::{Cluster, Proxy, key_on};
+
+/// Writes unique keys through `con` until `stop` is set and at least `min` keys were
+/// written by all writers together; returns (keys acknowledged, errors).
+async fn writer(
+    mut con: MultiplexedConnection,
+    id: usize,
+    stop: Arc<AtomicBool>,
+    total: Arc<AtomicU64>,
+    min: u64,
+) -> (Vec<String>, Vec<String>) {
+    let mut acked = Vec::new();
+    let mut errors = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) || total.load(Ordering::Relaxed) < min {
+        let keys: Vec<String> = (0..20).map(|i| format!("w{id}:{}", n + i)).collect();
+        n += 20;
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.set(k, k).ignore();
+        }
+        match pipe.query_async::<()>(&mut con).await {
+            Ok(()) => {
+                total.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                acked.extend(keys);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (acked, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_load_loses_nothing() {
+    let cluster = Arc::new(Cluster::start());
+    let proxy = Proxy::start(&cluster).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for id in 0..4 {
+        let con = proxy.client(2).await;
+        writers.push(tokio::spawn(writer(
+            con,
+            id,
+            stop.clone(),
+            total.clone(),
+            20_000,
+        )));
+    }
+    // Move 2100 slots from the first master to the second while the writers run.
+    let c = cluster.clone();
+    let (from, to) = (cluster.master_ports[0], cluster.master_ports[1]);
+    tokio::task::spawn_blocking(move || {
+        c.fault(&[
+            "move-slots",
+            &from.to_string(),
+            &from.to_string(),
+            &to.to_string(),
+            "2100",
+        ])
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        let (keys, errors) = w.await.unwrap();
+        assert!(errors.is_empty(), "client-visible errors: {errors:?}");
+        acked.extend(keys);
+    }
+    assert!(acked.len() >= 20_000, "{}", acked.len());
+    // Every acknowledged key reads back with its value.
+    let mut con = proxy.client(2).await;
+    for chunk in acked.chunks(500) {
+        let values: Vec<Option<String>> = con.mget(chunk).await.unwrap();
+        for (k, v) in chunk.iter().zip(values) {
+            assert_eq!(v.as_deref(), Some(k.as_str()));
+        }
+    }
+    // The slots really moved.
+    let mut node = cluster.node(to).await;
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    assert!(info.contains("cluster_state:ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_master_is_replaced_and_acknowledged_writes_elsewhere_survive() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(&cluster).await;
+    let victim = cluster.master_ports[0];
+    let replica = cluster.replica_of(victim);
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let con = proxy.client(2).await;
+    let w = tokio::spawn(writer(con, 0, stop.clone(), total.clone(), 0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Which slots the victim serves, before it dies.
+    let victim_key = key_on(&cluster, victim, "victim:").await;
+    let victim_slots: Vec<u16> = {
+        let mut node = cluster.node(victim).await;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        let line = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .unwrap()
+            .to_string();
+        line.split(' ')
+            .skip(8)
+            .flat_map(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                a.parse::<u16>().unwrap()..=b.parse::<u16>().unwrap()
+            })
+            .collect()
+    };
+    cluster.fault(&["kill", cluster.dir.to_str().unwrap(), &victim.to_string()]);
+    let killed = Instant::now();
+    // Wait for the replica's promotion.
+    let promoted = loop {
+        if cluster.fault(&["role", &replica.to_string()]) == "master" {
+            break Instant::now();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no failover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Writes to the dead master's slots succeed again within node-timeout + 2 s.
+    let mut con = proxy.client(2).await;
+    loop {
+        if con.set::<_, _, ()>(&victim_key, "after").await.is_ok() {
+            break;
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_millis(2000 + 2000),
+            "writes not served {:?} after the promotion",
+            promoted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, errors) = w.await.unwrap();
+    // Every acknowledged key outside the dead master's slots is there; keys in its slots may
+    // be lost by Redis's asynchronous replication, which slotgate reports but cannot prevent.
+    let mut lost_elsewhere = Vec::new();
+    let mut lost_on_victim = 0;
+    for chunk in acked.chunks(500) {
+        let values: Vec<Option<String>> = con.mget(chunk).await.unwrap();
+        for (k, v) in chunk.iter().zip(values) {
+            if v.as_deref() != Some(k.as_str()) {
+                if victim_slots.contains(&slot_of(k.as_bytes())) {
+                    lost_on_victim += 1;
+                } else {
+                    lost_elsewhere.push(k.clone());
+                }
+            }
+        }
+    }
+    eprintln!(
+        "failover: {} keys acknowledged, {} client errors while the master was down, {} acknowledged writes lost on the failed master (asynchronous replication), promotion {:?} after the kill",
+        acked.len(),
+        errors.len(),
+        lost_on_victim,
+        promoted - killed
+    );
+    assert!(lost_elsewhere.is_empty(), "{lost_elsewhere:?}");
+    assert!(!acked.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_failover_and_added_node_without_client_errors() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(&cluster).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let con = proxy.client(2).await;
+    let w = tokio::spawn(writer(con, 0, stop.clone(), total.clone(), 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let old_master = cluster.master_ports[1];
+    let replica = cluster.replica_of(old_master);
+    cluster.fault(&["failover", &replica.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.fault(&["role", &replica.to_string()]) != "master" {
+        assert!(
+            Instant::now() < deadline,
+            "manual failover did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let key = key_on(&cluster, replica, "promoted:").await;
+    let mut con = proxy.client(2).await;
+    let _: () = con.set(&key, "v").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A node added with redis-cli --cluster add-node, then given slots.
+    let port = cluster.ports.iter().max().unwrap() + 1;
+    let dir = cluster.dir.join(port.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+        ])
+        .args([
+            "--cluster-node-timeout",
+            "2000",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--pidfile")
+        .arg(dir.join("redis.pid"))
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seed = format!("127.0.0.1:{}", cluster.master_ports[0]);
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "add-node", &format!("127.0.0.1:{port}"), &seed])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut node = cluster.node(port).await;
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:7") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new node did not join: {info}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let from = cluster.master_ports[0];
+    cluster.fault(&[
+        "move-slots",
+        &from.to_string(),
+        &from.to_string(),
+        &port.to_string(),
+        "200",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let (acked, errors) = w.await.unwrap();
+    assert!(errors.is_empty(), "client-visible errors: {errors:?}");
+    assert!(!acked.is_empty());
+
+    // The new node gets traffic through slotgate.
+    let calls = |stats: &str| -> u64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_set:"))
+            .and_then(|l| l.split(&[':', '=', ','][..]).nth(2))
+            .map_or(0, |c| c.parse().unwrap())
+    };
+    let mut node = cluster.node(port).await;
+    let before: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    let key = key_on(&cluster, port, "new:").await;
+    for i in 0..10 {
+        let _: () = con.set(&key, i).await.unwrap();
+    }
+    let after: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    assert!(calls(&after) >= calls(&before) + 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_counts_the_replicas_of_the_masters_written() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(&cluster).await;
+    let master = cluster.master_ports[2];
+    let replica = cluster.replica_of(master);
+    let key = key_on(&cluster, master, "durable:").await;
+    let mut con = proxy.client(2).await;
+
+    // No writes yet: as on a fresh connection.
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(1000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let _: () = con.set(&key, "1").await.unwrap();
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    // With the replica frozen, the write cannot be acknowledged by it.
+    cluster.fault(&["stop", cluster.dir.to_str().unwrap(), &replica.to_string()]);
+    let _: () = con.set(&key, "2").await.unwrap();
+    let started = Instant::now();
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(500)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    cluster.fault(&[
+        "resume",
+        cluster.dir.to_str().unwrap(),
+        &replica.to_string(),
+    ]);
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        n, 1,
+        "WAIT after resume (no new writes) counts the replica again"
+    );
+
+    // Writes to several masters: the minimum over them.
+    let mut pipe = redis::pipe();
+    for p in &cluster.master_ports {
+        pipe.set(key_on(&cluster, *p, "multi:").await, 1).ignore();
+    }
+    let _: () = pipe.query_async(&mut con).await.unwrap();
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    // WAITAOF: passed through (Redis 7.0 does not know it; 7.2+ answers two counts).
+    let r = redis::cmd("WAITAOF")
+        .arg(0)
+        .arg(0)
+        .arg(100)
+        .query_async::<redis::Value>(&mut con)
+        .await;
+    match r {
+        Ok(redis::Value::Array(v)) => assert_eq!(v.len(), 2),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => assert!(e.to_string().to_lowercase().contains("waitaof"), "{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reads_reach_the_replica_only() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start_with(&cluster, |c| c.cluster.read_from = ReadFrom::Replica).await;
+    let master = cluster.master_ports[0];
+    let replica = cluster.replica_of(master);
+    let key = key_on(&cluster, master, "ro:").await;
+    let mut con = proxy.client(2).await;
+    let _: () = con.set(&key, "v").await.unwrap();
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    let gets = |stats: &str| -> u64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_get:"))
+            .and_then(|l| l.split(&[':', '=', ','][..]).nth(2))
+            .map_or(0, |c| c.parse().unwrap())
+    };
+    let mut m = cluster.node(master).await;
+    let mut r = cluster.node(replica).await;
+    let m_before: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut m)
+        .await
+        .unwrap();
+    let r_before: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        assert_eq!(con.get::<_, String>(&key).await.unwrap(), "v");
+    }
+    let m_after: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut m)
+        .await
+        .unwrap();
+    let r_after: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(
+        gets(&r_after) >= gets(&r_before) + 50,
+        "replica served the reads"
+    );
+    assert_eq!(gets(&m_after), gets(&m_before), "master served no reads");
+    // Writes still go to the master, and reads inside MULTI too.
+    let _: () = con.set(&key, "w").await.unwrap();
+    let (v,): (String,) = redis::pipe()
+        .atomic()
+        .get(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(v, "w");
+}
