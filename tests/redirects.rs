@@ -112,3 +112,24 @@ async fn migration_is_followed_through_ask_then_moved() {
         .unwrap();
     assert_eq!(on_dst, "during");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_seeds_are_tolerated() {
+    let cluster = Cluster::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = Proxy::start_with(&cluster, |c| {
+        // A seed that refuses connections comes first; only one live seed is given.
+        c.cluster.seeds = vec![format!("127.0.0.1:{dead}"), c.cluster.seeds[1].clone()];
+    })
+    .await;
+    let mut con = proxy.client(2).await;
+    for port in &cluster.master_ports {
+        let k = key_on(&cluster, *port, "seed:").await;
+        let _: () = con.set(&k, 1).await.unwrap();
+        assert_eq!(con.get::<_, i64>(&k).await.unwrap(), 1);
+    }
+}
