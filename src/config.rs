@@ -22,6 +22,8 @@ pub struct Config {
     pub password: Option<String>,
     /// Log filter when `RUST_LOG` is not set: error, warn, info, debug, trace.
     pub log_level: String,
+    /// Worker threads; 0 means one per CPU core.
+    pub threads: usize,
     pub cluster: ClusterConfig,
     pub limits: LimitsConfig,
     /// Multi-write: extra clusters that receive the writes too.
@@ -203,6 +205,7 @@ impl Default for Config {
             listen: "127.0.0.1:6380".into(),
             password: None,
             log_level: "info".into(),
+            threads: 0,
             cluster: ClusterConfig::default(),
             limits: LimitsConfig::default(),
             mirror: MirrorConfig::default(),
@@ -306,6 +309,9 @@ impl Config {
         };
         if !is_host_port(&self.listen) {
             return invalid("listen", &format!("{:?} is not HOST:PORT", self.listen));
+        }
+        if self.threads > 1024 {
+            return invalid("threads", "must be at most 1024 (0 = one per core)");
         }
         if self.cluster.seeds.is_empty() {
             return invalid(

@@ -27,6 +27,9 @@ struct Cli {
     /// Log filter when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", global = true)]
     log_level: Option<String>,
+    /// Worker threads (0 = one per CPU core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// A mirror cluster that receives the writes too, by its seed nodes; repeat for several.
     #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", action = ArgAction::Append)]
     mirror: Vec<String>,
@@ -57,6 +60,9 @@ fn load(cli: &Cli) -> Result<Config, slotgate::error::ConfigError> {
     }
     if let Some(password) = &cli.password {
         config.password = Some(password.clone());
+    }
+    if let Some(threads) = cli.threads {
+        config.threads = threads;
     }
     if let Some(level) = &cli.log_level {
         config.log_level = level.clone();
