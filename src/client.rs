@@ -1,8 +1,10 @@
 //! One client connection: read requests, answer or dispatch each, and write the replies back
 //! strictly in request order.
 //!
-//! Pipelined requests are all in flight at once (to different nodes concurrently) inside a
-//! `FuturesOrdered`, which yields replies in the order the requests came. Reading pauses when
+//! Pipelined requests are all in flight at once (to different nodes concurrently); their
+//! replies wait in a queue in request order and leave from its head. A plain forwarded
+//! command is only a reply channel in that queue (no future, no allocation); commands that
+//! need more (redirects, merges, mirrors) become a boxed future. Reading pauses when
 //! `pipeline_window` requests are in flight. A protocol error is answered with
 //! `-ERR Protocol error: ...` after the replies before it, then the connection closes.
 
@@ -10,14 +12,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
-use futures::{FutureExt, StreamExt, stream::FuturesOrdered};
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
+
+use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::command::lookup;
+use crate::dispatch::Flight;
 use crate::local::ClientState;
-use crate::plan::{Step, complete, handle};
+use crate::plan::{Post, Step, complete, handle};
 use crate::pubsub::{Event, Subscriptions, is_subscription_command};
 use crate::resp::encode::error;
 use crate::resp::{Proto, Request, RequestScanner};
@@ -35,7 +43,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     let window = shared.config.limits.pipeline_window;
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
     let mut outbuf = BytesMut::with_capacity(16 * 1024);
-    let mut inflight = FuturesOrdered::new();
+    let mut inflight: VecDeque<Slot<'_>> = VecDeque::new();
     // Set once no more requests will be read: QUIT, a protocol error, or end of input.
     let mut closing = false;
     // A subscribe-family request waiting for the replies before it to be written, so its
@@ -58,7 +66,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                     Err(e) => {
                         debug!(error = %e, "protocol error from client");
                         let reply = error(&format!("ERR Protocol error: {e}"));
-                        inflight.push_back(complete(&shared, Step::Ready(reply), state.proto));
+                        inflight.push_back(Slot::Ready(reply));
                         closing = true;
                         break;
                     }
@@ -69,7 +77,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                 break;
             }
             let (step, close) = handle(&shared, &mut state, req).await;
-            inflight.push_back(complete(&shared, step, state.proto));
+            inflight.push_back(Slot::new(&shared, step, state.proto));
             closing = close;
         }
         if parsed > 0 {
@@ -88,8 +96,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         }
         tokio::select! {
             biased;
-            Some(reply) = inflight.next(), if !inflight.is_empty() => {
-                if write_replies(&mut wr, &mut outbuf, reply, &mut inflight).await.is_err() {
+            reply = next_reply(&shared, &mut inflight), if !inflight.is_empty() => {
+                if write_replies(&shared, &mut wr, &mut outbuf, reply, &mut inflight).await.is_err() {
                     break;
                 }
             }
@@ -164,11 +172,12 @@ fn streams_replies(state: &ClientState, req: &Request) -> bool {
 }
 
 /// Writes `first` and every other reply already complete, in one write when they are small.
-async fn write_replies<F: Future<Output = Bytes>>(
+async fn write_replies<'a>(
+    shared: &'a Shared,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     outbuf: &mut BytesMut,
     first: Bytes,
-    inflight: &mut FuturesOrdered<F>,
+    inflight: &mut VecDeque<Slot<'a>>,
 ) -> std::io::Result<()> {
     let mut next = Some(first);
     while let Some(reply) = next.take() {
@@ -182,7 +191,7 @@ async fn write_replies<F: Future<Output = Bytes>>(
             outbuf.extend_from_slice(&reply);
         }
         if !inflight.is_empty() {
-            next = inflight.next().now_or_never().flatten();
+            next = next_reply(shared, inflight).now_or_never();
         }
     }
     if !outbuf.is_empty() {
@@ -190,4 +199,65 @@ async fn write_replies<F: Future<Output = Bytes>>(
         outbuf.clear();
     }
     Ok(())
+}
+
+/// One reply due to the client, in request order.
+enum Slot<'a> {
+    Ready(Bytes),
+    /// A forwarded command whose reply is passed on as it is, unless it turns out to be a
+    /// redirect or a failure (then it becomes `Boxed`).
+    Waiting(Flight),
+    Boxed(Pin<Box<dyn Future<Output = Bytes> + Send + 'a>>),
+}
+
+impl<'a> Slot<'a> {
+    fn new(shared: &'a Shared, step: Step, proto: Proto) -> Slot<'a> {
+        match step {
+            Step::Ready(reply) => Slot::Ready(reply),
+            Step::Remote {
+                flight,
+                post: Post::None,
+            } => Slot::Waiting(flight),
+            other => Slot::Boxed(Box::pin(complete(shared, other, proto))),
+        }
+    }
+}
+
+/// The reply at the head of the queue, once it is complete.
+async fn next_reply<'a>(shared: &'a Shared, inflight: &mut VecDeque<Slot<'a>>) -> Bytes {
+    poll_fn(|cx| {
+        let Some(head) = inflight.front_mut() else {
+            return Poll::Pending;
+        };
+        if let Slot::Waiting(flight) = head {
+            let first = match flight.poll_first(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(first) => first,
+            };
+            match shared.primary.settle_first(flight, first) {
+                Ok(reply) => {
+                    inflight.pop_front();
+                    return Poll::Ready(reply);
+                }
+                Err(first) => {
+                    let Some(Slot::Waiting(flight)) = inflight.pop_front() else {
+                        unreachable!("the head was a waiting slot");
+                    };
+                    let fut = shared.primary.finish_with(flight, first);
+                    inflight.push_front(Slot::Boxed(Box::pin(fut)));
+                }
+            }
+        }
+        let reply = match inflight.front_mut() {
+            Some(Slot::Ready(reply)) => std::mem::take(reply),
+            Some(Slot::Boxed(fut)) => match fut.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(reply) => reply,
+            },
+            _ => return Poll::Pending,
+        };
+        inflight.pop_front();
+        Poll::Ready(reply)
+    })
+    .await
 }

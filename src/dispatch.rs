@@ -6,8 +6,11 @@
 //! queued in the order it sent them; `finish` awaits the reply and handles MOVED, ASK,
 //! TRYAGAIN, CLUSTERDOWN and connection errors as `redirect::decide` says.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -87,6 +90,31 @@ pub struct SendOptions {
     pub dedicated: bool,
     /// Where a read of a slot goes (`read_from`); writes always go to the master.
     pub read_from: ReadFrom,
+}
+
+impl Flight {
+    /// Polls the first attempt's result: `Ready(None)` when there was no route (or the
+    /// attempt could not be queued), else the node's reply or the connection's failure.
+    pub fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<Option<ReplyResult>> {
+        if self.early_error.is_some() {
+            return Poll::Ready(None);
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(rx).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => {
+                self.rx = None;
+                Poll::Ready(Some(r.unwrap_or_else(|_| {
+                    Err(BackendError::ConnectionLost {
+                        addr: self.addr.as_deref().unwrap_or("?").to_string(),
+                        sent: true,
+                    })
+                })))
+            }
+        }
+    }
 }
 
 /// A command on its way: the current attempt and what is needed for the next.
@@ -307,30 +335,82 @@ impl Cluster {
     /// Awaits the reply, following redirects and retrying as the policy allows.
     pub async fn finish(&self, flight: Flight) -> Bytes {
         let queued_at = flight.queued_at;
-        let reply = self.follow(flight).await;
+        let reply = self.follow(flight, None).await;
+        self.record(queued_at, &reply);
+        reply
+    }
+
+    /// Like `finish`, when the first attempt's result was already taken with
+    /// `Flight::poll_first`.
+    pub async fn finish_with(&self, flight: Flight, first: Option<ReplyResult>) -> Bytes {
+        let queued_at = flight.queued_at;
+        let reply = self.follow(flight, Some(first)).await;
+        self.record(queued_at, &reply);
+        reply
+    }
+
+    /// The fast path: when the first attempt's result is a reply to pass on as it is (no
+    /// redirect, no retry), counts it and returns it; otherwise gives the result back for
+    /// `finish_with`.
+    pub fn settle_first(
+        &self,
+        flight: &mut Flight,
+        first: Option<ReplyResult>,
+    ) -> Result<Bytes, Option<ReplyResult>> {
+        if flight.early_error.is_some() {
+            return Err(first);
+        }
+        let plain = match &first {
+            Some(Ok(reply)) => {
+                reply.first() != Some(&b'-') || {
+                    let from = flight.addr.as_deref().unwrap_or("");
+                    let outcome = Outcome::Reply { reply, from };
+                    decide(
+                        outcome,
+                        Attempts::default(),
+                        self.policy,
+                        flight.opts.idempotent,
+                    ) == Decision::Return
+                }
+            }
+            _ => false,
+        };
+        match first {
+            Some(Ok(reply)) if plain => {
+                flight.lease = None;
+                self.record(flight.queued_at, &reply);
+                Ok(reply)
+            }
+            other => Err(other),
+        }
+    }
+
+    fn record(&self, queued_at: Instant, reply: &[u8]) {
         let c = &self.counters;
         c.requests.fetch_add(1, Ordering::Relaxed);
         if reply.first() == Some(&b'-') {
             c.errors.fetch_add(1, Ordering::Relaxed);
         }
         c.latency.record(queued_at.elapsed());
-        reply
     }
 
-    async fn follow(&self, mut flight: Flight) -> Bytes {
+    async fn follow(&self, mut flight: Flight, mut first: Option<Option<ReplyResult>>) -> Bytes {
         if let Some(e) = flight.early_error.take() {
             return e;
         }
         let mut attempts = Attempts::default();
         loop {
-            let result = match flight.rx.take() {
-                Some(rx) => Some(rx.await.unwrap_or_else(|_| {
-                    Err(BackendError::ConnectionLost {
-                        addr: flight.addr.as_deref().unwrap_or("?").to_string(),
-                        sent: true,
-                    })
-                })),
-                None => None,
+            let result = match first.take() {
+                Some(result) => result,
+                None => match flight.rx.take() {
+                    Some(rx) => Some(rx.await.unwrap_or_else(|_| {
+                        Err(BackendError::ConnectionLost {
+                            addr: flight.addr.as_deref().unwrap_or("?").to_string(),
+                            sent: true,
+                        })
+                    })),
+                    None => None,
+                },
             };
             flight.lease = None;
             let from = flight.addr.clone().unwrap_or_else(|| Arc::from(""));
