@@ -392,7 +392,7 @@ pub static COMMANDS: &[CmdSpec] = table! {
     "ASKING" Admin NONE, Handling::Refused(NODE_ADMIN);
 };
 
-static INDEX: LazyLock<HashMap<&'static [u8], &'static CmdSpec>> =
+static INDEX: LazyLock<HashMap<&'static [u8], &'static CmdSpec, crate::fasthash::FnvBuild>> =
     LazyLock::new(|| COMMANDS.iter().map(|c| (c.name.as_bytes(), c)).collect());
 
 /// Longest command name in the table, for the stack buffer used by `lookup`.

@@ -12,6 +12,7 @@ pub mod command;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod fasthash;
 pub mod histogram;
 pub mod info;
 pub mod local;

@@ -46,14 +46,14 @@ pub struct NodeConns {
 #[derive(Debug)]
 pub struct Backends {
     settings: PoolSettings,
-    nodes: DashMap<Arc<str>, Arc<NodeConns>>,
+    nodes: DashMap<Arc<str>, Arc<NodeConns>, crate::fasthash::FnvBuild>,
 }
 
 impl Backends {
     pub fn new(settings: PoolSettings) -> Self {
         Backends {
             settings,
-            nodes: DashMap::new(),
+            nodes: DashMap::default(),
         }
     }
 

@@ -72,6 +72,12 @@ impl Topology {
         self.table.load_full()
     }
 
+    /// The current slot table for a short look (no reference count touched); do not hold it
+    /// across an await.
+    pub fn peek(&self) -> arc_swap::Guard<Arc<SlotTable>> {
+        self.table.load()
+    }
+
     /// Asks for a refresh without waiting; `hint` is asked first.
     pub fn request_refresh(&self, hint: Option<Arc<str>>) {
         let _ = self.trigger.try_send(hint);
