@@ -8,6 +8,7 @@ FROM rust:1-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 # Cache mounts keep the crates registry and build artefacts across builds
 # (BuildKit); the binary is copied out because the target/ mount is not in the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -87,16 +87,24 @@ pub fn split(name: &str, req: &Request) -> Option<(Vec<Part>, Merge)> {
     if n < 2 || !(n - 1).is_multiple_of(step) {
         return None;
     }
-    // Group key indices by slot, keeping first-seen slot order.
-    let mut group_of: HashMap<u16, usize> = HashMap::new();
+    // Group key indices by slot, keeping first-seen slot order. A linear search is cheapest
+    // for the usual handful of keys; large requests use a map.
+    let mut group_of: Option<HashMap<u16, usize, crate::fasthash::FnvBuild>> =
+        (n > 64).then(HashMap::default);
     let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
     for i in (1..n).step_by(step) {
         let slot = slot_of(req.arg(i));
-        let g = *group_of.entry(slot).or_insert_with(|| {
+        let found = match &mut group_of {
+            Some(map) => *map.entry(slot).or_insert(groups.len()),
+            None => groups
+                .iter()
+                .position(|g| g.0 == slot)
+                .unwrap_or(groups.len()),
+        };
+        if found == groups.len() {
             groups.push((slot, Vec::new()));
-            groups.len() - 1
-        });
-        groups[g].1.push(i);
+        }
+        groups[found].1.push(i);
     }
     let name_arg = req.arg(0);
     let mut parts = Vec::with_capacity(groups.len());
@@ -122,15 +130,19 @@ pub fn split(name: &str, req: &Request) -> Option<(Vec<Part>, Merge)> {
     Some((parts, merge))
 }
 
-/// Encodes `name` followed by `count` arguments as a RESP array.
-fn encode_command<'a>(name: &'a [u8], args: impl Iterator<Item = &'a [u8]>, count: usize) -> Bytes {
-    let mut out = BytesMut::with_capacity(32 + name.len());
+/// Encodes `name` followed by `count` arguments as a RESP array, in one allocation.
+fn encode_command<'a>(
+    name: &'a [u8],
+    args: impl Iterator<Item = &'a [u8]> + Clone,
+    count: usize,
+) -> Bytes {
+    let size = 16 + name.len() + 16 + args.clone().map(|a| a.len() + 16).sum::<usize>();
+    let mut out = BytesMut::with_capacity(size);
     let mut num = [0u8; 20];
     out.put_u8(b'*');
     out.put_slice(format_usize(count + 1, &mut num));
     out.put_slice(b"\r\n");
     for a in std::iter::once(name).chain(args) {
-        out.reserve(a.len() + 16);
         out.put_u8(b'$');
         out.put_slice(format_usize(a.len(), &mut num));
         out.put_slice(b"\r\n");

@@ -11,7 +11,6 @@
 //! the minimum of each of the two counts). With no writes, WAIT goes to one master as on a
 //! fresh connection.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,8 +27,8 @@ use crate::slot::{SLOT_COUNT, slot_of};
 /// What one client wrote since its last WAIT.
 #[derive(Debug, Default)]
 pub struct Written {
-    /// Slots of the keys written.
-    pub slots: HashSet<u16>,
+    /// Slots of the keys written (a bit per slot, allocated on the first write).
+    slots: Option<Box<[u64; SLOT_COUNT / 64]>>,
     /// A write went to every master, or to one not known by slot (keyless scripts).
     pub everywhere: bool,
 }
@@ -39,11 +38,23 @@ impl Written {
         let mut any = false;
         for k in keys {
             any = true;
-            self.slots.insert(slot_of(k));
+            let s = slot_of(k) as usize;
+            let bits = self
+                .slots
+                .get_or_insert_with(|| Box::new([0; SLOT_COUNT / 64]));
+            bits[s / 64] |= 1 << (s % 64);
         }
         if !any {
             self.everywhere = true;
         }
+    }
+
+    /// The slots written, in order.
+    fn written_slots(&self) -> impl Iterator<Item = u16> + '_ {
+        self.slots
+            .iter()
+            .flat_map(|bits| (0..SLOT_COUNT).filter(move |&s| bits[s / 64] & (1 << (s % 64)) != 0))
+            .map(|s| s as u16)
     }
 
     /// The masters to ask: those serving the written slots now.
@@ -53,7 +64,7 @@ impl Written {
         }
         let table = shared.primary.topology.table();
         let mut out: Vec<Arc<str>> = Vec::new();
-        for &s in &self.slots {
+        for s in self.written_slots() {
             if let Some(m) = table.master_for(s)
                 && !out.contains(&m.addr)
             {
@@ -188,7 +199,14 @@ mod tests {
     fn keyless_writes_mean_every_master() {
         let mut w = Written::default();
         w.record_keys([&b"a"[..], b"b"].into_iter());
-        assert_eq!(w.slots.len(), 2);
+        assert_eq!(
+            w.written_slots().collect::<Vec<_>>(),
+            [slot_of(b"b"), slot_of(b"a")]
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
         assert!(!w.everywhere);
         w.record_keys(std::iter::empty());
         assert!(w.everywhere);
