@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use crate::batch::{BatchedCommand, Batcher, Resolved};
 use crate::command::lookup;
 use crate::dispatch::Flight;
 use crate::local::ClientState;
@@ -39,6 +40,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut state = ClientState::new(id, shared.config.password.is_some());
+    state.batch.enabled = true;
     let mut scanner = RequestScanner::new(shared.config.request_limits());
     let window = shared.config.limits.pipeline_window;
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
@@ -80,6 +82,9 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
             inflight.push_back(Slot::new(&shared, step, state.proto));
             closing = close;
         }
+        if state.batch.has_open() {
+            state.batch.flush(&shared).await;
+        }
         if parsed > 0 {
             shared
                 .stats
@@ -96,8 +101,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         }
         tokio::select! {
             biased;
-            reply = next_reply(&shared, &mut inflight), if !inflight.is_empty() => {
-                if write_replies(&shared, &mut wr, &mut outbuf, reply, &mut inflight).await.is_err() {
+            reply = next_reply(&shared, &mut inflight, &mut state.batch), if !inflight.is_empty() => {
+                if write_replies(&shared, &mut wr, &mut outbuf, reply, &mut inflight, &mut state.batch).await.is_err() {
                     break;
                 }
             }
@@ -178,6 +183,7 @@ async fn write_replies<'a>(
     outbuf: &mut BytesMut,
     first: Bytes,
     inflight: &mut VecDeque<Slot<'a>>,
+    batch: &mut Batcher,
 ) -> std::io::Result<()> {
     let mut next = Some(first);
     while let Some(reply) = next.take() {
@@ -191,7 +197,7 @@ async fn write_replies<'a>(
             outbuf.extend_from_slice(&reply);
         }
         if !inflight.is_empty() {
-            next = next_reply(shared, inflight).now_or_never();
+            next = next_reply(shared, inflight, batch).now_or_never();
         }
     }
     if !outbuf.is_empty() {
@@ -207,6 +213,8 @@ enum Slot<'a> {
     /// A forwarded command whose reply is passed on as it is, unless it turns out to be a
     /// redirect or a failure (then it becomes `Boxed`).
     Waiting(Flight),
+    /// A command sent in its node's batch for this read.
+    Batched(BatchedCommand),
     Boxed(Pin<Box<dyn Future<Output = Bytes> + Send + 'a>>),
 }
 
@@ -218,14 +226,36 @@ impl<'a> Slot<'a> {
                 flight,
                 post: Post::None,
             } => Slot::Waiting(flight),
+            Step::Batched(cmd) => Slot::Batched(cmd),
             other => Slot::Boxed(Box::pin(complete(shared, other, proto))),
         }
     }
 }
 
 /// The reply at the head of the queue, once it is complete.
-async fn next_reply<'a>(shared: &'a Shared, inflight: &mut VecDeque<Slot<'a>>) -> Bytes {
+async fn next_reply<'a>(
+    shared: &'a Shared,
+    inflight: &mut VecDeque<Slot<'a>>,
+    batch: &mut Batcher,
+) -> Bytes {
     poll_fn(|cx| {
+        let Some(head) = inflight.front_mut() else {
+            return Poll::Pending;
+        };
+        if let Slot::Batched(cmd) = head {
+            match batch.poll_reply(cx, shared, cmd) {
+                Resolved::Pending => return Poll::Pending,
+                Resolved::Reply(reply) => {
+                    inflight.pop_front();
+                    return Poll::Ready(reply);
+                }
+                Resolved::FollowUp(flight, first) => {
+                    inflight.pop_front();
+                    let fut = shared.primary.finish_with(flight, first);
+                    inflight.push_front(Slot::Boxed(Box::pin(fut)));
+                }
+            }
+        }
         let Some(head) = inflight.front_mut() else {
             return Poll::Pending;
         };

@@ -108,6 +108,21 @@ pub struct SendOptions {
 }
 
 impl Flight {
+    /// A command already sent to `addr` by other means (a batch), for `Cluster::finish_with`
+    /// to follow up its reply.
+    pub fn sent(raw: Bytes, target: Target, opts: SendOptions, addr: Arc<str>) -> Flight {
+        Flight {
+            raw,
+            target,
+            opts,
+            addr: Some(addr),
+            rx: None,
+            lease: None,
+            early_error: None,
+            queued_at: None,
+        }
+    }
+
     /// Polls the first attempt's result: `Ready(None)` when there was no route (or the
     /// attempt could not be queued), else the node's reply or the connection's failure.
     pub fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<Option<ReplyResult>> {
@@ -128,6 +143,20 @@ impl Flight {
                     })
                 })))
             }
+        }
+    }
+}
+
+impl SendOptions {
+    /// Options for commands slotgate sends on its own behalf (mirrors, queue, probes):
+    /// RESP2, masters only, never retried after they may have been sent.
+    pub fn internal() -> SendOptions {
+        SendOptions {
+            proto: Proto::Resp2,
+            session: 0,
+            idempotent: false,
+            dedicated: false,
+            read_from: ReadFrom::Master,
         }
     }
 }
@@ -226,7 +255,8 @@ impl Cluster {
         flight
     }
 
-    fn route(&self, target: &Target, opts: &SendOptions) -> Option<Arc<str>> {
+    /// The node a command for `target` goes to now.
+    pub fn route(&self, target: &Target, opts: &SendOptions) -> Option<Arc<str>> {
         let table = self.topology.peek();
         let master = match target {
             Target::Slot(s) => table.master_for(*s),
@@ -325,16 +355,12 @@ impl Cluster {
                         ))
                     })?;
             let (reply_tx, rx) = oneshot::channel();
-            let pending = Pending {
-                raw,
-                asking,
-                reply: reply_tx,
-            };
+            let pending = Pending::one(raw, asking, reply_tx);
             if let Err(mpsc::error::SendError(p)) = tx.send(pending).await {
-                let _ = p.reply.send(Err(BackendError::ConnectionLost {
+                p.fail(BackendError::ConnectionLost {
                     addr: addr.to_string(),
                     sent: false,
-                }));
+                });
             }
             flight.lease = Some((tx, permit));
             rx
@@ -399,6 +425,19 @@ impl Cluster {
             }
             other => Err(other),
         }
+    }
+
+    /// Whether a first reply goes to the client as it is (no redirect or retry to follow).
+    pub fn is_plain(&self, reply: &[u8], from: &str, idempotent: bool) -> bool {
+        reply.first() != Some(&b'-') || {
+            let outcome = Outcome::Reply { reply, from };
+            decide(outcome, Attempts::default(), self.policy, idempotent) == Decision::Return
+        }
+    }
+
+    /// Counts a reply delivered outside `finish` (batched requests).
+    pub fn count_reply(&self, reply: &[u8]) {
+        self.record(None, reply);
     }
 
     fn record(&self, queued_at: Option<Instant>, reply: &[u8]) {

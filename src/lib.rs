@@ -2,6 +2,7 @@
 //! to it and use a whole Redis Cluster: commands are routed by hash slot, redirects and
 //! topology changes are handled here, and replies pass through unchanged.
 
+pub mod batch;
 pub mod backend {
     //! Connections to cluster nodes.
     pub mod conn;

@@ -28,6 +28,8 @@ pub struct ClientState {
     pub mirror_feed: Option<tokio::sync::mpsc::Sender<crate::mirror::Job>>,
     /// Slots written since the last WAIT, for WAIT/WAITAOF.
     pub written: crate::wait::Written,
+    /// This connection's pipelined plain commands, grouped per node.
+    pub batch: crate::batch::Batcher,
 }
 
 impl ClientState {
@@ -43,6 +45,7 @@ impl ClientState {
             subs: None,
             mirror_feed: None,
             written: Default::default(),
+            batch: Default::default(),
         }
     }
 }
@@ -111,7 +114,9 @@ pub fn answer(name: &str, req: &Request, state: &mut ClientState, shared: &Share
         "CLIENT" if n >= 2 => client(req, state),
         "READONLY" | "READWRITE" if n == 1 => OK.into(),
         "RESET" if n == 1 => {
+            let enabled = state.batch.enabled;
             *state = ClientState::new(state.id, shared.config.password.is_some());
+            state.batch.enabled = enabled;
             let mut e = Encoder::new(Proto::Resp2);
             e.simple("RESET");
             e.finish().into()

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use rand::seq::SliceRandom;
 
+use crate::batch::BatchedCommand;
 use crate::command::{CmdSpec, Fan, Handling, Kind, lookup};
 use crate::dispatch::{Flight, SendOptions, Submitted, Target};
 use crate::info::{self, InfoScope};
@@ -41,6 +42,8 @@ pub enum Step {
     Tx(TxReply),
     /// WAIT / WAITAOF on the masters this client wrote to.
     Wait { req: Request, written: Written },
+    /// A plain command queued in this read's batch for its node.
+    Batched(BatchedCommand),
     /// A write also sent to the mirrors: the inner step's reply settles the ticket.
     Mirrored { inner: Box<Step>, ticket: Ticket },
 }
@@ -90,6 +93,16 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
         state
             .written
             .record_keys(spec.key_indices(&req).map(|i| req.arg(i)));
+    }
+    if let Some(spec) = spec
+        && let Some(step) = try_batch(shared, state, spec, &req)
+    {
+        return (step, false);
+    }
+    // Anything else may send on the connections the open batches are for: send those first,
+    // so the node sees this client's commands in order.
+    if state.batch.has_open() && spec.is_none_or(|s| s.handling != Handling::Local) {
+        state.batch.flush(shared).await;
     }
     let subscribed = state.subs.as_ref().is_some_and(|s| s.active());
     if subscribed
@@ -210,6 +223,48 @@ async fn forward(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOption
     };
     let submitted = shared.primary.submit(spec, &req, opts).await;
     from_submitted(submitted, post)
+}
+
+/// Puts a plain forwarded command into this read's batch for its node, when it is one.
+fn try_batch(
+    shared: &Shared,
+    state: &mut ClientState,
+    spec: &'static CmdSpec,
+    req: &Request,
+) -> Option<Step> {
+    let plain = state.batch.enabled
+        && state.authenticated
+        && shared.mirrors.is_none()
+        && spec.handling == Handling::Forward
+        && !state.txn.takes(Some(spec))
+        && !state.subs.as_ref().is_some_and(|s| s.active())
+        && !matches!(spec.name, "EVALSHA" | "EVALSHA_RO")
+        && !spec.is_blocking(req);
+    if !plain {
+        return None;
+    }
+    let target = match spec.slot(req).ok()? {
+        Some(slot) => Target::Slot(slot),
+        None => Target::Any,
+    };
+    let opts = SendOptions {
+        proto: state.proto,
+        session: state.id,
+        idempotent: spec.kind == Kind::Read,
+        dedicated: false,
+        read_from: if spec.kind == Kind::Read {
+            shared.config.cluster.read_from
+        } else {
+            crate::config::ReadFrom::Master
+        },
+    };
+    let addr = shared.primary.route(&target, &opts)?;
+    Some(Step::Batched(state.batch.add(
+        addr,
+        req.raw.clone(),
+        target,
+        opts,
+    )))
 }
 
 /// Hands a write to the mirrors, when there are any and the primary did not refuse it
@@ -356,6 +411,7 @@ pub async fn complete(shared: &Shared, step: Step, proto: Proto) -> Bytes {
 async fn complete_one(shared: &Shared, step: Step, proto: Proto) -> Bytes {
     match step {
         Step::Mirrored { .. } => error("ERR slotgate: nested mirrored write"),
+        Step::Batched(_) => error("ERR slotgate: a batched command outside its connection"),
         Step::Ready(reply) => reply,
         Step::Remote { flight, post } => {
             let reply = shared.primary.finish(flight).await;
@@ -414,10 +470,7 @@ async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes
             };
             let opts = SendOptions {
                 proto,
-                session: 0,
-                idempotent: false,
-                dedicated: false,
-                read_from: crate::config::ReadFrom::Master,
+                ..SendOptions::internal()
             };
             let load = Request::from_args(&[&b"SCRIPT"[..], b"LOAD", &body]);
             let loads = shared.primary.start_all(&load.raw, opts).await;

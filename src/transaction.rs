@@ -299,11 +299,7 @@ impl Transaction {
             return TxReply::Ready(error("ERR slotgate: transaction is not pinned to a node"));
         };
         let (tx, rx) = oneshot::channel();
-        let pending = Pending {
-            raw,
-            asking,
-            reply: tx,
-        };
+        let pending = Pending::one(raw, asking, tx);
         if pin.conn.send(pending).await.is_err() {
             return TxReply::Ready(error(&format!(
                 "ERR slotgate: connection to {} lost during a transaction",

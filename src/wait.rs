@@ -157,21 +157,11 @@ async fn wait_on(
         let key = format!("slotgate:wait:{{{}}}", tag_for_slot(slot));
         let marker = Request::from_args(&["SET", key.as_str(), "1", "PX", "100"]);
         let (tx, _rx) = oneshot::channel();
-        let _ = conn
-            .send(Pending {
-                raw: marker.raw,
-                asking: false,
-                reply: tx,
-            })
-            .await;
+        let _ = conn.send(Pending::one(marker.raw, false, tx)).await;
     }
     let (tx, rx) = oneshot::channel();
     if conn
-        .send(Pending {
-            raw: req.raw.clone(),
-            asking: false,
-            reply: tx,
-        })
+        .send(Pending::one(req.raw.clone(), false, tx))
         .await
         .is_err()
     {

@@ -9,21 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Value};
-use support::{Cluster, Proxy, key_on};
-
-async fn info_field(con: &mut MultiplexedConnection, name: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("slotgate")
-        .query_async(con)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
+use support::{Cluster, Proxy, key_on, slotgate_counter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_key_commands_split_and_merge_in_order() {
@@ -329,7 +315,7 @@ async fn blocking_clients_do_not_stall_others() {
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while info_field(&mut con, "dedicated_connections").await < 100 {
+    while slotgate_counter(&mut con, "dedicated_connections").await < 100 {
         assert!(Instant::now() < deadline, "BLPOPs did not all start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -350,7 +336,7 @@ async fn blocking_clients_do_not_stall_others() {
             .unwrap();
         assert_eq!(got, Some((format!("queue:{i}"), i.to_string())));
     }
-    assert_eq!(info_field(&mut con, "dedicated_connections").await, 0);
+    assert_eq!(slotgate_counter(&mut con, "dedicated_connections").await, 0);
 
     // A client that leaves mid-block frees its backend connection.
     {
@@ -360,7 +346,7 @@ async fn blocking_clients_do_not_stall_others() {
         assert!(out.is_empty() && !closed);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while info_field(&mut con, "dedicated_connections").await != 0 {
+    while slotgate_counter(&mut con, "dedicated_connections").await != 0 {
         assert!(Instant::now() < deadline, "blocked connection not released");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -484,5 +470,5 @@ async fn transactions_pin_to_one_master() {
         "+OK\r\n+QUEUED\r\n+OK\r\n:0\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n+OK\r\n-ERR MULTI calls can not be nested\r\n+OK\r\n"
     );
     // The pinned connections were released.
-    assert_eq!(info_field(&mut con, "dedicated_connections").await, 0);
+    assert_eq!(slotgate_counter(&mut con, "dedicated_connections").await, 0);
 }

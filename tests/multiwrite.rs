@@ -244,24 +244,14 @@ async fn mixed_workload_ends_identical_and_reads_stay_on_the_primary() {
     wait_until_equal(&primary, &mirror).await;
 
     // Reads never reach the mirror.
-    let mut gets_before = 0u64;
-    for port in &mirror.master_ports {
-        let mut m = mirror.node(*port).await;
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut m)
-            .await
-            .unwrap();
-        gets_before += stats
-            .lines()
-            .find(|l| l.starts_with("cmdstat_get:"))
-            .and_then(|l| {
-                l.split(&[':', '=', ','][..])
-                    .nth(2)
-                    .map(|c| c.parse::<u64>().unwrap())
-            })
-            .unwrap_or(0);
-    }
+    let mirror_gets = || async {
+        let mut total = 0;
+        for port in &mirror.master_ports {
+            total += support::command_calls(*port, "get").await;
+        }
+        total
+    };
+    let gets_before = mirror_gets().await;
     for i in 0..500 {
         let _: Option<String> = con.get(format!("w:{i}:s")).await.unwrap();
         let _: Vec<Option<String>> = con
@@ -269,24 +259,7 @@ async fn mixed_workload_ends_identical_and_reads_stay_on_the_primary() {
             .await
             .unwrap();
     }
-    let mut gets_after = 0u64;
-    for port in &mirror.master_ports {
-        let mut m = mirror.node(*port).await;
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut m)
-            .await
-            .unwrap();
-        gets_after += stats
-            .lines()
-            .find(|l| l.starts_with("cmdstat_get:"))
-            .and_then(|l| {
-                l.split(&[':', '=', ','][..])
-                    .nth(2)
-                    .map(|c| c.parse::<u64>().unwrap())
-            })
-            .unwrap_or(0);
-    }
+    let gets_after = mirror_gets().await;
     // Only the delay probe reads the mirror (directly), never a client's GET.
     assert!(
         gets_after - gets_before < 100,

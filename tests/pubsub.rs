@@ -137,14 +137,7 @@ async fn shard_channels_follow_their_slot() {
         .query_async(&mut dst)
         .await
         .unwrap();
-    for port in &cluster.master_ports {
-        let mut n = cluster.node(*port).await;
-        let _: () = redis::cmd("CLUSTER")
-            .arg(&["SETSLOT", &slot.to_string(), "NODE", &dst_id])
-            .query_async(&mut n)
-            .await
-            .unwrap();
-    }
+    cluster.assign_slot(slot, &dst_id).await;
     // slotgate resubscribes on the new owner; the client sees no sunsubscribe.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -7,27 +7,13 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
-use support::{Cluster, Proxy, key_on};
+use support::{Cluster, Proxy, key_on, slotgate_counter};
 
 async fn node_id(con: &mut MultiplexedConnection) -> String {
     redis::cmd("CLUSTER")
         .arg("MYID")
         .query_async(con)
         .await
-        .unwrap()
-}
-
-async fn slotgate_counter(con: &mut MultiplexedConnection, name: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("slotgate")
-        .query_async(con)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .unwrap()
-        .trim()
-        .parse()
         .unwrap()
 }
 
@@ -81,14 +67,7 @@ async fn migration_is_followed_through_ask_then_moved() {
         .query_async(&mut src)
         .await
         .unwrap();
-    for port in &cluster.master_ports {
-        let mut n = cluster.node(*port).await;
-        let _: () = redis::cmd("CLUSTER")
-            .arg(&["SETSLOT", &slot.to_string(), "NODE", &dst_id])
-            .query_async(&mut n)
-            .await
-            .unwrap();
-    }
+    cluster.assign_slot(slot, &dst_id).await;
 
     // slotgate still routes the slot to the source, which now answers MOVED.
     let moved_before = slotgate_counter(&mut con, "redirects_moved").await;

@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use slotgate::config::ReadFrom;
 use slotgate::slot::slot_of;
-use support::{Cluster, Proxy, key_on};
+use support::{Cluster, Proxy, command_calls, key_on};
 
 /// Writes unique keys through `con` until `stop` is set and at least `min` keys were
 /// written by all writers together; returns (keys acknowledged, errors).
@@ -286,29 +286,12 @@ async fn manual_failover_and_added_node_without_client_errors() {
     assert!(!acked.is_empty());
 
     // The new node gets traffic through slotgate.
-    let calls = |stats: &str| -> u64 {
-        stats
-            .lines()
-            .find(|l| l.starts_with("cmdstat_set:"))
-            .and_then(|l| l.split(&[':', '=', ','][..]).nth(2))
-            .map_or(0, |c| c.parse().unwrap())
-    };
-    let mut node = cluster.node(port).await;
-    let before: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut node)
-        .await
-        .unwrap();
+    let before = command_calls(port, "set").await;
     let key = key_on(&cluster, port, "new:").await;
     for i in 0..10 {
         let _: () = con.set(&key, i).await.unwrap();
     }
-    let after: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut node)
-        .await
-        .unwrap();
-    assert!(calls(&after) >= calls(&before) + 10);
+    assert!(command_calls(port, "set").await >= before + 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,43 +393,22 @@ async fn replica_reads_reach_the_replica_only() {
         .unwrap();
     assert_eq!(n, 1);
 
-    let gets = |stats: &str| -> u64 {
-        stats
-            .lines()
-            .find(|l| l.starts_with("cmdstat_get:"))
-            .and_then(|l| l.split(&[':', '=', ','][..]).nth(2))
-            .map_or(0, |c| c.parse().unwrap())
-    };
-    let mut m = cluster.node(master).await;
-    let mut r = cluster.node(replica).await;
-    let m_before: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut m)
-        .await
-        .unwrap();
-    let r_before: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    let (m_before, r_before) = (
+        command_calls(master, "get").await,
+        command_calls(replica, "get").await,
+    );
     for _ in 0..50 {
         assert_eq!(con.get::<_, String>(&key).await.unwrap(), "v");
     }
-    let m_after: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut m)
-        .await
-        .unwrap();
-    let r_after: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut r)
-        .await
-        .unwrap();
     assert!(
-        gets(&r_after) >= gets(&r_before) + 50,
+        command_calls(replica, "get").await >= r_before + 50,
         "replica served the reads"
     );
-    assert_eq!(gets(&m_after), gets(&m_before), "master served no reads");
+    assert_eq!(
+        command_calls(master, "get").await,
+        m_before,
+        "master served no reads"
+    );
     // Writes still go to the master, and reads inside MULTI too.
     let _: () = con.set(&key, "w").await.unwrap();
     let (v,): (String,) = redis::pipe()

@@ -24,7 +24,10 @@ use crate::resp::{Proto, ReplyScanner, Request};
 /// The reply to one request, or why there is none.
 pub type ReplyResult = Result<Bytes, BackendError>;
 
-/// A request waiting to be written to a backend.
+/// The replies to a batch of requests written back to back, in order, or why there are none.
+pub type BatchResult = Result<Vec<Bytes>, BackendError>;
+
+/// A request (or a batch of them) waiting to be written to a backend.
 #[derive(Debug)]
 pub struct Pending {
     /// The RESP request, forwarded as it came from the client.
@@ -32,12 +35,40 @@ pub struct Pending {
     /// Send `ASKING` first, on the same connection, and drop its reply (ASK redirect).
     pub asking: bool,
     /// Where the reply goes. A dropped receiver (client gone) is skipped.
-    pub reply: oneshot::Sender<ReplyResult>,
+    pub reply: ReplyTo,
+}
+
+/// Who waits for the reply of a `Pending`.
+#[derive(Debug)]
+pub enum ReplyTo {
+    /// `raw` is one request.
+    One(oneshot::Sender<ReplyResult>),
+    /// `raw` is this many requests back to back (one client's pipelined requests for this
+    /// node): their replies are delivered together, which saves a channel and a wake-up per
+    /// request.
+    Many(usize, oneshot::Sender<BatchResult>),
 }
 
 impl Pending {
-    fn fail(self, err: BackendError) {
-        let _ = self.reply.send(Err(err));
+    /// One request.
+    pub fn one(raw: Bytes, asking: bool, reply: oneshot::Sender<ReplyResult>) -> Pending {
+        Pending {
+            raw,
+            asking,
+            reply: ReplyTo::One(reply),
+        }
+    }
+
+    /// Answers the request with an error instead of sending it.
+    pub fn fail(self, err: BackendError) {
+        match self.reply {
+            ReplyTo::One(tx) => {
+                let _ = tx.send(Err(err));
+            }
+            ReplyTo::Many(_, tx) => {
+                let _ = tx.send(Err(err));
+            }
+        }
     }
 }
 
@@ -181,8 +212,40 @@ enum Ended {
     Broken(String),
 }
 
-/// A request written and awaiting its reply; `None` for an `ASKING` whose reply is dropped.
-type InFlight = Option<oneshot::Sender<ReplyResult>>;
+/// A request (or batch) written and awaiting its replies.
+enum InFlight {
+    /// The reply to an `ASKING`, dropped.
+    Discard,
+    One(oneshot::Sender<ReplyResult>),
+    Many {
+        tx: oneshot::Sender<BatchResult>,
+        expect: usize,
+        got: Vec<Bytes>,
+    },
+}
+
+impl InFlight {
+    /// Whether nobody waits for this reply any more.
+    fn abandoned(&self) -> bool {
+        match self {
+            InFlight::Discard => true,
+            InFlight::One(tx) => tx.is_closed(),
+            InFlight::Many { tx, .. } => tx.is_closed(),
+        }
+    }
+
+    fn fail(self, err: BackendError) {
+        match self {
+            InFlight::Discard => {}
+            InFlight::One(tx) => {
+                let _ = tx.send(Err(err));
+            }
+            InFlight::Many { tx, .. } => {
+                let _ = tx.send(Err(err));
+            }
+        }
+    }
+}
 
 /// Runs one live connection until it breaks or the inbox closes.
 async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &str) -> Ended {
@@ -221,11 +284,21 @@ async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &st
                     // Out-of-band push (RESP3); not a reply to any request.
                     continue;
                 }
-                match queue().pop_front() {
-                    Some(Some(tx)) => {
-                        let _ = tx.send(Ok(frame));
+                let mut q = queue();
+                match q.front_mut() {
+                    Some(InFlight::Many { expect, got, .. }) => {
+                        got.push(frame);
+                        if got.len() == *expect
+                            && let Some(InFlight::Many { tx, got, .. }) = q.pop_front()
+                        {
+                            let _ = tx.send(Ok(got));
+                        }
                     }
-                    Some(None) => {}
+                    Some(_) => {
+                        if let Some(InFlight::One(tx)) = q.pop_front() {
+                            let _ = tx.send(Ok(frame));
+                        }
+                    }
                     None => return Ended::Broken("reply without a request".into()),
                 }
             }
@@ -248,10 +321,17 @@ async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &st
             let mut next = Some(first);
             while let Some(p) = next.take() {
                 if p.asking {
-                    queue().push_back(None);
+                    queue().push_back(InFlight::Discard);
                     batch.put_slice(ASKING);
                 }
-                queue().push_back(Some(p.reply));
+                queue().push_back(match p.reply {
+                    ReplyTo::One(tx) => InFlight::One(tx),
+                    ReplyTo::Many(expect, tx) => InFlight::Many {
+                        tx,
+                        expect,
+                        got: Vec::with_capacity(expect),
+                    },
+                });
                 if p.raw.len() > COPY_LIMIT {
                     if !batch.is_empty()
                         && let Err(e) = wr.write_all(&batch).await
@@ -298,18 +378,18 @@ async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &st
             // With no new requests coming, stop waiting for replies nobody wants any more
             // (a client left while its command blocks): closing unblocks the node.
             _ = abandoned_check.tick(), if writer_done => {
-                if queue().iter().all(|e| e.as_ref().is_none_or(|tx| tx.is_closed())) {
+                if queue().iter().all(InFlight::abandoned) {
                     break Ended::InboxClosed;
                 }
             }
         }
     };
     if let Ended::Broken(_) = &ended {
-        for tx in queue().drain(..).flatten() {
-            let _ = tx.send(Err(BackendError::ConnectionLost {
+        for entry in queue().drain(..) {
+            entry.fail(BackendError::ConnectionLost {
                 addr: addr.to_string(),
                 sent: true,
-            }));
+            });
         }
     }
     ended

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::backend::conn::{self, ConnSettings, Pending, ReplyResult};
+use crate::backend::conn::{self, BatchResult, ConnSettings, Pending, ReplyResult, ReplyTo};
 use crate::error::BackendError;
 use crate::resp::Proto;
 
@@ -136,19 +136,42 @@ impl Backends {
         asking: bool,
     ) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
-        let pending = Pending {
-            raw,
-            asking,
-            reply: tx,
-        };
+        let pending = Pending::one(raw, asking, tx);
         if let Err(mpsc::error::SendError(p)) =
             self.sender(addr, proto, session).send(pending).await
         {
             // The connection task is gone (it only ends when the node was dropped).
-            let _ = p.reply.send(Err(BackendError::ConnectionLost {
+            p.fail(BackendError::ConnectionLost {
                 addr: addr.to_string(),
                 sent: false,
-            }));
+            });
+        }
+        rx
+    }
+
+    /// Queues several requests (`count`, back to back in `raw`) on the node's connection for
+    /// `session`; their replies arrive together, in order, on the returned receiver.
+    pub async fn send_many(
+        &self,
+        addr: &Arc<str>,
+        proto: Proto,
+        session: u64,
+        raw: Bytes,
+        count: usize,
+    ) -> oneshot::Receiver<BatchResult> {
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            raw,
+            asking: false,
+            reply: ReplyTo::Many(count, tx),
+        };
+        if let Err(mpsc::error::SendError(p)) =
+            self.sender(addr, proto, session).send(pending).await
+        {
+            p.fail(BackendError::ConnectionLost {
+                addr: addr.to_string(),
+                sent: false,
+            });
         }
         rx
     }

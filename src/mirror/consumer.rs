@@ -19,7 +19,7 @@ use crate::mirror::Mirrors;
 use crate::mirror::queue::{FIELD, StreamQueue, WriteQueue};
 use crate::multikey::elements;
 use crate::resp::reply::bulk_body;
-use crate::resp::{Limits, Proto, RequestScanner};
+use crate::resp::{Limits, RequestScanner};
 
 /// One stream entry: its id and the command it carries.
 #[derive(Debug)]
@@ -203,13 +203,7 @@ async fn apply(mirrors: &Mirrors, command: &Bytes) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .ok_or("truncated command")?;
     let spec = lookup(req.arg(0)).ok_or("unknown command")?;
-    let opts = SendOptions {
-        proto: Proto::Resp2,
-        session: 0,
-        idempotent: false,
-        dedicated: false,
-        read_from: crate::config::ReadFrom::Master,
-    };
+    let opts = SendOptions::internal();
     for r in &mirrors.resources {
         let Some(filtered) = r.filter(spec, &req) else {
             continue;

@@ -29,8 +29,8 @@ use crate::command::{CmdSpec, Kind, lookup};
 use crate::config::{Config, MultiWriteMode};
 use crate::dispatch::{Cluster, ClusterAccess, SendOptions};
 use crate::histogram::Histogram;
+use crate::resp::Request;
 use crate::resp::encode::error;
-use crate::resp::{Proto, Request};
 use queue::{StreamQueue, WriteQueue};
 use rules::KeyRules;
 
@@ -364,13 +364,7 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
         primary,
         done,
     } = job;
-    let opts = SendOptions {
-        proto: Proto::Resp2,
-        session: 0,
-        idempotent: false,
-        dedicated: false,
-        read_from: crate::config::ReadFrom::Master,
-    };
+    let opts = SendOptions::internal();
     let rewrite = mirrors.mode == MultiWriteMode::Async || effects::needs_primary_reply(spec.name);
     if rewrite {
         // The effect is known only from the primary's reply; later writes wait behind it.

@@ -30,11 +30,8 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
     let key = format!("slotgate:probe:{}", std::process::id());
     let get = lookup(b"GET").expect("GET is in the table");
     let opts = SendOptions {
-        proto: Proto::Resp2,
-        session: 0,
         idempotent: true,
-        dedicated: false,
-        read_from: crate::config::ReadFrom::Master,
+        ..SendOptions::internal()
     };
     let mut ticker = tokio::time::interval(interval);
     loop {

@@ -11,8 +11,8 @@ use futures::future::BoxFuture;
 use crate::config::{Config, QueueConfig};
 use crate::dispatch::{Cluster, ClusterAccess, SendOptions, Target};
 use crate::multikey::{elements, integer};
+use crate::resp::Request;
 use crate::resp::reply::bulk_body;
-use crate::resp::{Proto, Request};
 
 /// How far consumers are behind.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -65,11 +65,8 @@ impl StreamQueue {
     /// Sends one command to the queue's Redis and returns the reply.
     pub async fn call(&self, args: &[&[u8]], dedicated: bool) -> Bytes {
         let opts = SendOptions {
-            proto: Proto::Resp2,
-            session: 0,
-            idempotent: false,
             dedicated,
-            read_from: crate::config::ReadFrom::Master,
+            ..SendOptions::internal()
         };
         let flight = self
             .redis

@@ -477,3 +477,47 @@ pub async fn dump(cluster: &Cluster) -> std::collections::BTreeMap<String, Strin
     }
     out
 }
+
+/// A numeric field of slotgate's own INFO sections.
+pub async fn slotgate_counter(con: &mut MultiplexedConnection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("slotgate")
+        .query_async(con)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// How many times the node on `port` ran `command` (lower case), from INFO commandstats.
+pub async fn command_calls(port: u16, command: &str) -> u64 {
+    let mut node = connect(port, 2).await;
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|l| l.split(&[':', '=', ','][..]).nth(2))
+        .map_or(0, |c| c.parse().unwrap())
+}
+
+impl Cluster {
+    /// Hands `slot` to the node `node_id` on every master (CLUSTER SETSLOT ... NODE).
+    pub async fn assign_slot(&self, slot: u16, node_id: &str) {
+        for port in &self.master_ports {
+            let mut n = self.node(*port).await;
+            let _: () = redis::cmd("CLUSTER")
+                .arg(&["SETSLOT", &slot.to_string(), "NODE", node_id])
+                .query_async(&mut n)
+                .await
+                .unwrap();
+        }
+    }
+}
