@@ -7,7 +7,7 @@
 //! in request order; a reply that is a redirect or a failure is followed up alone, like any
 //! other command.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::backend::conn::BatchResult;
+use crate::backend::conn::{BatchResult, ReplyResult};
 use crate::dispatch::{Flight, SendOptions, Target};
 use crate::shared::Shared;
 
@@ -28,7 +28,6 @@ pub struct BatchedCommand {
     raw: Bytes,
     target: Target,
     opts: SendOptions,
-    addr: Arc<str>,
 }
 
 /// A group being filled during one read.
@@ -46,13 +45,20 @@ struct OpenGroup {
 
 /// A sent group, waiting for or holding its replies.
 #[derive(Debug)]
-enum Group {
+struct Group {
+    addr: Arc<str>,
+    state: GroupState,
+}
+
+#[derive(Debug)]
+enum GroupState {
     Waiting(oneshot::Receiver<BatchResult>, usize),
     Replied {
         result: BatchResult,
-        /// Replies not taken yet; the group is dropped at zero.
+        /// Replies not taken yet; the group is done at zero.
         remaining: usize,
     },
+    Done,
 }
 
 /// One client's batches.
@@ -61,7 +67,10 @@ pub struct Batcher {
     /// Batch plain commands at all (off for connections slotgate makes itself).
     pub enabled: bool,
     open: Vec<OpenGroup>,
-    sent: HashMap<u64, Group>,
+    /// Sent groups by id, oldest first: `sent[i]` has id `first_sent + i`. Ids are given in
+    /// order and groups finish roughly in order, so this is a queue, not a map.
+    sent: VecDeque<Group>,
+    first_sent: u64,
     next_id: u64,
 }
 
@@ -71,7 +80,7 @@ pub enum Resolved {
     /// The reply, to pass on as it is.
     Reply(Bytes),
     /// The command must be followed up (redirect, retry, failure).
-    FollowUp(Flight, Option<crate::backend::conn::ReplyResult>),
+    FollowUp(Flight, Option<ReplyResult>),
 }
 
 impl Batcher {
@@ -83,7 +92,7 @@ impl Batcher {
     /// Adds a command for `addr` to this read's group for that node.
     pub fn add(
         &mut self,
-        addr: Arc<str>,
+        addr: &Arc<str>,
         raw: Bytes,
         target: Target,
         opts: SendOptions,
@@ -91,11 +100,13 @@ impl Batcher {
         let pos = match self
             .open
             .iter()
-            .position(|g| g.addr == addr && g.proto == opts.proto)
+            .position(|g| Arc::ptr_eq(&g.addr, addr) && g.proto == opts.proto)
         {
             Some(p) => p,
             None => {
-                self.next_id += 1;
+                if self.sent.is_empty() && self.open.is_empty() {
+                    self.first_sent = self.next_id;
+                }
                 self.open.push(OpenGroup {
                     id: self.next_id,
                     addr: addr.clone(),
@@ -104,6 +115,7 @@ impl Batcher {
                     raw: BytesMut::with_capacity(256),
                     count: 0,
                 });
+                self.next_id += 1;
                 self.open.len() - 1
             }
         };
@@ -116,7 +128,6 @@ impl Batcher {
             raw,
             target,
             opts,
-            addr,
         }
     }
 
@@ -128,7 +139,11 @@ impl Batcher {
                 .backends
                 .send_many(&g.addr, g.proto, g.session, g.raw.freeze(), g.count)
                 .await;
-            self.sent.insert(g.id, Group::Waiting(rx, g.count));
+            debug_assert_eq!(g.id, self.first_sent + self.sent.len() as u64);
+            self.sent.push_back(Group {
+                addr: g.addr,
+                state: GroupState::Waiting(rx, g.count),
+            });
         }
     }
 
@@ -139,26 +154,28 @@ impl Batcher {
         shared: &Shared,
         cmd: &BatchedCommand,
     ) -> Resolved {
-        let Some(group) = self.sent.get_mut(&cmd.group) else {
-            // Still open: the head waits for a flush (the client loop flushes before waiting).
+        let Some(group) = cmd
+            .group
+            .checked_sub(self.first_sent)
+            .and_then(|i| self.sent.get_mut(i as usize))
+        else {
+            // Still open: the client loop flushes before it waits.
             return Resolved::Pending;
         };
-        if let Group::Waiting(rx, count) = group {
+        if let GroupState::Waiting(rx, count) = &mut group.state {
             let result = match std::pin::Pin::new(rx).poll(cx) {
                 Poll::Pending => return Resolved::Pending,
                 Poll::Ready(r) => r.unwrap_or_else(|_| {
                     Err(crate::error::BackendError::ConnectionLost {
-                        addr: cmd.addr.to_string(),
+                        addr: group.addr.to_string(),
                         sent: true,
                     })
                 }),
             };
-            *group = Group::Replied {
-                result,
-                remaining: *count,
-            };
+            let remaining = *count;
+            group.state = GroupState::Replied { result, remaining };
         }
-        let Group::Replied { result, remaining } = group else {
+        let GroupState::Replied { result, remaining } = &mut group.state else {
             return Resolved::Pending;
         };
         *remaining -= 1;
@@ -166,14 +183,12 @@ impl Batcher {
             Ok(replies) => Ok(std::mem::take(&mut replies[cmd.index])),
             Err(e) => Err(e.clone()),
         };
-        if *remaining == 0 {
-            self.sent.remove(&cmd.group);
-        }
-        match reply {
+        let done = *remaining == 0;
+        let resolved = match reply {
             Ok(reply)
                 if shared
                     .primary
-                    .is_plain(&reply, &cmd.addr, cmd.opts.idempotent) =>
+                    .is_plain(&reply, &group.addr, cmd.opts.idempotent) =>
             {
                 shared.primary.count_reply(&reply);
                 Resolved::Reply(reply)
@@ -183,10 +198,22 @@ impl Batcher {
                     cmd.raw.clone(),
                     cmd.target.clone(),
                     cmd.opts,
-                    cmd.addr.clone(),
+                    group.addr.clone(),
                 );
                 Resolved::FollowUp(flight, Some(other))
             }
+        };
+        if done {
+            group.state = GroupState::Done;
+            while self
+                .sent
+                .front()
+                .is_some_and(|g| matches!(g.state, GroupState::Done))
+            {
+                self.sent.pop_front();
+                self.first_sent += 1;
+            }
         }
+        resolved
     }
 }

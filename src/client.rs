@@ -74,10 +74,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                     }
                 },
             };
-            if !inflight.is_empty() && streams_replies(&state, &req) {
+            if !inflight.is_empty() && (state.barrier || streams_replies(&state, &req)) {
                 deferred = Some(req);
                 break;
             }
+            state.barrier = false;
             let (step, close) = handle(&shared, &mut state, req).await;
             inflight.push_back(Slot::new(&shared, step, state.proto));
             closing = close;

@@ -30,6 +30,9 @@ pub struct ClientState {
     pub written: crate::wait::Written,
     /// This connection's pipelined plain commands, grouped per node.
     pub batch: crate::batch::Batcher,
+    /// The last command ran on another connection (EXEC, DISCARD, a blocking command): the
+    /// next one waits until it was answered, so it runs after it, as on one Redis connection.
+    pub barrier: bool,
 }
 
 impl ClientState {
@@ -46,6 +49,7 @@ impl ClientState {
             mirror_feed: None,
             written: Default::default(),
             batch: Default::default(),
+            barrier: false,
         }
     }
 }

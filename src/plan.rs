@@ -130,6 +130,7 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
         return ready(reply.unwrap_or_default());
     }
     if in_multi && !matches!(name, "QUIT" | "RESET") {
+        state.barrier = matches!(name, "EXEC" | "DISCARD");
         let reply = state.txn.handle(shared, state.proto, spec, req).await;
         return (Step::Tx(reply), false);
     }
@@ -185,7 +186,7 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
         Handling::Forward | Handling::Subcommands { .. } => {
             let mirrored = shared.mirrors.is_some() && mirror::mirrored(spec);
             let copy = mirrored.then(|| req.clone());
-            let step = forward(shared, spec, req, opts).await;
+            let step = forward(shared, state, spec, req, opts).await;
             match copy {
                 Some(req) => mirror(shared, state, spec, &req, step).await,
                 None => step,
@@ -211,11 +212,18 @@ fn fan_out(flights: Vec<Flight>, fan: Fan, post: Post) -> (Step, bool) {
 
 /// Commands routed by their keys; multi-key commands across slots are split when they can
 /// be, and refused with CROSSSLOT otherwise.
-async fn forward(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOptions) -> (Step, bool) {
+async fn forward(
+    shared: &Shared,
+    state: &mut ClientState,
+    spec: &CmdSpec,
+    req: Request,
+    opts: SendOptions,
+) -> (Step, bool) {
     let opts = SendOptions {
         dedicated: spec.is_blocking(&req),
         ..opts
     };
+    state.barrier |= opts.dedicated;
     let post = if spec.name == "EVALSHA" || spec.name == "EVALSHA_RO" {
         Post::EvalSha(req.clone())
     } else {
@@ -260,7 +268,7 @@ fn try_batch(
     };
     let addr = shared.primary.route(&target, &opts)?;
     Some(Step::Batched(state.batch.add(
-        addr,
+        &addr,
         req.raw.clone(),
         target,
         opts,
