@@ -26,6 +26,7 @@ use crate::batch::{BatchedCommand, Batcher, Resolved};
 use crate::command::lookup;
 use crate::dispatch::Flight;
 use crate::local::ClientState;
+use crate::multikey::{self, Merge};
 use crate::plan::{Post, Step, complete, handle};
 use crate::pubsub::{Event, Subscriptions, is_subscription_command};
 use crate::resp::encode::error;
@@ -216,6 +217,8 @@ enum Slot<'a> {
     Waiting(Flight),
     /// A command sent in its node's batch for this read.
     Batched(BatchedCommand),
+    /// A split multi-key command: its parts, each resolved in any order, then merged.
+    Split(Vec<Part<'a>>, Merge),
     Boxed(Pin<Box<dyn Future<Output = Bytes> + Send + 'a>>),
 }
 
@@ -228,8 +231,45 @@ impl<'a> Slot<'a> {
                 post: Post::None,
             } => Slot::Waiting(flight),
             Step::Batched(cmd) => Slot::Batched(cmd),
+            Step::BatchedSplit { parts, merge } => {
+                Slot::Split(parts.into_iter().map(Part::Batched).collect(), merge)
+            }
             other => Slot::Boxed(Box::pin(complete(shared, other, proto))),
         }
+    }
+}
+
+/// One part of a split command.
+enum Part<'a> {
+    Batched(BatchedCommand),
+    Following(Pin<Box<dyn Future<Output = Bytes> + Send + 'a>>),
+    Done(Bytes),
+}
+
+impl<'a> Part<'a> {
+    /// Advances the part; true once its reply is there.
+    fn poll(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        shared: &'a Shared,
+        batch: &mut Batcher,
+    ) -> bool {
+        if let Part::Batched(cmd) = self {
+            match batch.poll_reply(cx, shared, cmd) {
+                Resolved::Pending => return false,
+                Resolved::Reply(reply) => *self = Part::Done(reply),
+                Resolved::FollowUp(flight, first) => {
+                    *self = Part::Following(Box::pin(shared.primary.finish_with(flight, first)));
+                }
+            }
+        }
+        if let Part::Following(fut) = self {
+            match fut.as_mut().poll(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(reply) => *self = Part::Done(reply),
+            }
+        }
+        matches!(self, Part::Done(_))
     }
 }
 
@@ -260,6 +300,25 @@ async fn next_reply<'a>(
         let Some(head) = inflight.front_mut() else {
             return Poll::Pending;
         };
+        if let Slot::Split(parts, merge) = head {
+            let mut all_done = true;
+            for part in parts.iter_mut() {
+                all_done &= part.poll(cx, shared, batch);
+            }
+            if !all_done {
+                return Poll::Pending;
+            }
+            let replies: Vec<Bytes> = parts
+                .iter_mut()
+                .map(|p| match p {
+                    Part::Done(reply) => std::mem::take(reply),
+                    _ => Bytes::new(),
+                })
+                .collect();
+            let reply = multikey::merge(merge, &replies);
+            inflight.pop_front();
+            return Poll::Ready(reply);
+        }
         if let Slot::Waiting(flight) = head {
             let first = match flight.poll_first(cx) {
                 Poll::Pending => return Poll::Pending,

@@ -44,6 +44,11 @@ pub enum Step {
     Wait { req: Request, written: Written },
     /// A plain command queued in this read's batch for its node.
     Batched(BatchedCommand),
+    /// A multi-key command split per slot, its parts queued in their nodes' batches.
+    BatchedSplit {
+        parts: Vec<BatchedCommand>,
+        merge: Merge,
+    },
     /// A write also sent to the mirrors: the inner step's reply settles the ticket.
     Mirrored { inner: Box<Step>, ticket: Ticket },
 }
@@ -251,10 +256,6 @@ fn try_batch(
     if !plain {
         return None;
     }
-    let target = match spec.slot(req).ok()? {
-        Some(slot) => Target::Slot(slot),
-        None => Target::Any,
-    };
     let opts = SendOptions {
         proto: state.proto,
         session: state.id,
@@ -265,6 +266,28 @@ fn try_batch(
         } else {
             crate::config::ReadFrom::Master
         },
+    };
+    let target = match spec.slot(req) {
+        Ok(Some(slot)) => Target::Slot(slot),
+        Ok(None) => Target::Any,
+        Err(_) => {
+            // Keys across slots: the parts of a split command join their nodes' batches.
+            let (parts, merge) = multikey::split(spec.name, req)?;
+            let mut routed = Vec::with_capacity(parts.len());
+            for part in &parts {
+                routed.push(shared.primary.route(&Target::Slot(part.slot), &opts)?);
+            }
+            let parts = parts
+                .into_iter()
+                .zip(routed)
+                .map(|(part, addr)| {
+                    state
+                        .batch
+                        .add(&addr, part.raw, Target::Slot(part.slot), opts)
+                })
+                .collect();
+            return Some(Step::BatchedSplit { parts, merge });
+        }
     };
     let addr = shared.primary.route(&target, &opts)?;
     Some(Step::Batched(state.batch.add(
@@ -419,7 +442,9 @@ pub async fn complete(shared: &Shared, step: Step, proto: Proto) -> Bytes {
 async fn complete_one(shared: &Shared, step: Step, proto: Proto) -> Bytes {
     match step {
         Step::Mirrored { .. } => error("ERR slotgate: nested mirrored write"),
-        Step::Batched(_) => error("ERR slotgate: a batched command outside its connection"),
+        Step::Batched(_) | Step::BatchedSplit { .. } => {
+            error("ERR slotgate: a batched command outside its connection")
+        }
         Step::Ready(reply) => reply,
         Step::Remote { flight, post } => {
             let reply = shared.primary.finish(flight).await;
