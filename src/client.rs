@@ -8,15 +8,14 @@
 //! `pipeline_window` requests are in flight. A protocol error is answered with
 //! `-ERR Protocol error: ...` after the replies before it, then the connection closes.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-
-use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 
+use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,8 +48,9 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     let mut inflight: VecDeque<Slot<'_>> = VecDeque::new();
     // Set once no more requests will be read: QUIT, a protocol error, or end of input.
     let mut closing = false;
-    // A subscribe-family request waiting for the replies before it to be written, so its
-    // confirmations (which bypass the reply queue) come after them.
+    // A request waiting for every reply before it to be written: its replies bypass the
+    // queue (subscribe commands), it must follow acknowledged writes (WAIT), or the command
+    // before it ran on another connection (EXEC, a blocking command; see `barrier`).
     let mut deferred: Option<Request> = None;
     // Made when the client subscribes to shard channels: checks whether their slots moved.
     let mut shard_check: Option<tokio::time::Interval> = None;

@@ -142,18 +142,7 @@ pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (
     let Some(spec) = spec else {
         return ready(unknown_command(&req));
     };
-    let opts = SendOptions {
-        proto: state.proto,
-        session: state.id,
-        idempotent: spec.kind == Kind::Read,
-        dedicated: false,
-        // Writes, and everything that is not a plain read, go to masters.
-        read_from: if spec.kind == Kind::Read {
-            shared.config.cluster.read_from
-        } else {
-            crate::config::ReadFrom::Master
-        },
-    };
+    let opts = client_opts(shared, state, spec);
     match spec.handling_of(&req) {
         Handling::Local => {
             let r = local::answer(spec.name, &req, state, shared);
@@ -238,6 +227,23 @@ async fn forward(
     from_submitted(submitted, post)
 }
 
+/// How a client's command is sent: its protocol and connection choice; reads may be retried
+/// and may go to replicas (`read_from`), everything else goes to masters.
+fn client_opts(shared: &Shared, state: &ClientState, spec: &CmdSpec) -> SendOptions {
+    let read = spec.kind == Kind::Read;
+    SendOptions {
+        proto: state.proto,
+        session: state.id,
+        idempotent: read,
+        dedicated: false,
+        read_from: if read {
+            shared.config.cluster.read_from
+        } else {
+            crate::config::ReadFrom::Master
+        },
+    }
+}
+
 /// Puts a plain forwarded command into this read's batch for its node, when it is one.
 fn try_batch(
     shared: &Shared,
@@ -256,17 +262,7 @@ fn try_batch(
     if !plain {
         return None;
     }
-    let opts = SendOptions {
-        proto: state.proto,
-        session: state.id,
-        idempotent: spec.kind == Kind::Read,
-        dedicated: false,
-        read_from: if spec.kind == Kind::Read {
-            shared.config.cluster.read_from
-        } else {
-            crate::config::ReadFrom::Master
-        },
-    };
+    let opts = client_opts(shared, state, spec);
     let target = match spec.slot(req) {
         Ok(Some(slot)) => Target::Slot(slot),
         Ok(None) => Target::Any,

@@ -38,6 +38,22 @@ impl Cluster {
     }
 
     pub fn start_with(masters: usize, replicas: usize) -> Cluster {
+        // A start can lose a race for its ports with another test starting at the same
+        // moment; the script stops what it started, so trying again is safe.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Cluster::try_start(masters, replicas) {
+                Ok(cluster) => return cluster,
+                Err(log) => failures.push(log),
+            }
+        }
+        panic!(
+            "cluster.sh start failed three times:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn try_start(masters: usize, replicas: usize) -> Result<Cluster, String> {
         let dir = std::env::temp_dir().join(format!(
             "slotgate-test-{}-{}",
             std::process::id(),
@@ -60,11 +76,9 @@ impl Cluster {
             seeds: String::new(),
             master_ports: Vec::new(),
         };
-        assert!(
-            out.status.success(),
-            "cluster.sh start failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
         let stdout = String::from_utf8(out.stdout).unwrap();
         cluster.seeds = stdout.lines().last().unwrap().trim().to_string();
         cluster.master_ports = cluster
@@ -74,7 +88,7 @@ impl Cluster {
             .collect();
         let base = cluster.master_ports[0];
         cluster.ports = (base..base + (masters * (1 + replicas)) as u16).collect();
-        cluster
+        Ok(cluster)
     }
 
     /// Runs `integration/faults.sh` with `args`; returns its output.
