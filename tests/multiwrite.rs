@@ -29,6 +29,20 @@ async fn info(con: &mut MultiplexedConnection, section: &str) -> String {
         .unwrap()
 }
 
+/// A field of one resource's line in `INFO multiwrite`.
+fn resource_field(stats: &str, resource: &str, field: &str) -> u64 {
+    stats
+        .lines()
+        .find(|l| l.starts_with(&format!("resource_{resource}:")))
+        .and_then(|l| {
+            l.split(&[':', ','][..])
+                .find_map(|f| f.strip_prefix(&format!("{field}=")))
+        })
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 async fn wait_until_equal(a: &Cluster, b: &Cluster) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -149,26 +163,11 @@ async fn modes_with_a_healthy_a_failing_and_a_dead_mirror() {
                 started.elapsed()
             );
         }
-        let stats = info(&mut con, "multiwrite").await;
-        let errors: u64 = stats
-            .lines()
-            .find(|l| l.starts_with("resource_gone:"))
-            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("errors=")))
-            .unwrap()
-            .parse()
-            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut errors = errors;
+        let mut errors = resource_field(&info(&mut con, "multiwrite").await, "gone", "errors");
         while errors == 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let stats = info(&mut con, "multiwrite").await;
-            errors = stats
-                .lines()
-                .find(|l| l.starts_with("resource_gone:"))
-                .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("errors=")))
-                .unwrap()
-                .parse()
-                .unwrap();
+            errors = resource_field(&info(&mut con, "multiwrite").await, "gone", "errors");
         }
         assert!(errors > 0, "failed mirror writes are counted");
     }
@@ -275,13 +274,7 @@ async fn mixed_workload_ends_identical_and_reads_stay_on_the_primary() {
         .to_string();
     assert!(line.contains("latency_p99_us="), "{line}");
     assert!(line.contains(",mismatches=0,"), "{line}");
-    let probes: u64 = line
-        .split(',')
-        .find_map(|f| f.strip_prefix("delay_probes="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(probes > 0, "{line}");
+    assert!(resource_field(&stats, "b", "delay_probes") > 0, "{line}");
     assert!(stats.contains("resource_primary:requests="), "{stats}");
 }
 

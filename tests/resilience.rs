@@ -45,6 +45,16 @@ async fn writer(
     (acked, errors)
 }
 
+/// WAIT numreplicas timeout, through `con`.
+async fn wait(con: &mut MultiplexedConnection, numreplicas: i64, timeout_ms: i64) -> i64 {
+    redis::cmd("WAIT")
+        .arg(numreplicas)
+        .arg(timeout_ms)
+        .query_async(con)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_under_load_loses_nothing() {
     let cluster = Arc::new(Cluster::start());
@@ -304,32 +314,17 @@ async fn wait_counts_the_replicas_of_the_masters_written() {
     let mut con = proxy.client(2).await;
 
     // No writes yet: as on a fresh connection.
-    let n: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(1000)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let n = wait(&mut con, 1, 1000).await;
     assert_eq!(n, 1);
     let _: () = con.set(&key, "1").await.unwrap();
-    let n: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2000)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let n = wait(&mut con, 1, 2000).await;
     assert_eq!(n, 1);
 
     // With the replica frozen, the write cannot be acknowledged by it.
     cluster.fault(&["stop", cluster.dir.to_str().unwrap(), &replica.to_string()]);
     let _: () = con.set(&key, "2").await.unwrap();
     let started = Instant::now();
-    let n: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(500)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let n = wait(&mut con, 1, 500).await;
     assert_eq!(n, 0);
     assert!(started.elapsed() >= Duration::from_millis(450));
     cluster.fault(&[
@@ -337,12 +332,7 @@ async fn wait_counts_the_replicas_of_the_masters_written() {
         cluster.dir.to_str().unwrap(),
         &replica.to_string(),
     ]);
-    let n: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(5000)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let n = wait(&mut con, 1, 5000).await;
     assert_eq!(
         n, 1,
         "WAIT after resume (no new writes) counts the replica again"
@@ -354,12 +344,7 @@ async fn wait_counts_the_replicas_of_the_masters_written() {
         pipe.set(key_on(&cluster, *p, "multi:").await, 1).ignore();
     }
     let _: () = pipe.query_async(&mut con).await.unwrap();
-    let n: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2000)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let n = wait(&mut con, 1, 2000).await;
     assert_eq!(n, 1);
 
     // WAITAOF: passed through (Redis 7.0 does not know it; 7.2+ answers two counts).
@@ -385,12 +370,7 @@ async fn replica_reads_reach_the_replica_only() {
     let key = key_on(&cluster, master, "ro:").await;
     let mut con = proxy.client(2).await;
     let _: () = con.set(&key, "v").await.unwrap();
-    let n: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2000)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let n = wait(&mut con, 1, 2000).await;
     assert_eq!(n, 1);
 
     let (m_before, r_before) = (
