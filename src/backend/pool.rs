@@ -136,17 +136,22 @@ impl Backends {
         asking: bool,
     ) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
-        let pending = Pending::one(raw, asking, tx);
+        self.enqueue(addr, proto, session, Pending::one(raw, asking, tx))
+            .await;
+        rx
+    }
+
+    /// Puts `pending` in the inbox of the node's connection for `session`; if that
+    /// connection is gone (the node was dropped), the request fails as not sent.
+    async fn enqueue(&self, addr: &Arc<str>, proto: Proto, session: u64, pending: Pending) {
         if let Err(mpsc::error::SendError(p)) =
             self.sender(addr, proto, session).send(pending).await
         {
-            // The connection task is gone (it only ends when the node was dropped).
             p.fail(BackendError::ConnectionLost {
                 addr: addr.to_string(),
                 sent: false,
             });
         }
-        rx
     }
 
     /// Queues several requests (`count`, back to back in `raw`) on the node's connection for
@@ -165,14 +170,7 @@ impl Backends {
             asking: false,
             reply: ReplyTo::Many(count, tx),
         };
-        if let Err(mpsc::error::SendError(p)) =
-            self.sender(addr, proto, session).send(pending).await
-        {
-            p.fail(BackendError::ConnectionLost {
-                addr: addr.to_string(),
-                sent: false,
-            });
-        }
+        self.enqueue(addr, proto, session, pending).await;
         rx
     }
 
@@ -205,10 +203,5 @@ impl Backends {
             .iter()
             .map(|n| self.settings.blocking_per_node - n.blocking.available_permits())
             .sum()
-    }
-
-    /// Addresses with open connection sets.
-    pub fn addrs(&self) -> Vec<Arc<str>> {
-        self.nodes.iter().map(|e| e.key().clone()).collect()
     }
 }
