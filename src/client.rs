@@ -54,6 +54,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     let mut deferred: Option<Request> = None;
     // Made when the client subscribes to shard channels: checks whether their slots moved.
     let mut shard_check: Option<tokio::time::Interval> = None;
+    let mut draining = shared.draining.subscribe();
 
     loop {
         let mut parsed = 0u64;
@@ -122,6 +123,13 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                         warn!("subscriber too slow: pub/sub output buffer limit reached, closing");
                         break;
                     }
+                }
+            }
+            changed = draining.changed(), if !closing => {
+                // Shutting down (or slotgate's state is gone): answer what was sent, then
+                // close.
+                if changed.is_err() || *draining.borrow() {
+                    closing = true;
                 }
             }
             _ = tick(&mut shard_check), if shard_subscribed => {

@@ -2,6 +2,7 @@
 //! address and serves until SIGINT or SIGTERM.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
 use slotgate::config::{Config, MirrorResourceConfig};
@@ -115,7 +116,10 @@ fn main() -> ExitCode {
     };
     if let Some(Command::Consume) = cli.command {
         return runtime.block_on(async {
-            match slotgate::mirror::consumer::run(config, shutdown_signal()).await {
+            let stop = async {
+                shutdown_signal().await;
+            };
+            match slotgate::mirror::consumer::run(config, stop).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("slotgate consume: {e}");
@@ -137,8 +141,11 @@ fn main() -> ExitCode {
     })
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+/// How long SIGTERM lets connected clients finish the commands they sent.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Completes on SIGTERM (graceful: a drain deadline) or SIGINT (fast: no drain).
+async fn shutdown_signal() -> Duration {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -147,14 +154,17 @@ async fn shutdown_signal() {
                 Ok(s) => s,
                 Err(_) => {
                     let _ = ctrl_c.await;
-                    return;
+                    return Duration::ZERO;
                 }
             };
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            _ = ctrl_c => Duration::ZERO,
+            _ = term.recv() => DRAIN_DEADLINE,
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        let _ = ctrl_c.await;
+        Duration::ZERO
+    }
 }

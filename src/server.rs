@@ -34,12 +34,16 @@ pub fn build(config: Config) -> Arc<Shared> {
         stats: Default::default(),
         started: std::time::Instant::now(),
         scripts: Default::default(),
+        draining: tokio::sync::watch::Sender::new(false),
     })
 }
 
-/// Serves clients on `listener` until `shutdown` completes. The first topology refresh runs
-/// before the first client is accepted when the cluster answers within the connect timeout.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+/// Serves clients on `listener` until `shutdown` completes with a drain deadline: then no
+/// client is accepted any more, connected clients get the replies to what they already sent
+/// and are closed, and `run` returns once all are gone or the deadline passed (zero: at
+/// once). The first topology refresh runs before the first client is accepted when the
+/// cluster answers within the connect timeout.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = Duration>) {
     let shared = build(config);
     shared
         .primary
@@ -61,9 +65,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "slotgate ready");
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
-    loop {
+    let drain = loop {
         let accepted = tokio::select! {
-            _ = &mut shutdown => break,
+            drain = &mut shutdown => break drain,
             a = listener.accept() => a,
         };
         let (mut stream, peer) = match accepted {
@@ -108,8 +112,21 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             }
             .instrument(span),
         );
+    };
+    drop(listener);
+    let _ = shared.draining.send(true);
+    let deadline = tokio::time::Instant::now() + drain;
+    let left = || shared.stats.connected_clients.load(Ordering::Relaxed);
+    if !drain.is_zero() {
+        info!(
+            clients = left(),
+            "shutting down: finishing the commands in flight"
+        );
     }
-    info!("shutting down");
+    while left() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    info!(clients_cut = left(), "shut down");
 }
 
 /// Logs the multi-write figures (the `# Multiwrite` INFO lines) every 30 seconds.

@@ -28,6 +28,9 @@ pub struct Shared {
     pub mirrors: Option<std::sync::Arc<crate::mirror::Mirrors>>,
     pub stats: Stats,
     pub started: Instant,
+    /// Set to true when slotgate shuts down: clients stop reading, finish what is in
+    /// flight and close.
+    pub draining: tokio::sync::watch::Sender<bool>,
     /// Script bodies loaded through slotgate (SCRIPT LOAD), by lower-case SHA1, so an
     /// EVALSHA answered NOSCRIPT by a master that lacks the script can load it there.
     pub scripts: dashmap::DashMap<Bytes, Bytes>,

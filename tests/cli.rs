@@ -71,7 +71,7 @@ fn free_port() -> u16 {
 fn binary_serves_redis_cli_and_redis_benchmark() {
     let cluster = Cluster::start();
     let port = free_port();
-    let _proxy = Running(
+    let mut proxy = Running(
         slotgate()
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--cluster", &cluster.seeds])
@@ -131,4 +131,30 @@ fn binary_serves_redis_cli_and_redis_benchmark() {
         .parse()
         .unwrap();
     assert!(commands >= 10_000, "{info}");
+
+    // SIGTERM: connected clients are closed once answered, and the process exits cleanly.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let pid = proxy.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = proxy.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slotgate did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(std::io::Read::read(&mut idle, &mut buf).unwrap_or(0), 0);
 }

@@ -174,6 +174,7 @@ impl Proxy {
         let password = config.password.clone();
         tokio::spawn(slotgate::server::run(listener, config, async {
             let _ = stopped.await;
+            Duration::ZERO
         }));
         let proxy = Proxy {
             port,
