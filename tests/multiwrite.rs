@@ -14,12 +14,24 @@ use slotgate::config::{MirrorResourceConfig, MultiWriteMode, QueueConfig};
 use support::{Cluster, Proxy, Standalone, dump};
 
 fn mirror_of(cluster: &Cluster, name: &str) -> MirrorResourceConfig {
+    mirror_at(&cluster.seeds, name)
+}
+
+/// A mirror cluster given by its comma-separated seeds.
+fn mirror_at(seeds: &str, name: &str) -> MirrorResourceConfig {
     MirrorResourceConfig {
         name: name.into(),
-        cluster: cluster.seeds.split(',').map(String::from).collect(),
+        cluster: seeds.split(',').map(String::from).collect(),
         ..MirrorResourceConfig::default()
     }
 }
+
+/// The modes in which slotgate writes the mirrors itself.
+const DIRECT_MODES: [MultiWriteMode; 3] = [
+    MultiWriteMode::FirstResourceOnly,
+    MultiWriteMode::AllResourcesNoCheck,
+    MultiWriteMode::AllResourcesCheckError,
+];
 
 async fn info(con: &mut MultiplexedConnection, section: &str) -> String {
     redis::cmd("INFO")
@@ -71,11 +83,7 @@ async fn wait_until_equal(a: &Cluster, b: &Cluster) {
 async fn modes_with_a_healthy_a_failing_and_a_dead_mirror() {
     let primary = Cluster::start_with(3, 0);
     let mirror = Cluster::start_with(3, 0);
-    for mode in [
-        MultiWriteMode::FirstResourceOnly,
-        MultiWriteMode::AllResourcesNoCheck,
-        MultiWriteMode::AllResourcesCheckError,
-    ] {
+    for mode in DIRECT_MODES {
         let proxy = Proxy::start_with(&primary, |c| {
             c.mirror.mode = mode;
             c.mirror.resources = vec![mirror_of(&mirror, "b")];
@@ -122,18 +130,10 @@ async fn modes_with_a_healthy_a_failing_and_a_dead_mirror() {
         drop(c);
         seeds
     };
-    for mode in [
-        MultiWriteMode::FirstResourceOnly,
-        MultiWriteMode::AllResourcesNoCheck,
-        MultiWriteMode::AllResourcesCheckError,
-    ] {
+    for mode in DIRECT_MODES {
         let proxy = Proxy::start_with(&primary, |c| {
             c.mirror.mode = mode;
-            c.mirror.resources = vec![MirrorResourceConfig {
-                name: "gone".into(),
-                cluster: dead.split(',').map(String::from).collect(),
-                ..MirrorResourceConfig::default()
-            }];
+            c.mirror.resources = vec![mirror_at(&dead, "gone")];
             c.cluster.max_retries = 2;
         })
         .await;
