@@ -23,7 +23,7 @@ fn request_scanner(c: &mut Criterion) {
             let mut scanner = RequestScanner::new(Limits::default());
             b.iter(|| {
                 let mut buf = BytesMut::from(&input[..]);
-                black_box(scanner.next(&mut buf).unwrap().unwrap());
+                black_box(scanner.next(&mut buf, true).unwrap().unwrap());
             })
         });
     }
@@ -39,7 +39,7 @@ fn request_scanner(c: &mut Criterion) {
             let mut done = None;
             for chunk in big.chunks(4096) {
                 buf.extend_from_slice(chunk);
-                if let Some(r) = scanner.next(&mut buf).unwrap() {
+                if let Some(r) = scanner.next(&mut buf, true).unwrap() {
                     done = Some(r);
                 }
             }

@@ -83,6 +83,16 @@ pub enum Resolved {
     FollowUp(Flight, Option<ReplyResult>),
 }
 
+impl BatchedCommand {
+    /// The slot this command goes to, when it goes to one slot.
+    pub fn slot(&self) -> Option<u16> {
+        match self.target {
+            Target::Slot(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 impl Batcher {
     /// True while commands wait in open groups (to be sent by `flush`).
     pub fn has_open(&self) -> bool {

@@ -411,6 +411,15 @@ pub fn lookup(name: &[u8]) -> Option<&'static CmdSpec> {
 }
 
 impl CmdSpec {
+    /// Whether the command changes the client connection's state (protocol, user, name,
+    /// database, or all of it with RESET): it must act exactly between the commands before
+    /// and after it. PING, ECHO and QUIT change nothing that later commands depend on.
+    pub fn changes_connection_state(&self) -> bool {
+        self.kind == Kind::Connection
+            && self.handling == Handling::Local
+            && !matches!(self.name, "PING" | "ECHO" | "QUIT")
+    }
+
     /// Indices of the key arguments of `req`. Arguments that do not match the command's
     /// shape (too few, a bad key count) yield no keys: the request then goes to any master,
     /// whose own error message reaches the client.

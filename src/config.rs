@@ -455,6 +455,7 @@ impl Config {
             max_bulk_len: self.limits.max_bulk_len,
             max_array_len: self.limits.max_array_len,
             max_inline_len: self.limits.max_inline_len,
+            unauthenticated: false,
         }
     }
 

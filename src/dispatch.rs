@@ -123,6 +123,14 @@ impl Flight {
         }
     }
 
+    /// The slot this command goes to, when it goes to one slot.
+    pub fn slot(&self) -> Option<u16> {
+        match self.target {
+            Target::Slot(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Polls the first attempt's result: `Ready(None)` when there was no route (or the
     /// attempt could not be queued), else the node's reply or the connection's failure.
     pub fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<Option<ReplyResult>> {

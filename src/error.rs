@@ -13,6 +13,12 @@ pub enum ProtocolError {
     InvalidMultibulkLength,
     #[error("invalid bulk length")]
     InvalidBulkLength,
+    /// More arguments than a client may send before it authenticated.
+    #[error("unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    /// A longer bulk than a client may send before it authenticated.
+    #[error("unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
     #[error("expected '$', got '{}'", char::from(*.0))]
     ExpectedBulk(u8),
     #[error("bulk string not followed by CRLF")]

@@ -33,6 +33,9 @@ pub struct ClientState {
     /// The last command ran on another connection (EXEC, DISCARD, a blocking command): the
     /// next one waits until it was answered, so it runs after it, as on one Redis connection.
     pub barrier: bool,
+    /// The last command sent is a blocking one (BLPOP, XREAD BLOCK ...). At end of input
+    /// it is abandoned, as Redis abandons a blocked client whose connection closed.
+    pub blocking: bool,
 }
 
 impl ClientState {
@@ -50,6 +53,7 @@ impl ClientState {
             written: Default::default(),
             batch: Default::default(),
             barrier: false,
+            blocking: false,
         }
     }
 }

@@ -218,6 +218,7 @@ async fn forward(
         ..opts
     };
     state.barrier |= opts.dedicated;
+    state.blocking = opts.dedicated;
     let post = if spec.name == "EVALSHA" || spec.name == "EVALSHA_RO" {
         Post::EvalSha(req.clone())
     } else {

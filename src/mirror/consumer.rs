@@ -199,7 +199,7 @@ async fn apply(mirrors: &Mirrors, command: &Bytes) -> Result<(), String> {
     let mut scanner = RequestScanner::new(Limits::default());
     let mut buf = BytesMut::from(&command[..]);
     let req = scanner
-        .next(&mut buf)
+        .next(&mut buf, true)
         .map_err(|e| e.to_string())?
         .ok_or("truncated command")?;
     let spec = lookup(req.arg(0)).ok_or("unknown command")?;

@@ -21,6 +21,42 @@ pub struct Limits {
     pub max_array_len: usize,
     /// Longest inline command line (Redis: 64 KB).
     pub max_inline_len: usize,
+    /// These are the limits before authentication: going past them gets Redis's
+    /// "unauthenticated" errors.
+    pub unauthenticated: bool,
+}
+
+/// Most arguments in one request from a client that has not authenticated yet (Redis: 10).
+pub const UNAUTHENTICATED_MAX_ARGS: usize = 10;
+/// Longest bulk string from a client that has not authenticated yet (Redis: 16 KB).
+pub const UNAUTHENTICATED_MAX_BULK: usize = 16 * 1024;
+
+impl Limits {
+    /// The limits that apply before a client has authenticated: Redis's own.
+    fn unauthenticated(self) -> Limits {
+        Limits {
+            max_bulk_len: self.max_bulk_len.min(UNAUTHENTICATED_MAX_BULK),
+            max_array_len: self.max_array_len.min(UNAUTHENTICATED_MAX_ARGS),
+            max_inline_len: self.max_inline_len,
+            unauthenticated: true,
+        }
+    }
+
+    fn too_many_args(&self) -> ProtocolError {
+        if self.unauthenticated {
+            ProtocolError::UnauthenticatedMultibulkLength
+        } else {
+            ProtocolError::InvalidMultibulkLength
+        }
+    }
+
+    fn bulk_too_long(&self) -> ProtocolError {
+        if self.unauthenticated {
+            ProtocolError::UnauthenticatedBulkLength
+        } else {
+            ProtocolError::InvalidBulkLength
+        }
+    }
 }
 
 impl Default for Limits {
@@ -29,6 +65,7 @@ impl Default for Limits {
             max_bulk_len: 512 * 1024 * 1024,
             max_array_len: 1024 * 1024,
             max_inline_len: 64 * 1024,
+            unauthenticated: false,
         }
     }
 }
@@ -140,11 +177,30 @@ impl RequestScanner {
     ///
     /// Returns `Ok(None)` when more bytes are needed; progress is kept, so the next call
     /// resumes where this one stopped. Empty inline lines and `*0`/`*-1` are skipped, as
-    /// Redis does.
-    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+    /// Redis does. Until the client has `authenticated`, requests of more than 10 arguments
+    /// or with a bulk longer than 16 KB are refused from their header, before anything is
+    /// buffered, as Redis does.
+    pub fn next(
+        &mut self,
+        buf: &mut BytesMut,
+        authenticated: bool,
+    ) -> Result<Option<Request>, ProtocolError> {
+        let limits = if authenticated {
+            self.limits
+        } else {
+            self.limits.unauthenticated()
+        };
+        self.next_within(buf, &limits)
+    }
+
+    fn next_within(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+    ) -> Result<Option<Request>, ProtocolError> {
         loop {
             if let Some(partial) = self.partial.as_mut() {
-                return match scan_args(buf, partial, &self.limits)? {
+                return match scan_args(buf, partial, limits)? {
                     true => {
                         let partial = self.partial.take().unwrap_or_default();
                         let raw = buf.split_to(partial.pos).freeze();
@@ -160,7 +216,7 @@ impl RequestScanner {
                 return Ok(None);
             };
             if first != b'*' {
-                match self.scan_inline(buf)? {
+                match self.scan_inline(buf, limits)? {
                     Inline::Incomplete => return Ok(None),
                     Inline::Empty => continue,
                     Inline::Request(r) => return Ok(Some(r)),
@@ -177,8 +233,11 @@ impl RequestScanner {
                 let _ = buf.split_to(header_len);
                 continue;
             }
-            if n < 0 || n as u64 > self.limits.max_array_len as u64 {
+            if n < 0 {
                 return Err(ProtocolError::InvalidMultibulkLength);
+            }
+            if n as u64 > limits.max_array_len as u64 {
+                return Err(limits.too_many_args());
             }
             let expected = n as usize;
             self.partial = Some(Partial {
@@ -189,14 +248,14 @@ impl RequestScanner {
         }
     }
 
-    fn scan_inline(&self, buf: &mut BytesMut) -> Result<Inline, ProtocolError> {
+    fn scan_inline(&self, buf: &mut BytesMut, limits: &Limits) -> Result<Inline, ProtocolError> {
         let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-            if buf.len() > self.limits.max_inline_len {
+            if buf.len() > limits.max_inline_len {
                 return Err(ProtocolError::InlineTooBig);
             }
             return Ok(Inline::Incomplete);
         };
-        if nl > self.limits.max_inline_len {
+        if nl > limits.max_inline_len {
             return Err(ProtocolError::InlineTooBig);
         }
         let line = buf.split_to(nl + 1);
@@ -234,8 +293,11 @@ fn scan_args(buf: &BytesMut, p: &mut Partial, limits: &Limits) -> Result<bool, P
             return Ok(false);
         };
         let n = n.ok_or(ProtocolError::InvalidBulkLength)?;
-        if n < 0 || n as u64 > limits.max_bulk_len as u64 {
+        if n < 0 {
             return Err(ProtocolError::InvalidBulkLength);
+        }
+        if n as u64 > limits.max_bulk_len as u64 {
+            return Err(limits.bulk_too_long());
         }
         let start = p.pos + header_len;
         let end = start + n as usize;
@@ -400,7 +462,7 @@ mod tests {
         let mut s = RequestScanner::new(Limits::default());
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
-        while let Some(r) = s.next(&mut buf)? {
+        while let Some(r) = s.next(&mut buf, true)? {
             out.push((0..r.len()).map(|i| r.arg(i).to_vec()).collect());
         }
         Ok(out)
@@ -413,7 +475,7 @@ mod tests {
         let mut out = Vec::new();
         for &b in input {
             buf.put_u8(b);
-            while let Some(r) = s.next(&mut buf).unwrap() {
+            while let Some(r) = s.next(&mut buf, true).unwrap() {
                 out.push((0..r.len()).map(|i| r.arg(i).to_vec()).collect());
             }
         }
@@ -436,10 +498,10 @@ mod tests {
     fn raw_is_the_exact_request() {
         let mut s = RequestScanner::new(Limits::default());
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1"[..]);
-        let r = s.next(&mut buf).unwrap().unwrap();
+        let r = s.next(&mut buf, true).unwrap().unwrap();
         assert_eq!(&r.raw[..], b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
         assert_eq!(&buf[..], b"*1");
-        assert!(s.next(&mut buf).unwrap().is_none());
+        assert!(s.next(&mut buf, true).unwrap().is_none());
     }
 
     #[test]
@@ -467,7 +529,7 @@ mod tests {
     fn inline_request_is_reencoded_as_array() {
         let mut s = RequestScanner::new(Limits::default());
         let mut buf = BytesMut::from(&b"get k\r\n"[..]);
-        let r = s.next(&mut buf).unwrap().unwrap();
+        let r = s.next(&mut buf, true).unwrap().unwrap();
         assert_eq!(&r.raw[..], b"*2\r\n$3\r\nget\r\n$1\r\nk\r\n");
     }
 
@@ -526,8 +588,9 @@ mod tests {
             max_bulk_len: 4,
             max_array_len: 2,
             max_inline_len: 8,
+            unauthenticated: false,
         };
-        let run = |input: &[u8]| RequestScanner::new(limits).next(&mut BytesMut::from(input));
+        let run = |input: &[u8]| RequestScanner::new(limits).next(&mut BytesMut::from(input), true);
         assert!(run(b"*1\r\n$4\r\nPING\r\n").unwrap().is_some());
         assert_eq!(
             run(b"*1\r\n$5\r\nhello\r\n").unwrap_err(),
@@ -551,7 +614,7 @@ mod tests {
         let mut got = None;
         for chunk in input.chunks(4096) {
             buf.extend_from_slice(chunk);
-            if let Some(r) = s.next(&mut buf).unwrap() {
+            if let Some(r) = s.next(&mut buf, true).unwrap() {
                 got = Some(r);
             }
             // Progress is kept: the first two arguments are not rescanned.
@@ -580,5 +643,28 @@ mod tests {
         let mut b = [0u8; 20];
         assert_eq!(format_usize(0, &mut b), b"0");
         assert_eq!(format_usize(1234567, &mut b), b"1234567");
+    }
+
+    #[test]
+    fn unauthenticated_limits_are_redis_own() {
+        let mut s = RequestScanner::new(Limits::default());
+        let mut eleven = BytesMut::from(&b"*11\r\n"[..]);
+        assert_eq!(
+            s.next(&mut eleven, false).unwrap_err().to_string(),
+            "unauthenticated multibulk length"
+        );
+        let mut s = RequestScanner::new(Limits::default());
+        let mut big = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$200000000\r\n"[..]);
+        assert_eq!(
+            s.next(&mut big, false).unwrap_err().to_string(),
+            "unauthenticated bulk length"
+        );
+        // The same requests are fine once authenticated (the bulk is only incomplete).
+        let mut s = RequestScanner::new(Limits::default());
+        let mut big = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$200000000\r\n"[..]);
+        assert!(s.next(&mut big, true).unwrap().is_none());
+        let mut s = RequestScanner::new(Limits::default());
+        let mut auth = BytesMut::from(&b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"[..]);
+        assert_eq!(s.next(&mut auth, false).unwrap().unwrap().len(), 2);
     }
 }

@@ -1,0 +1,333 @@
+//! The request engine under pipelines: mirrored writes in every mode, a slot that moves
+//! between two pipelined writes to one key, connection-state commands in the middle of a
+//! pipeline, a client that half-closes, and unauthenticated clients that announce huge
+//! requests. Each of these broke the first engine.
+
+mod support;
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use slotgate::config::{MirrorResourceConfig, MultiWriteMode};
+use support::{Cluster, Proxy, RawClient, Standalone, key_on};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The modes in which slotgate writes the mirrors itself.
+const DIRECT_MODES: [MultiWriteMode; 3] = [
+    MultiWriteMode::FirstResourceOnly,
+    MultiWriteMode::AllResourcesNoCheck,
+    MultiWriteMode::AllResourcesCheckError,
+];
+
+/// A request as RESP bytes.
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// Sends `pipeline` of SETs through one connection in one write and checks every reply.
+async fn pipelined_sets(con: &mut MultiplexedConnection, prefix: &str, count: usize) {
+    let mut pipe = redis::pipe();
+    for i in 0..count {
+        pipe.cmd("SET").arg(format!("{prefix}{i}")).arg(i);
+    }
+    let replies: Vec<String> = tokio::time::timeout(Duration::from_secs(20), pipe.query_async(con))
+        .await
+        .unwrap_or_else(|_| panic!("{count} pipelined writes ({prefix}) got no reply"))
+        .unwrap();
+    assert_eq!(replies, vec!["OK".to_string(); count]);
+}
+
+async fn dbsize(con: &mut MultiplexedConnection) -> usize {
+    redis::cmd("DBSIZE").query_async(con).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_mirrored_writes_finish_in_every_mode() {
+    let cluster = Cluster::start_with(3, 0);
+    for (m, mode) in DIRECT_MODES.into_iter().enumerate() {
+        let mirror = Standalone::start().await;
+        let addr = format!("127.0.0.1:{}", mirror.port);
+        let proxy = Proxy::start_with(&cluster, |c| {
+            c.mirror.mode = mode;
+            c.mirror.resources = vec![MirrorResourceConfig {
+                name: "copy".into(),
+                standalone: Some(addr),
+                ..MirrorResourceConfig::default()
+            }];
+        })
+        .await;
+        let mut con = proxy.client(2).await;
+        pipelined_sets(&mut con, &format!("two{m}:"), 2).await;
+        pipelined_sets(&mut con, &format!("hundred{m}:"), 100).await;
+        let mut writers = Vec::new();
+        for w in 0..32 {
+            let mut con = proxy.client(2).await;
+            writers.push(tokio::spawn(async move {
+                pipelined_sets(&mut con, &format!("w{m}:{w}:"), 50).await;
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        // Every write reached the mirror too (at once in the modes that wait for it).
+        let mut copy = mirror.con().await;
+        let expected = 2 + 100 + 32 * 50;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = dbsize(&mut copy).await;
+            if n == expected {
+                break;
+            }
+            assert!(
+                mode == MultiWriteMode::FirstResourceOnly,
+                "{mode:?}: mirror has {n} of {expected} keys when the client got its replies"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{mode:?}: mirror has {n} of {expected} keys"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn node_id(cluster: &Cluster, port: u16) -> String {
+    let mut n = cluster.node(port).await;
+    redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut n)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_between_two_pipelined_writes_keeps_their_order() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&cluster, |c| {
+        // Only MOVED replies change slotgate's table during the test.
+        c.cluster.refresh_interval_ms = 600_000;
+    })
+    .await;
+    let old_owner = cluster.master_ports[0];
+    let new_owner = cluster.master_ports[1];
+    let key = key_on(&cluster, old_owner, "order:").await;
+    let slot = slotgate::slot::slot_of(key.as_bytes());
+    let new_id = node_id(&cluster, new_owner).await;
+
+    // Two clients of slotgate: the writer and the one whose read brings the MOVED. Client
+    // ids are consecutive, so with two connections per node they use different ones.
+    let mut writer = RawClient::connect(proxy.port).await;
+    writer.send(&resp(&["PING"])).await;
+    writer.expect(b"+PONG\r\n").await;
+    let mut reader = proxy.client(2).await;
+
+    // The old owner holds writes for a while: `SET k 1` is sent there and waits.
+    let mut old = cluster.node(old_owner).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "3000", "WRITE"])
+        .query_async(&mut old)
+        .await
+        .unwrap();
+    writer.send(&resp(&["SET", &key, "1"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meanwhile the (empty) slot moves, and another client's read brings the MOVED that
+    // updates slotgate's table.
+    let mut new = cluster.node(new_owner).await;
+    let _: () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &slot.to_string(), "NODE", &new_id])
+        .query_async(&mut new)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLUSTER")
+        .arg("BUMPEPOCH")
+        .query_async(&mut new)
+        .await
+        .map(|_: String| ())
+        .unwrap();
+    cluster.assign_slot(slot, &new_id).await;
+    let seen: Option<String> = reader.get(&key).await.unwrap();
+    assert_eq!(seen, None);
+
+    // The second write goes out after the table changed; it must still apply second.
+    writer.send(&resp(&["SET", &key, "2"])).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut old)
+        .await
+        .unwrap();
+    writer.expect(b"+OK\r\n+OK\r\n").await;
+    let value: String = new.get(&key).await.unwrap();
+    assert_eq!(value, "2", "the first write was applied after the second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_state_commands_act_between_their_neighbours() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&cluster, |c| c.password = Some("pw".into())).await;
+    let a = key_on(&cluster, cluster.master_ports[0], "state:a").await;
+    let b = key_on(&cluster, cluster.master_ports[1], "state:b").await;
+    let mut c = RawClient::connect(proxy.port).await;
+
+    // Before AUTH a command is refused; after it in the same pipeline, it runs.
+    let mut input = resp(&["GET", &a]);
+    input.extend(resp(&["AUTH", "pw"]));
+    input.extend(resp(&["SET", &a, "va"]));
+    input.extend(resp(&["SET", &b, "vb"]));
+    c.send(&input).await;
+    c.expect(b"-NOAUTH Authentication required.\r\n+OK\r\n+OK\r\n+OK\r\n")
+        .await;
+
+    // RESET between two reads of different masters: each reply in its place.
+    for _ in 0..20 {
+        let mut input = resp(&["GET", &a]);
+        input.extend(resp(&["RESET"]));
+        input.extend(resp(&["AUTH", "pw"]));
+        input.extend(resp(&["GET", &b]));
+        c.send(&input).await;
+        c.expect(b"$2\r\nva\r\n+RESET\r\n+OK\r\n$2\r\nvb\r\n").await;
+    }
+
+    // SELECT 0 and CLIENT SETNAME between reads.
+    let mut input = resp(&["GET", &a]);
+    input.extend(resp(&["SELECT", "0"]));
+    input.extend(resp(&["GET", &b]));
+    input.extend(resp(&["CLIENT", "SETNAME", "mid"]));
+    input.extend(resp(&["GET", &a]));
+    input.extend(resp(&["CLIENT", "GETNAME"]));
+    c.send(&input).await;
+    c.expect(b"$2\r\nva\r\n+OK\r\n$2\r\nvb\r\n+OK\r\n$2\r\nva\r\n$3\r\nmid\r\n")
+        .await;
+
+    // HELLO 3 between reads: the replies before it are RESP2, the ones after it RESP3.
+    let missing = format!("{a}:missing");
+    let mut input = resp(&["GET", &missing]);
+    input.extend(resp(&["HELLO", "3"]));
+    input.extend(resp(&["GET", &missing]));
+    input.extend(resp(&["HELLO", "2"]));
+    input.extend(resp(&["GET", &missing]));
+    c.send(&input).await;
+    c.expect(b"$-1\r\n%").await;
+    let mut rest = Vec::new();
+    let stream = c.stream_mut();
+    while !rest.ends_with(b"$-1\r\n") {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&rest));
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&rest);
+    let after_hello3 = text.find("_\r\n").expect("a RESP3 null after HELLO 3");
+    let hello2 = text.rfind("*14\r\n").expect("HELLO 2's array reply");
+    assert!(after_hello3 < hello2, "{text}");
+    assert!(text.ends_with("$-1\r\n"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_client_gets_every_reply() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start(&cluster).await;
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let mut input = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        input.extend(resp(&["SET", &format!("half:{i}"), &i.to_string()]));
+        expected.extend_from_slice(b"+OK\r\n");
+    }
+    for i in 0..10 {
+        input.extend(resp(&["GET", &format!("half:{i}")]));
+        expected.extend_from_slice(format!("$1\r\n{i}\r\n").as_bytes());
+    }
+    s.write_all(&input).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("slotgate did not close after answering")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
+/// Resident memory of this process (slotgate runs in it), in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_clients_cannot_announce_big_requests() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&cluster, |c| c.password = Some("pw".into())).await;
+
+    // Eleven arguments before AUTH.
+    let (out, closed) = support::raw_exchange(
+        proxy.port,
+        &resp(&["DEL", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "-ERR Protocol error: unauthenticated multibulk length\r\n"
+    );
+    assert!(closed);
+
+    // A 200 MB bulk announced before AUTH: refused from its header, nothing buffered.
+    let before = rss();
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$209715200\r\n")
+        .await
+        .unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0;
+    for _ in 0..200 {
+        match tokio::time::timeout(Duration::from_secs(5), s.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(
+        String::from_utf8_lossy(&out)
+            .starts_with("-ERR Protocol error: unauthenticated bulk length\r\n"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let grown = rss().saturating_sub(before);
+    assert!(
+        grown < 10 << 20,
+        "RSS grew by {grown} bytes ({sent} MB were sent)"
+    );
+    assert!(sent < 200, "slotgate read the whole 200 MB bulk");
+
+    // After AUTH, big requests are fine.
+    let mut c = RawClient::connect(proxy.port).await;
+    let mut input = resp(&["AUTH", "pw"]);
+    input.extend(resp(&[
+        "DEL", "1", "2", "3", "4", "5", "6", "7", "8", "9", "{1}0",
+    ]));
+    c.send(&input).await;
+    c.expect(b"+OK\r\n:0\r\n").await;
+}
