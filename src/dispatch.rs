@@ -14,11 +14,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::backend::conn::{Pending, ReplyResult};
-use crate::backend::pool::{Backends, PoolSettings};
+use crate::backend::pool::{Backends, PoolSettings, SessionConn};
 use crate::command::{CmdSpec, Handling, RouteError};
 use crate::config::{Config, ReadFrom};
 use crate::error::BackendError;
@@ -179,8 +179,8 @@ pub struct Flight {
     addr: Option<Arc<str>>,
     /// Reply of the current attempt; `None` when no master serves the slot.
     rx: Option<oneshot::Receiver<ReplyResult>>,
-    /// A dedicated connection kept open until its reply arrives, and its pool permit.
-    lease: Option<(mpsc::Sender<Pending>, OwnedSemaphorePermit)>,
+    /// The session connection of a blocking command, held until its reply arrives.
+    lease: Option<Box<SessionConn>>,
     /// Set when the first attempt could not even be queued.
     early_error: Option<Bytes>,
     /// When the command was queued, for the latency histogram; set on one command in
@@ -353,24 +353,18 @@ impl Cluster {
     async fn send(&self, flight: &mut Flight, addr: Arc<str>, asking: bool) -> Result<(), Bytes> {
         let raw = flight.raw.clone();
         let rx = if flight.opts.dedicated {
-            let (tx, permit) =
-                self.backends
-                    .dedicated(&addr, flight.opts.proto)
-                    .map_err(|limit| {
-                        error(&format!(
-                            "ERR slotgate: too many blocking commands in progress on {addr} \
+            let session = self
+                .backends
+                .session(&addr, flight.opts.proto)
+                .map_err(|limit| {
+                    error(&format!(
+                        "ERR slotgate: too many blocking commands in progress on {addr} \
                          (limit {limit}); try again later"
-                        ))
-                    })?;
+                    ))
+                })?;
             let (reply_tx, rx) = oneshot::channel();
-            let pending = Pending::one(raw, asking, reply_tx);
-            if let Err(mpsc::error::SendError(p)) = tx.send(pending).await {
-                p.fail(BackendError::ConnectionLost {
-                    addr: addr.to_string(),
-                    sent: false,
-                });
-            }
-            flight.lease = Some((tx, permit));
+            session.send(Pending::one(raw, asking, reply_tx)).await;
+            flight.lease = Some(Box::new(session));
             rx
         } else {
             self.backends
@@ -427,7 +421,9 @@ impl Cluster {
         };
         match first {
             Some(Ok(reply)) if plain => {
-                flight.lease = None;
+                if let Some(session) = flight.lease.take() {
+                    session.release();
+                }
                 self.record(flight.queued_at, &reply);
                 Ok(reply)
             }
@@ -477,7 +473,13 @@ impl Cluster {
                     None => None,
                 },
             };
-            flight.lease = None;
+            // A blocking command that was answered leaves its connection clean for reuse; one
+            // that failed leaves a connection that is closed.
+            if let Some(session) = flight.lease.take()
+                && matches!(result, Some(Ok(_)))
+            {
+                session.release();
+            }
             let from = flight.addr.clone().unwrap_or_else(|| Arc::from(""));
             let outcome = match &result {
                 Some(Ok(reply)) => Outcome::Reply { reply, from: &from },

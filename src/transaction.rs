@@ -10,9 +10,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::backend::conn::{Pending, ReplyResult};
+use crate::backend::pool::SessionConn;
 use crate::command::{CmdSpec, Handling, Kind, RouteError};
 use crate::resp::encode::error;
 use crate::resp::{Proto, Request};
@@ -24,9 +25,9 @@ struct Pin {
     addr: Arc<str>,
     /// Slot of the first key; every later key must be in it.
     slot: Option<u16>,
-    conn: mpsc::Sender<Pending>,
-    /// Counts against the node's dedicated-connection limit while held.
-    _permit: OwnedSemaphorePermit,
+    /// A session connection: it never reconnects, so a transaction whose connection broke
+    /// (MULTI, WATCH and queued commands lost on the node) can only fail, never half-apply.
+    conn: SessionConn,
 }
 
 /// Transaction state of one client connection.
@@ -267,22 +268,17 @@ impl Transaction {
         let Some(addr) = master.map(|m| m.addr.clone()) else {
             return Err(error("CLUSTERDOWN Hash slot not served"));
         };
-        let (conn, permit) = shared
+        let conn = shared
             .primary
             .backends
-            .dedicated(&addr, proto)
+            .session(&addr, proto)
             .map_err(|limit| {
                 error(&format!(
                     "ERR slotgate: too many transactions and blocking commands in progress on \
                  {addr} (limit {limit}); try again later"
                 ))
             })?;
-        self.pin = Some(Pin {
-            addr,
-            slot,
-            conn,
-            _permit: permit,
-        });
+        self.pin = Some(Pin { addr, slot, conn });
         if self.multi_unsent {
             self.multi_unsent = false;
             let _ = self.send(Request::from_args(&["MULTI"]).raw, false).await;
@@ -298,22 +294,26 @@ impl Transaction {
         let Some(pin) = &self.pin else {
             return TxReply::Ready(error("ERR slotgate: transaction is not pinned to a node"));
         };
-        let (tx, rx) = oneshot::channel();
-        let pending = Pending::one(raw, asking, tx);
-        if pin.conn.send(pending).await.is_err() {
-            return TxReply::Ready(error(&format!(
-                "ERR slotgate: connection to {} lost during a transaction",
-                pin.addr
-            )));
+        if pin.conn.is_closed() {
+            let reason = format!("connection to {} lost during a transaction", pin.addr);
+            let reply = error(&format!("ERR slotgate: {reason}"));
+            self.failed.get_or_insert(reason);
+            return TxReply::Ready(reply);
         }
+        let (tx, rx) = oneshot::channel();
+        pin.conn.send(Pending::one(raw, asking, tx)).await;
         TxReply::Pinned {
             rx,
             addr: pin.addr.clone(),
         }
     }
 
-    /// Ends the transaction and releases the pinned connection.
+    /// Ends the transaction (after EXEC, DISCARD or UNWATCH went out on the pinned
+    /// connection, which leaves it without MULTI or WATCH) and returns the connection for
+    /// reuse.
     fn reset(&mut self) {
-        *self = Transaction::default();
+        if let Some(pin) = std::mem::take(self).pin {
+            pin.conn.release();
+        }
     }
 }

@@ -145,7 +145,7 @@ async fn wait_on(
     req: &Request,
     proto: Proto,
 ) -> Bytes {
-    let (conn, _permit) = match shared.primary.backends.dedicated(&addr, proto) {
+    let conn = match shared.primary.backends.session(&addr, proto) {
         Ok(c) => c,
         Err(limit) => {
             return error(&format!(
@@ -157,18 +157,15 @@ async fn wait_on(
         let key = format!("slotgate:wait:{{{}}}", tag_for_slot(slot));
         let marker = Request::from_args(&["SET", key.as_str(), "1", "PX", "100"]);
         let (tx, _rx) = oneshot::channel();
-        let _ = conn.send(Pending::one(marker.raw, false, tx)).await;
+        conn.send(Pending::one(marker.raw, false, tx)).await;
     }
     let (tx, rx) = oneshot::channel();
-    if conn
-        .send(Pending::one(req.raw.clone(), false, tx))
-        .await
-        .is_err()
-    {
-        return error(&format!("ERR slotgate: connection to {addr} lost"));
-    }
+    conn.send(Pending::one(req.raw.clone(), false, tx)).await;
     match rx.await {
-        Ok(Ok(reply)) => reply,
+        Ok(Ok(reply)) => {
+            conn.release();
+            reply
+        }
         Ok(Err(e)) => error(&format!("ERR slotgate: {e}")),
         Err(_) => error(&format!("ERR slotgate: connection to {addr} lost")),
     }

@@ -331,3 +331,126 @@ async fn unauthenticated_clients_cannot_announce_big_requests() {
     c.send(&input).await;
     c.expect(b"+OK\r\n:0\r\n").await;
 }
+
+/// Closes every client connection of the node on `port` except the caller's own (slotgate's
+/// shared connections reconnect; its session connections must not).
+async fn kill_clients(cluster: &Cluster, port: u16) {
+    let mut node = cluster.node(port).await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    // Let slotgate see the connections close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+async fn query(con: &mut MultiplexedConnection, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    redis::cmd(args[0]).arg(&args[1..]).query_async(con).await
+}
+
+async fn connections_received(cluster: &Cluster, port: u16) -> u64 {
+    let mut node = cluster.node(port).await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_connection_breaks_never_half_applies() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start(&cluster).await;
+    let port = cluster.master_ports[0];
+    let k = key_on(&cluster, port, "tx:").await;
+    let k2 = format!("{{{k}}}:other");
+
+    // After WATCH: another client's change in between must make EXEC fail, even though
+    // the connection that watched is gone.
+    let mut a = proxy.client(2).await;
+    query(&mut a, &["WATCH", &k]).await.unwrap();
+    kill_clients(&cluster, port).await;
+    let mut node = cluster.node(port).await;
+    let _: () = node.set(&k, "other").await.unwrap();
+    let _ = query(&mut a, &["MULTI"]).await;
+    let _ = query(&mut a, &["SET", &k, "mine"]).await;
+    let exec = query(&mut a, &["EXEC"]).await;
+    assert!(
+        matches!(exec, Err(_) | Ok(redis::Value::Nil)),
+        "EXEC after a lost WATCH: {exec:?}"
+    );
+    let v: String = node.get(&k).await.unwrap();
+    assert_eq!(v, "other");
+
+    // After MULTI (pinned by WATCH first): the next command must not run outside the
+    // transaction.
+    let mut a = proxy.client(2).await;
+    query(&mut a, &["WATCH", &k2]).await.unwrap();
+    query(&mut a, &["MULTI"]).await.unwrap();
+    kill_clients(&cluster, port).await;
+    assert!(query(&mut a, &["SET", &k2, "half"]).await.is_err());
+    assert!(query(&mut a, &["EXEC"]).await.is_err());
+    let mut node = cluster.node(port).await;
+    let v: Option<String> = node.get(&k2).await.unwrap();
+    assert_eq!(v, None, "a command ran outside its transaction");
+
+    // After a queued command: neither it nor the next one is applied.
+    let mut a = proxy.client(2).await;
+    query(&mut a, &["MULTI"]).await.unwrap();
+    query(&mut a, &["SET", &k2, "first"]).await.unwrap();
+    kill_clients(&cluster, port).await;
+    assert!(query(&mut a, &["SET", &k2, "second"]).await.is_err());
+    assert!(query(&mut a, &["EXEC"]).await.is_err());
+    let mut node = cluster.node(port).await;
+    let v: Option<String> = node.get(&k2).await.unwrap();
+    assert_eq!(v, None, "part of a transaction was applied");
+
+    // The client's connection is usable afterwards, and a new transaction works.
+    query(&mut a, &["MULTI"]).await.unwrap();
+    query(&mut a, &["SET", &k2, "whole"]).await.unwrap();
+    query(&mut a, &["EXEC"]).await.unwrap();
+    let v: String = node.get(&k2).await.unwrap();
+    assert_eq!(v, "whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_connections_are_reused() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start(&cluster).await;
+    let port = cluster.master_ports[0];
+    let k = key_on(&cluster, port, "reuse:").await;
+    let mut a = proxy.client(2).await;
+    // Warm up: one of each opens its connection.
+    query(&mut a, &["MULTI"]).await.unwrap();
+    query(&mut a, &["INCR", &k]).await.unwrap();
+    query(&mut a, &["EXEC"]).await.unwrap();
+    let _ = query(&mut a, &["BLPOP", &format!("{{{k}}}:list"), "0.01"]).await;
+    let _: () = a.rpush(format!("{{{k}}}:list"), "x").await.unwrap();
+    let _: String = a.lpop(format!("{{{k}}}:list"), None).await.unwrap();
+    let before = connections_received(&cluster, port).await;
+    for i in 0..50 {
+        query(&mut a, &["WATCH", &k]).await.unwrap();
+        query(&mut a, &["MULTI"]).await.unwrap();
+        query(&mut a, &["INCR", &k]).await.unwrap();
+        query(&mut a, &["EXEC"]).await.unwrap();
+        let list = format!("{{{k}}}:list");
+        let _: () = a.rpush(&list, i).await.unwrap();
+        let popped: (String, String) = a.blpop(&list, 1.0).await.unwrap();
+        assert_eq!(popped.1, i.to_string());
+    }
+    let opened = connections_received(&cluster, port).await - before;
+    // The direct connection this check makes itself.
+    assert!(
+        opened <= 1,
+        "{opened} connections opened for 50 transactions and pops"
+    );
+    let v: i64 = a.get(&k).await.unwrap();
+    assert_eq!(v, 51);
+}

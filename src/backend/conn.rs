@@ -86,6 +86,11 @@ pub struct ConnSettings {
     pub inbox_capacity: usize,
     /// Send READONLY after the greeting, so a replica serves reads of its master's slots.
     pub readonly: bool,
+    /// Reconnect after the connection breaks (shared connections). A session connection
+    /// (transactions, blocking commands, WAIT) never does: its server-side state (MULTI,
+    /// WATCH, a blocked command) would be silently lost, so it ends and every later request
+    /// on it fails.
+    pub reconnect: bool,
 }
 
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
@@ -115,6 +120,18 @@ async fn supervise(settings: ConnSettings, mut inbox: mpsc::Receiver<Pending>) {
                 debug!("connected");
                 match serve(stream, &mut inbox, &settings.addr).await {
                     Ended::InboxClosed => return,
+                    Ended::Broken(reason) if !settings.reconnect => {
+                        debug!(%reason, "session connection lost");
+                        fail_waiting(
+                            inbox,
+                            BackendError::ConnectionLost {
+                                addr: settings.addr.to_string(),
+                                sent: false,
+                            },
+                        )
+                        .await;
+                        return;
+                    }
                     Ended::Broken(reason) => warn!(%reason, "backend connection lost"),
                 }
             }
@@ -124,6 +141,10 @@ async fn supervise(settings: ConnSettings, mut inbox: mpsc::Receiver<Pending>) {
                     addr: settings.addr.to_string(),
                     reason,
                 };
+                if !settings.reconnect {
+                    fail_waiting(inbox, err).await;
+                    return;
+                }
                 // While down, fail new requests at once so clients are not left waiting.
                 let sleep = tokio::time::sleep(backoff);
                 tokio::pin!(sleep);
@@ -139,6 +160,14 @@ async fn supervise(settings: ConnSettings, mut inbox: mpsc::Receiver<Pending>) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// Closes the inbox of a connection that will not serve again and fails what waits in it.
+async fn fail_waiting(mut inbox: mpsc::Receiver<Pending>, err: BackendError) {
+    inbox.close();
+    while let Some(p) = inbox.recv().await {
+        p.fail(err.clone());
     }
 }
 

@@ -5,7 +5,7 @@
 //! pipelined requests to that node keep their order. The registry is a `DashMap` because
 //! nodes come and go one at a time; the request path only clones a channel sender.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +40,73 @@ pub struct NodeConns {
     resp3: OnceLock<Box<[mpsc::Sender<Pending>]>>,
     /// Permits for dedicated connections to this node.
     blocking: Arc<Semaphore>,
+    /// Clean session connections waiting to be leased again, per protocol (RESP2, RESP3):
+    /// steady-state transactions, blocking commands and WAIT open no new TCP connection.
+    idle: [Mutex<Vec<mpsc::Sender<Pending>>>; 2],
+}
+
+/// Most clean session connections kept per node and protocol.
+const MAX_IDLE_SESSIONS: usize = 8;
+
+/// A session connection leased to one client for a transaction, a blocking command or a
+/// WAIT. It never reconnects: if it breaks, every later request on it fails. `release`
+/// hands it back for reuse once its server-side state is clean; dropping it closes it
+/// (after the replies in flight, or at once if nobody waits for them).
+#[derive(Debug)]
+pub struct SessionConn {
+    conn: mpsc::Sender<Pending>,
+    node: Arc<NodeConns>,
+    proto: Proto,
+    /// Counts against the node's dedicated-connection limit while leased.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SessionConn {
+    /// The node this connection goes to.
+    pub fn addr(&self) -> &Arc<str> {
+        &self.node.addr
+    }
+
+    /// Queues a request; a connection that has ended fails it as not sent.
+    pub async fn send(&self, pending: Pending) {
+        if let Err(mpsc::error::SendError(p)) = self.conn.send(pending).await {
+            p.fail(BackendError::ConnectionLost {
+                addr: self.node.addr.to_string(),
+                sent: false,
+            });
+        }
+    }
+
+    /// Whether the connection has ended (broken, or closed by the node).
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    /// Returns the connection to the node's idle pool: call only when no MULTI, WATCH or
+    /// blocked command is left on it. Requests already queued on it are answered first,
+    /// since the connection keeps their order.
+    pub fn release(self) {
+        if self.conn.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.node.idle[proto_index(self.proto)]);
+        if idle.len() < MAX_IDLE_SESSIONS {
+            idle.push(self.conn);
+        }
+    }
+}
+
+fn proto_index(proto: Proto) -> usize {
+    match proto {
+        Proto::Resp2 => 0,
+        Proto::Resp3 => 1,
+    }
+}
+
+/// Locks a mutex that is only ever held for a push or a pop (a poisoned one is still
+/// consistent).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// All nodes slotgate talks to.
@@ -69,6 +136,7 @@ impl Backends {
                     resp2: OnceLock::new(),
                     resp3: OnceLock::new(),
                     blocking: Arc::new(Semaphore::new(self.settings.blocking_per_node)),
+                    idle: Default::default(),
                 })
             })
             .clone()
@@ -88,25 +156,42 @@ impl Backends {
             connect_timeout: self.settings.connect_timeout,
             inbox_capacity,
             readonly: self.settings.readonly,
+            reconnect: true,
         }
     }
 
-    /// Opens a connection of its own to `addr` for one blocking command. The connection
-    /// closes when the returned sender is dropped and no reply is awaited any more (a client
-    /// that leaves mid-block closes it, since a blocked connection cannot be reused). Fails
-    /// with the limit when the node's dedicated connections are all in use.
-    pub fn dedicated(
-        &self,
-        addr: &Arc<str>,
-        proto: Proto,
-    ) -> Result<(mpsc::Sender<Pending>, OwnedSemaphorePermit), usize> {
+    /// Leases a session connection to `addr` (a clean idle one when there is one, else a
+    /// new one). Fails with the limit when the node's dedicated connections are all in use.
+    pub fn session(&self, addr: &Arc<str>, proto: Proto) -> Result<SessionConn, usize> {
         let node = self.node(addr);
         let permit = node
             .blocking
             .clone()
             .try_acquire_owned()
             .map_err(|_| self.settings.blocking_per_node)?;
-        Ok((conn::spawn(self.conn_settings(addr, proto, 2)), permit))
+        let reused = {
+            let mut idle = lock(&node.idle[proto_index(proto)]);
+            let mut found = None;
+            while let Some(conn) = idle.pop() {
+                if !conn.is_closed() {
+                    found = Some(conn);
+                    break;
+                }
+            }
+            found
+        };
+        let conn = reused.unwrap_or_else(|| {
+            conn::spawn(ConnSettings {
+                reconnect: false,
+                ..self.conn_settings(addr, proto, 4)
+            })
+        });
+        Ok(SessionConn {
+            conn,
+            node,
+            proto,
+            _permit: permit,
+        })
     }
 
     fn sender(&self, addr: &Arc<str>, proto: Proto, session: u64) -> mpsc::Sender<Pending> {
@@ -197,7 +282,8 @@ impl Backends {
         self.nodes.retain(|addr, _| keep.contains(addr));
     }
 
-    /// Dedicated connections (blocking commands) open right now, over all nodes.
+    /// Session connections (transactions, blocking commands, WAIT) leased right now, over
+    /// all nodes.
     pub fn blocking_in_use(&self) -> usize {
         self.nodes
             .iter()
