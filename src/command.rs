@@ -506,6 +506,40 @@ impl CmdSpec {
         }
     }
 
+    /// How long this request may block its connection, from its timeout argument: `None`
+    /// for ever (a zero timeout), zero when the argument is missing or unreadable (the node
+    /// answers such a request with an error at once). Blocking commands take seconds (a
+    /// float), `XREAD`/`XREADGROUP ... BLOCK` and `WAIT`/`WAITAOF` milliseconds.
+    pub fn block_time(&self, req: &Request) -> Option<std::time::Duration> {
+        let (index, millis) = match self.name {
+            "BLMPOP" | "BZMPOP" => (Some(1), false),
+            "WAIT" => (Some(2), true),
+            "WAITAOF" => (Some(3), true),
+            _ if matches!(self.keys, Keys::Streams) => (
+                (1..req.len())
+                    .take_while(|&i| !req.arg(i).eq_ignore_ascii_case(b"STREAMS"))
+                    .find(|&i| req.arg(i).eq_ignore_ascii_case(b"BLOCK"))
+                    .map(|i| i + 1),
+                true,
+            ),
+            _ => (req.len().checked_sub(1), false),
+        };
+        let value = index
+            .filter(|&i| i > 0 && i < req.len())
+            .and_then(|i| std::str::from_utf8(req.arg(i)).ok())
+            .and_then(|t| t.parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0);
+        match value {
+            Some(0.0) => None,
+            Some(v) => Some(std::time::Duration::from_secs_f64(if millis {
+                v / 1000.0
+            } else {
+                v
+            })),
+            None => Some(std::time::Duration::ZERO),
+        }
+    }
+
     /// Whether this request blocks its connection: the blocking commands, and XREAD /
     /// XREADGROUP with a BLOCK option.
     pub fn is_blocking(&self, req: &Request) -> bool {
@@ -663,5 +697,31 @@ mod tests {
             lookup(b"GET").unwrap().handling_of(&req("GET a")),
             Handling::Forward
         );
+    }
+
+    #[test]
+    fn block_times() {
+        use std::time::Duration;
+        let t = |args: &[&str]| {
+            let req = Request::from_args(args);
+            lookup(req.arg(0)).unwrap().block_time(&req)
+        };
+        assert_eq!(
+            t(&["BLPOP", "a", "b", "1.5"]),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(t(&["BLPOP", "a", "0"]), None);
+        assert_eq!(
+            t(&["BLMPOP", "2", "1", "a", "LEFT"]),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            t(&["XREAD", "BLOCK", "250", "STREAMS", "s", "$"]),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(t(&["XREAD", "BLOCK", "0", "STREAMS", "s", "$"]), None);
+        assert_eq!(t(&["WAIT", "1", "100"]), Some(Duration::from_millis(100)));
+        assert_eq!(t(&["WAITAOF", "0", "1", "0"]), None);
+        assert_eq!(t(&["BLPOP", "a", "x"]), Some(Duration::ZERO));
     }
 }

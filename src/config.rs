@@ -154,6 +154,10 @@ pub struct ClusterConfig {
     pub connections_per_node: usize,
     /// Deadline for connecting to a node and for topology queries, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// Deadline for a node's reply to one command, in milliseconds (blocking commands: their
+    /// own timeout plus this). A missed deadline closes that connection: reads are retried
+    /// once, writes get an error saying they may or may not have been applied.
+    pub command_timeout_ms: u64,
     /// Most MOVED/ASK redirects followed for one command.
     pub max_redirects: u32,
     /// Most retries of one command after TRYAGAIN, CLUSTERDOWN or a connection error.
@@ -222,6 +226,7 @@ impl Default for ClusterConfig {
             refresh_interval_ms: 1000,
             connections_per_node: 2,
             connect_timeout_ms: 1000,
+            command_timeout_ms: 5000,
             max_redirects: 5,
             max_retries: 5,
             retry_backoff_ms: 50,
@@ -340,6 +345,9 @@ impl Config {
         }
         if c.connect_timeout_ms == 0 {
             return invalid("cluster.connect_timeout_ms", "must be at least 1");
+        }
+        if c.command_timeout_ms == 0 {
+            return invalid("cluster.command_timeout_ms", "must be at least 1");
         }
         if !(1..=32).contains(&c.max_redirects) {
             return invalid("cluster.max_redirects", "must be between 1 and 32");
@@ -466,6 +474,10 @@ impl Config {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.cluster.connect_timeout_ms)
     }
+
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.cluster.command_timeout_ms)
+    }
 }
 
 fn is_host_port(s: &str) -> bool {
@@ -527,6 +539,7 @@ mod tests {
                 "  connections_per_node: 0\n",
             ),
             ("cluster.connect_timeout_ms", "  connect_timeout_ms: 0\n"),
+            ("cluster.command_timeout_ms", "  command_timeout_ms: 0\n"),
             ("cluster.max_redirects", "  max_redirects: 0\n"),
             ("cluster.max_retries", "  max_retries: 1000\n"),
             ("cluster.username", "  username: u\n"),

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::backend::conn::{Pending, ReplyResult};
+use crate::backend::conn::{Deadline, Pending, ReplyResult};
 use crate::backend::pool::{Backends, PoolSettings, SessionConn};
 use crate::command::{CmdSpec, Handling, RouteError};
 use crate::config::{Config, ReadFrom};
@@ -105,6 +105,8 @@ pub struct SendOptions {
     pub dedicated: bool,
     /// Where a read of a slot goes (`read_from`); writes always go to the master.
     pub read_from: ReadFrom,
+    /// How long the node may take to answer (blocking commands: how long they may block).
+    pub deadline: Deadline,
 }
 
 impl Flight {
@@ -165,6 +167,7 @@ impl SendOptions {
             idempotent: false,
             dedicated: false,
             read_from: ReadFrom::Master,
+            deadline: Deadline::Default,
         }
     }
 }
@@ -210,14 +213,25 @@ impl Cluster {
             .password
             .clone()
             .map(|p| (access.username.clone(), p));
-        let backends = Arc::new(Backends::new(PoolSettings {
+        let pool = PoolSettings {
             connections_per_node: c.connections_per_node,
             auth,
             connect_timeout: config.connect_timeout(),
             inbox_capacity: 1024,
             blocking_per_node: c.max_blocking_per_node,
             readonly: c.read_from != ReadFrom::Master,
-        }));
+            command_timeout: config.command_timeout(),
+        };
+        // Topology queries: one connection per node of their own, with the query timeout as
+        // deadline, so a stopped node cannot hold a refresh or queue it behind clients.
+        let control = Backends::new(PoolSettings {
+            connections_per_node: 1,
+            inbox_capacity: 16,
+            readonly: false,
+            command_timeout: config.connect_timeout(),
+            ..pool.clone()
+        });
+        let backends = Arc::new(Backends::new(pool));
         let topology = Topology::start(
             TopologySettings {
                 seeds: access.seeds.iter().map(|s| Arc::from(s.as_str())).collect(),
@@ -226,6 +240,7 @@ impl Cluster {
                 min_refresh_gap: Duration::from_millis(50),
                 query_timeout: config.connect_timeout(),
             },
+            control,
             backends.clone(),
         );
         Cluster {
@@ -363,7 +378,9 @@ impl Cluster {
                     ))
                 })?;
             let (reply_tx, rx) = oneshot::channel();
-            session.send(Pending::one(raw, asking, reply_tx)).await;
+            session
+                .send(Pending::one(raw, asking, reply_tx).with_deadline(flight.opts.deadline))
+                .await;
             flight.lease = Some(Box::new(session));
             rx
         } else {
@@ -494,7 +511,13 @@ impl Cluster {
                         _ => error("ERR slotgate: internal routing error"),
                     };
                 }
-                Decision::Fail(e) => return e,
+                Decision::Fail(e) => {
+                    // A node that broke or missed a deadline may have failed over: look.
+                    if matches!(result, Some(Err(_))) {
+                        self.topology.request_refresh(None);
+                    }
+                    return e;
+                }
                 Decision::Redirect { slot, addr, asking } => {
                     attempts.redirects += 1;
                     let counter = if asking {

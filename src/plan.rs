@@ -4,6 +4,8 @@
 //! the result into the client's reply.
 
 use bytes::Bytes;
+
+use crate::backend::conn::Deadline;
 use futures::future::join_all;
 use rand::seq::SliceRandom;
 
@@ -213,8 +215,15 @@ async fn forward(
     req: Request,
     opts: SendOptions,
 ) -> (Step, bool) {
+    let dedicated = spec.is_blocking(&req);
     let opts = SendOptions {
-        dedicated: spec.is_blocking(&req),
+        dedicated,
+        deadline: if dedicated {
+            spec.block_time(&req)
+                .map_or(Deadline::Never, Deadline::Blocking)
+        } else {
+            Deadline::Default
+        },
         ..opts
     };
     state.barrier |= opts.dedicated;
@@ -237,6 +246,7 @@ fn client_opts(shared: &Shared, state: &ClientState, spec: &CmdSpec) -> SendOpti
         session: state.id,
         idempotent: read,
         dedicated: false,
+        deadline: Deadline::Default,
         read_from: if read {
             shared.config.cluster.read_from
         } else {

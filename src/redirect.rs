@@ -101,7 +101,10 @@ pub fn decide(
                      been executed, so it is not retried"
                 )));
             }
-            if can_retry {
+            // A node that missed a deadline is stopped or overloaded: a read is retried once
+            // (after a refresh, which may route it elsewhere), not for every retry allowed.
+            let timed_out = matches!(e, BackendError::Timeout { .. });
+            if can_retry && !(timed_out && attempts.retries >= 1) {
                 Decision::Retry {
                     wait,
                     refresh: true,
@@ -323,6 +326,32 @@ mod tests {
             decide(reply(b"-CLUSTERDOWN x\r\n"), spent, POLICY, false),
             Decision::Return
         );
+    }
+
+    #[test]
+    fn a_timed_out_read_is_retried_once() {
+        let timeout = BackendError::Timeout {
+            addr: "a:1".into(),
+            sent: true,
+        };
+        assert!(matches!(
+            decide(Outcome::Failed(&timeout), fresh(), POLICY, true),
+            Decision::Retry { refresh: true, .. }
+        ));
+        let once = Attempts {
+            redirects: 0,
+            retries: 1,
+        };
+        match decide(Outcome::Failed(&timeout), once, POLICY, true) {
+            Decision::Fail(e) => assert!(e.starts_with(b"-ERR slotgate: timeout waiting for a:1")),
+            other => panic!("{other:?}"),
+        }
+        match decide(Outcome::Failed(&timeout), fresh(), POLICY, false) {
+            Decision::Fail(e) => {
+                assert!(String::from_utf8_lossy(&e).contains("may or may not have been executed"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -12,12 +12,13 @@
 //! fresh connection.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
-use crate::backend::conn::Pending;
+use crate::backend::conn::{Deadline, Pending};
 use crate::multikey::{elements, integer};
 use crate::resp::encode::{Encoder, error};
 use crate::resp::{Proto, Request};
@@ -159,8 +160,12 @@ async fn wait_on(
         let (tx, _rx) = oneshot::channel();
         conn.send(Pending::one(marker.raw, false, tx)).await;
     }
+    let block = crate::command::lookup(req.arg(0))
+        .map_or(Some(Duration::ZERO), |spec| spec.block_time(req));
+    let deadline = block.map_or(Deadline::Never, Deadline::Blocking);
     let (tx, rx) = oneshot::channel();
-    conn.send(Pending::one(req.raw.clone(), false, tx)).await;
+    conn.send(Pending::one(req.raw.clone(), false, tx).with_deadline(deadline))
+        .await;
     match rx.await {
         Ok(Ok(reply)) => {
             conn.release();

@@ -454,3 +454,135 @@ async fn session_connections_are_reused() {
     let v: i64 = a.get(&k).await.unwrap();
     assert_eq!(v, 51);
 }
+
+/// SIGCONTs a stopped node when dropped, even when the test fails.
+struct Resume<'a> {
+    cluster: &'a Cluster,
+    port: u16,
+}
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(support::repo_root().join("integration/faults.sh"))
+            .arg("resume")
+            .arg(&self.cluster.dir)
+            .arg(self.port.to_string())
+            .output();
+    }
+}
+
+fn stop<'a>(cluster: &'a Cluster, port: u16) -> Resume<'a> {
+    cluster.fault(&["stop", cluster.dir.to_str().unwrap(), &port.to_string()]);
+    Resume { cluster, port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_costs_a_deadline_not_a_hang() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start_with(&cluster, |c| {
+        c.cluster.command_timeout_ms = 1500;
+        c.cluster.refresh_interval_ms = 300;
+    })
+    .await;
+    let mut con = proxy.client(2).await;
+
+    // A stopped replica, which the topology manager asks like any node: slot moves are
+    // still learned.
+    let replica = cluster.replica_of(cluster.master_ports[1]);
+    {
+        let _stopped = stop(&cluster, replica);
+        let generation = support::slotgate_counter(&mut con, "topology_generation").await;
+        let slot = slotgate::slot::slot_of(
+            key_on(&cluster, cluster.master_ports[1], "mv:")
+                .await
+                .as_bytes(),
+        );
+        let target = node_id(&cluster, cluster.master_ports[2]).await;
+        let mut n = cluster.node(cluster.master_ports[2]).await;
+        let _: () = redis::cmd("CLUSTER")
+            .arg(&["SETSLOT", &slot.to_string(), "NODE", &target])
+            .query_async(&mut n)
+            .await
+            .unwrap();
+        let _: String = redis::cmd("CLUSTER")
+            .arg("BUMPEPOCH")
+            .query_async(&mut n)
+            .await
+            .unwrap();
+        cluster.assign_slot(slot, &target).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while support::slotgate_counter(&mut con, "topology_generation").await == generation {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "slot move not learned while a node is stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // A stopped master: its clients get an error within the deadline, other masters serve
+    // meanwhile, and writes come back soon after its replica is promoted.
+    let victim = cluster.master_ports[0];
+    let replica = cluster.replica_of(victim);
+    let a = key_on(&cluster, victim, "stall:a").await;
+    let b = key_on(&cluster, cluster.master_ports[2], "stall:b").await;
+    let _: () = con.set(&a, "before").await.unwrap();
+    let _stopped = stop(&cluster, victim);
+
+    let mut stalled = proxy.client(2).await;
+    let key = a.clone();
+    let write = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let r: redis::RedisResult<()> = stalled.set(&key, "during").await;
+        (r, started.elapsed())
+    });
+    let mut other = proxy.client(2).await;
+    for i in 0..20 {
+        let started = tokio::time::Instant::now();
+        let _: () = other.set(&b, i).await.unwrap();
+        let v: i64 = other.get(&b).await.unwrap();
+        assert_eq!(v, i);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "another master was slow while one is stopped"
+        );
+    }
+    let (result, took) = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("a write to a stopped master hung")
+        .unwrap();
+    let err = result.expect_err("a write to a stopped master succeeded");
+    assert!(
+        err.to_string().contains("may or may not"),
+        "unexpected error: {err}"
+    );
+    assert!(took < Duration::from_millis(3000), "error after {took:?}");
+
+    // Promotion (cluster-node-timeout is 2 s in cluster.sh).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cluster.fault(&["role", &replica.to_string()]) != "master" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica never promoted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted = tokio::time::Instant::now();
+    let mut writer = proxy.client(2).await;
+    loop {
+        let r: redis::RedisResult<()> = writer.set(&a, "after").await;
+        if r.is_ok() {
+            break;
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_secs(4),
+            "writes not back 4 s after the promotion: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(promoted.elapsed() < Duration::from_secs(4));
+    let mut new_master = cluster.node(replica).await;
+    let v: String = new_master.get(&a).await.unwrap();
+    assert_eq!(v, "after");
+}

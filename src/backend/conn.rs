@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -36,6 +38,20 @@ pub struct Pending {
     pub asking: bool,
     /// Where the reply goes. A dropped receiver (client gone) is skipped.
     pub reply: ReplyTo,
+    /// How long the node may take to answer.
+    pub deadline: Deadline,
+}
+
+/// How long a node may take to answer one request before its connection is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Deadline {
+    /// The connection's command timeout (`cluster.command_timeout_ms`).
+    #[default]
+    Default,
+    /// A blocking command that may block this long: the command timeout is added as grace.
+    Blocking(Duration),
+    /// A command that may block forever (BLPOP with timeout 0): no deadline.
+    Never,
 }
 
 /// Who waits for the reply of a `Pending`.
@@ -56,7 +72,13 @@ impl Pending {
             raw,
             asking,
             reply: ReplyTo::One(reply),
+            deadline: Deadline::Default,
         }
+    }
+
+    /// The same request with another deadline.
+    pub fn with_deadline(self, deadline: Deadline) -> Pending {
+        Pending { deadline, ..self }
     }
 
     /// Answers the request with an error instead of sending it.
@@ -86,6 +108,8 @@ pub struct ConnSettings {
     pub inbox_capacity: usize,
     /// Send READONLY after the greeting, so a replica serves reads of its master's slots.
     pub readonly: bool,
+    /// How long the node may take to answer a request (`Deadline::Default`).
+    pub command_timeout: Duration,
     /// Reconnect after the connection breaks (shared connections). A session connection
     /// (transactions, blocking commands, WAIT) never does: its server-side state (MULTI,
     /// WATCH, a blocked command) would be silently lost, so it ends and every later request
@@ -118,7 +142,7 @@ async fn supervise(settings: ConnSettings, mut inbox: mpsc::Receiver<Pending>) {
             Ok(stream) => {
                 backoff = MIN_BACKOFF;
                 debug!("connected");
-                match serve(stream, &mut inbox, &settings.addr).await {
+                match serve(stream, &mut inbox, &settings).await {
                     Ended::InboxClosed => return,
                     Ended::Broken(reason) if !settings.reconnect => {
                         debug!(%reason, "session connection lost");
@@ -276,13 +300,34 @@ impl InFlight {
     }
 }
 
+/// A written request: who waits for its reply and when the node must have answered.
+struct Sent {
+    to: InFlight,
+    /// `None`: no deadline (a command that may block forever).
+    due: Option<Instant>,
+}
+
+impl Sent {
+    fn abandoned(&self) -> bool {
+        self.to.abandoned()
+    }
+}
+
+/// How often the oldest request's deadline is checked.
+const DEADLINE_CHECK: Duration = Duration::from_millis(50);
+
 /// Runs one live connection until it breaks or the inbox closes.
-async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &str) -> Ended {
+async fn serve(
+    stream: TcpStream,
+    inbox: &mut mpsc::Receiver<Pending>,
+    settings: &ConnSettings,
+) -> Ended {
+    let addr: &str = &settings.addr;
     let (mut rd, mut wr) = stream.into_split();
     // Shared by the reader and writer halves below, which run in this one task: the mutex is
     // never contended, it only makes the borrow across awaits acceptable to the compiler.
-    let fifo: Mutex<VecDeque<InFlight>> = Mutex::new(VecDeque::new());
-    let queue = || -> MutexGuard<'_, VecDeque<InFlight>> {
+    let fifo: Mutex<VecDeque<Sent>> = Mutex::new(VecDeque::new());
+    let queue = || -> MutexGuard<'_, VecDeque<Sent>> {
         fifo.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     };
     let inbox_closed = AtomicBool::new(false);
@@ -314,17 +359,18 @@ async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &st
                     continue;
                 }
                 let mut q = queue();
-                match q.front_mut() {
+                match q.front_mut().map(|s| &mut s.to) {
                     Some(InFlight::Many { expect, got, .. }) => {
                         got.push(frame);
                         if got.len() == *expect
-                            && let Some(InFlight::Many { tx, got, .. }) = q.pop_front()
+                            && let Some(InFlight::Many { tx, got, .. }) =
+                                q.pop_front().map(|s| s.to)
                         {
                             let _ = tx.send(Ok(got));
                         }
                     }
                     Some(_) => {
-                        if let Some(InFlight::One(tx)) = q.pop_front() {
+                        if let Some(InFlight::One(tx)) = q.pop_front().map(|s| s.to) {
                             let _ = tx.send(Ok(frame));
                         }
                     }
@@ -348,19 +394,30 @@ async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &st
                 tokio::task::yield_now().await;
             }
             let mut next = Some(first);
+            // One clock read for every request of this batch.
+            let now = Instant::now();
             while let Some(p) = next.take() {
+                let due = match p.deadline {
+                    Deadline::Default => Some(now + settings.command_timeout),
+                    Deadline::Blocking(d) => Some(now + d + settings.command_timeout),
+                    Deadline::Never => None,
+                };
                 if p.asking {
-                    queue().push_back(InFlight::Discard);
+                    queue().push_back(Sent {
+                        to: InFlight::Discard,
+                        due,
+                    });
                     batch.put_slice(ASKING);
                 }
-                queue().push_back(match p.reply {
+                let to = match p.reply {
                     ReplyTo::One(tx) => InFlight::One(tx),
                     ReplyTo::Many(expect, tx) => InFlight::Many {
                         tx,
                         expect,
                         got: Vec::with_capacity(expect),
                     },
-                });
+                };
+                queue().push_back(Sent { to, due });
                 if p.raw.len() > COPY_LIMIT {
                     if !batch.is_empty()
                         && let Err(e) = wr.write_all(&batch).await
@@ -390,10 +447,25 @@ async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &st
     tokio::pin!(reader, writer);
     let mut writer_done = false;
     let mut abandoned_check = tokio::time::interval(Duration::from_millis(100));
+    let mut deadline_check = tokio::time::interval(DEADLINE_CHECK);
+    deadline_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut timed_out = false;
     let ended = loop {
         tokio::select! {
             biased;
             ended = &mut reader => break ended,
+            // The oldest request is answered first (replies come in order): once it is past
+            // its deadline, the node is stopped or stuck, and so is everything behind it.
+            _ = deadline_check.tick() => {
+                let overdue = queue()
+                    .front()
+                    .and_then(|s| s.due)
+                    .is_some_and(|due| Instant::now() >= due);
+                if overdue {
+                    timed_out = true;
+                    break Ended::Broken("the node did not answer in time".into());
+                }
+            }
             failed = &mut writer, if !writer_done => match failed {
                 Some(reason) => break Ended::Broken(reason),
                 // Inbox closed: keep reading until the replies in flight are delivered.
@@ -407,7 +479,7 @@ async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &st
             // With no new requests coming, stop waiting for replies nobody wants any more
             // (a client left while its command blocks): closing unblocks the node.
             _ = abandoned_check.tick(), if writer_done => {
-                if queue().iter().all(InFlight::abandoned) {
+                if queue().iter().all(Sent::abandoned) {
                     break Ended::InboxClosed;
                 }
             }
@@ -415,9 +487,11 @@ async fn serve(stream: TcpStream, inbox: &mut mpsc::Receiver<Pending>, addr: &st
     };
     if let Ended::Broken(_) = &ended {
         for entry in queue().drain(..) {
-            entry.fail(BackendError::ConnectionLost {
-                addr: addr.to_string(),
-                sent: true,
+            let addr = addr.to_string();
+            entry.to.fail(if timed_out {
+                BackendError::Timeout { addr, sent: true }
+            } else {
+                BackendError::ConnectionLost { addr, sent: true }
             });
         }
     }

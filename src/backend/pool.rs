@@ -28,6 +28,8 @@ pub struct PoolSettings {
     pub blocking_per_node: usize,
     /// Send READONLY on every connection, so replicas serve reads.
     pub readonly: bool,
+    /// How long a node may take to answer one request.
+    pub command_timeout: Duration,
 }
 
 /// The connections to one node.
@@ -156,6 +158,7 @@ impl Backends {
             connect_timeout: self.settings.connect_timeout,
             inbox_capacity,
             readonly: self.settings.readonly,
+            command_timeout: self.settings.command_timeout,
             reconnect: true,
         }
     }
@@ -254,6 +257,7 @@ impl Backends {
             raw,
             asking: false,
             reply: ReplyTo::Many(count, tx),
+            deadline: Default::default(),
         };
         self.enqueue(addr, proto, session, pending).await;
         rx

@@ -53,8 +53,15 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Creates the topology and starts its manager task.
-    pub fn start(settings: TopologySettings, backends: Arc<Backends>) -> Arc<Topology> {
+    /// Creates the topology and starts its manager task. Topology queries go over `control`,
+    /// connections of their own (never queued behind client traffic, deadline: the query
+    /// timeout); `data` is the client traffic's pool, whose connections to nodes that left
+    /// are dropped.
+    pub fn start(
+        settings: TopologySettings,
+        control: Backends,
+        data: Arc<Backends>,
+    ) -> Arc<Topology> {
         let (trigger, rx) = mpsc::channel(1);
         let (refreshed, _) = watch::channel(0);
         let topo = Arc::new(Topology {
@@ -63,7 +70,8 @@ impl Topology {
             refreshed,
             redis_version: ArcSwapOption::empty(),
         });
-        tokio::spawn(manage(Arc::downgrade(&topo), settings, backends, rx));
+        let pools = Pools { control, data };
+        tokio::spawn(manage(Arc::downgrade(&topo), settings, pools, rx));
         topo
     }
 
@@ -108,11 +116,19 @@ impl Topology {
     }
 }
 
+/// The connection pools the manager uses and maintains.
+struct Pools {
+    /// Topology queries only.
+    control: Backends,
+    /// Client traffic.
+    data: Arc<Backends>,
+}
+
 /// The manager loop; ends when the `Topology` is dropped.
 async fn manage(
     topo: std::sync::Weak<Topology>,
     settings: TopologySettings,
-    backends: Arc<Backends>,
+    pools: Pools,
     mut trigger: mpsc::Receiver<Option<Arc<str>>>,
 ) {
     let mut ticker = tokio::time::interval(settings.refresh_interval);
@@ -126,7 +142,7 @@ async fn manage(
             },
         };
         let Some(topo) = topo.upgrade() else { return };
-        refresh(&topo, &settings, &backends, hint).await;
+        refresh(&topo, &settings, &pools, hint).await;
         topo.refreshed.send_modify(|n| *n += 1);
         drop(topo);
         // Requests that arrived during the refresh are answered by the next one, after a
@@ -140,9 +156,10 @@ async fn manage(
 async fn refresh(
     topo: &Topology,
     settings: &TopologySettings,
-    backends: &Backends,
+    pools: &Pools,
     hint: Option<Arc<str>>,
 ) {
+    let backends = &pools.control;
     let current = topo.table();
     if settings.standalone {
         if current.masters.is_empty()
@@ -206,6 +223,7 @@ async fn refresh(
                 .collect();
             topo.table.store(Arc::new(next));
             backends.retain(&keep);
+            pools.data.retain(&keep);
         }
         if topo.redis_version().is_none() {
             learn_version(topo, backends, &addr, settings.query_timeout).await;
