@@ -221,6 +221,7 @@ impl Cluster {
             blocking_per_node: c.max_blocking_per_node,
             readonly: c.read_from != ReadFrom::Master,
             command_timeout: config.command_timeout(),
+            workers: crate::worker::resolve(config.threads),
         };
         // Topology queries: one connection per node of their own, with the query timeout as
         // deadline, so a stopped node cannot hold a refresh or queue it behind clients.

@@ -135,6 +135,7 @@ pub fn slotgate_section(shared: &Shared) -> String {
         "# Slotgate\r\n\
          slotgate_version:{}\r\n\
          uptime_in_seconds:{}\r\n\
+         worker_threads:{}\r\n\
          connected_clients:{}\r\n\
          total_connections_received:{}\r\n\
          rejected_connections:{}\r\n\
@@ -148,6 +149,7 @@ pub fn slotgate_section(shared: &Shared) -> String {
          cluster_slots_assigned:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         shared.started.elapsed().as_secs(),
+        crate::worker::resolve(shared.config.threads),
         s.connected_clients.load(Ordering::Relaxed),
         s.total_connections.load(Ordering::Relaxed),
         s.rejected_connections.load(Ordering::Relaxed),

@@ -30,3 +30,4 @@ pub mod slot;
 pub mod topology;
 pub mod transaction;
 pub mod wait;
+pub mod worker;

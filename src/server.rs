@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info, info_span};
 
 use crate::config::Config;
 use crate::dispatch::{Cluster, ClusterAccess};
 use crate::shared::Shared;
+use crate::worker::Workers;
 
 /// Builds the shared state (primary cluster and its topology manager) for `config`.
 pub fn build(config: Config) -> Arc<Shared> {
@@ -60,9 +61,20 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             Duration::from_millis(probe),
         ));
     }
+    let workers = match Workers::start(crate::worker::resolve(shared.config.threads)) {
+        Ok(w) => w,
+        Err(e) => {
+            error!(error = %e, "cannot start the worker threads");
+            return;
+        }
+    };
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_clients));
     let next_id = AtomicU64::new(1);
-    info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "slotgate ready");
+    info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        workers = workers.len(),
+        "slotgate ready"
+    );
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     let drain = loop {
@@ -95,15 +107,25 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             continue;
         };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
+        // The client moves to a worker thread, which serves it from then on.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot hand a client to a worker");
+                continue;
+            }
+        };
         let shared = shared.clone();
         let span = info_span!("client", id, peer = %peer);
-        tokio::spawn(
+        shared
+            .stats
+            .connected_clients
+            .fetch_add(1, Ordering::Relaxed);
+        workers.spawn(
             async move {
-                shared
-                    .stats
-                    .connected_clients
-                    .fetch_add(1, Ordering::Relaxed);
-                crate::client::serve(shared.clone(), stream, id).await;
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    crate::client::serve(shared.clone(), stream, id).await;
+                }
                 shared
                     .stats
                     .connected_clients
@@ -127,6 +149,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     info!(clients_cut = left(), "shut down");
+    // Clients still connected after the deadline are cut when their worker stops.
+    let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
 }
 
 /// Logs the multi-write figures (the `# Multiwrite` INFO lines) every 30 seconds.

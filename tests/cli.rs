@@ -76,6 +76,7 @@ fn binary_serves_redis_cli_and_redis_benchmark() {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--cluster", &cluster.seeds])
             .args(["--log-level", "warn"])
+            .args(["--threads", "3"])
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -90,6 +91,17 @@ fn binary_serves_redis_cli_and_redis_benchmark() {
     }
     assert_eq!(redis_cli(port, &["set", "a", "1"]), "OK");
     assert_eq!(redis_cli(port, &["get", "a"]), "1");
+    // `--threads 3`: three worker threads serve the clients.
+    let workers = std::fs::read_dir(format!("/proc/{}/task", proxy.0.id()))
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.starts_with("slotgate-worker"))
+        })
+        .count();
+    assert_eq!(workers, 3, "worker threads for --threads 3");
+    let info = redis_cli(port, &["info", "slotgate"]);
+    assert!(info.contains("worker_threads:3"), "{info}");
 
     let out = Command::new("redis-benchmark")
         .args([

@@ -30,18 +30,28 @@ pub struct PoolSettings {
     pub readonly: bool,
     /// How long a node may take to answer one request.
     pub command_timeout: Duration,
+    /// Worker threads: each has connections of its own to every node (`worker::slot`).
+    pub workers: usize,
 }
 
 /// The connections to one node.
 #[derive(Debug)]
 pub struct NodeConns {
     addr: Arc<str>,
+    /// Per worker thread, plus one entry for every other thread: connections opened there
+    /// serve that thread only, so a request and its reply never cross threads.
+    per_worker: Box<[WorkerConns]>,
+    /// Permits for dedicated connections to this node.
+    blocking: Arc<Semaphore>,
+}
+
+/// One worker's connections to one node.
+#[derive(Debug, Default)]
+struct WorkerConns {
     /// RESP2 connections, opened on first use.
     resp2: OnceLock<Box<[mpsc::Sender<Pending>]>>,
     /// RESP3 connections (greeted with `HELLO 3`), opened on first use by a RESP3 client.
     resp3: OnceLock<Box<[mpsc::Sender<Pending>]>>,
-    /// Permits for dedicated connections to this node.
-    blocking: Arc<Semaphore>,
     /// Clean session connections waiting to be leased again, per protocol (RESP2, RESP3):
     /// steady-state transactions, blocking commands and WAIT open no new TCP connection.
     idle: [Mutex<Vec<mpsc::Sender<Pending>>>; 2],
@@ -59,6 +69,8 @@ pub struct SessionConn {
     conn: mpsc::Sender<Pending>,
     node: Arc<NodeConns>,
     proto: Proto,
+    /// The worker slot whose idle pool it goes back to.
+    worker: usize,
     /// Counts against the node's dedicated-connection limit while leased.
     _permit: OwnedSemaphorePermit,
 }
@@ -91,7 +103,7 @@ impl SessionConn {
         if self.conn.is_closed() {
             return;
         }
-        let mut idle = lock(&self.node.idle[proto_index(self.proto)]);
+        let mut idle = lock(&self.node.per_worker[self.worker].idle[proto_index(self.proto)]);
         if idle.len() < MAX_IDLE_SESSIONS {
             idle.push(self.conn);
         }
@@ -135,10 +147,10 @@ impl Backends {
             .or_insert_with(|| {
                 Arc::new(NodeConns {
                     addr: addr.clone(),
-                    resp2: OnceLock::new(),
-                    resp3: OnceLock::new(),
+                    per_worker: (0..=self.settings.workers)
+                        .map(|_| WorkerConns::default())
+                        .collect(),
                     blocking: Arc::new(Semaphore::new(self.settings.blocking_per_node)),
-                    idle: Default::default(),
                 })
             })
             .clone()
@@ -172,8 +184,9 @@ impl Backends {
             .clone()
             .try_acquire_owned()
             .map_err(|_| self.settings.blocking_per_node)?;
+        let worker = crate::worker::slot(self.settings.workers);
         let reused = {
-            let mut idle = lock(&node.idle[proto_index(proto)]);
+            let mut idle = lock(&node.per_worker[worker].idle[proto_index(proto)]);
             let mut found = None;
             while let Some(conn) = idle.pop() {
                 if !conn.is_closed() {
@@ -193,15 +206,17 @@ impl Backends {
             conn,
             node,
             proto,
+            worker,
             _permit: permit,
         })
     }
 
     fn sender(&self, addr: &Arc<str>, proto: Proto, session: u64) -> mpsc::Sender<Pending> {
         let node = self.node(addr);
+        let mine = &node.per_worker[crate::worker::slot(self.settings.workers)];
         let cell = match proto {
-            Proto::Resp2 => &node.resp2,
-            Proto::Resp3 => &node.resp3,
+            Proto::Resp2 => &mine.resp2,
+            Proto::Resp3 => &mine.resp3,
         };
         let conns = cell.get_or_init(|| {
             (0..self.settings.connections_per_node.max(1))

@@ -145,6 +145,15 @@ fn rand_suffix() -> u64 {
     nanos * 1000 + N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Worker threads of the slotgate the tests start: `SLOTGATE_TEST_THREADS` (README's test
+/// command runs the suite with 1 and with 2), else one per core.
+pub fn test_threads() -> usize {
+    std::env::var("SLOTGATE_TEST_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// slotgate serving in this process on a free port; stops when dropped.
 pub struct Proxy {
     pub port: u16,
@@ -168,6 +177,7 @@ impl Proxy {
             ..Config::default()
         };
         config.cluster.seeds = cluster.seeds.split(',').map(String::from).collect();
+        config.threads = test_threads();
         tweak(&mut config);
         let config = config.validate().unwrap();
         let (stop, stopped) = oneshot::channel();
