@@ -198,6 +198,13 @@ pub struct LimitsConfig {
     pub max_inline_len: usize,
     /// Most requests of one client in flight; reading from the client pauses beyond it.
     pub pipeline_window: usize,
+    /// Most bytes of one client's requests in flight; reading pauses beyond it (one request
+    /// larger than this still goes through, alone).
+    pub pipeline_window_bytes: usize,
+    /// Most bytes of replies waiting to be written to one client; a client that reads
+    /// slower is disconnected (with a log line). Redis leaves normal clients unlimited;
+    /// slotgate does not, since a proxy holds every client's backlog in one process.
+    pub client_output_buffer: usize,
     /// Most bytes of pub/sub messages waiting to be written to one subscriber; a client that
     /// reads slower is disconnected (Redis: the pubsub client-output-buffer-limit).
     pub pubsub_output_buffer: usize,
@@ -245,6 +252,8 @@ impl Default for LimitsConfig {
             max_array_len: l.max_array_len,
             max_inline_len: l.max_inline_len,
             pipeline_window: 1024,
+            pipeline_window_bytes: 64 * 1024 * 1024,
+            client_output_buffer: 256 * 1024 * 1024,
             pubsub_output_buffer: 32 * 1024 * 1024,
         }
     }
@@ -376,6 +385,12 @@ impl Config {
         }
         if l.pipeline_window == 0 {
             return invalid("limits.pipeline_window", "must be at least 1");
+        }
+        if l.pipeline_window_bytes < 1024 {
+            return invalid("limits.pipeline_window_bytes", "must be at least 1024");
+        }
+        if l.client_output_buffer < 1024 {
+            return invalid("limits.client_output_buffer", "must be at least 1024");
         }
         self.validate_mirror()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {

@@ -586,3 +586,44 @@ async fn a_stopped_node_costs_a_deadline_not_a_hang() {
     let v: String = new_master.get(&a).await.unwrap();
     assert_eq!(v, "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_at_its_output_bound() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&cluster, |c| {
+        c.limits.client_output_buffer = 4 << 20;
+    })
+    .await;
+    let mut con = proxy.client(2).await;
+    let big = "x".repeat(1 << 20);
+    let _: () = con.set("big", &big).await.unwrap();
+
+    let before = rss();
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let mut input = Vec::new();
+    for _ in 0..300 {
+        input.extend(resp(&["GET", "big"]));
+    }
+    s.write_all(&input).await.unwrap();
+    // Never read: slotgate must close the connection instead of holding 300 MB of replies.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = rss().saturating_sub(before);
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => total += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the connection stayed open after {total} bytes");
+    assert!(
+        total < 300 << 20,
+        "every reply was delivered ({total} bytes)"
+    );
+    assert!(grown < 64 << 20, "RSS grew by {grown} bytes");
+    // Other clients are fine.
+    let v: String = con.get("big").await.unwrap();
+    assert_eq!(v.len(), 1 << 20);
+}

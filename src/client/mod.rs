@@ -1,0 +1,231 @@
+//! One client connection: read requests, dispatch each as soon as it is parsed, and write the
+//! replies back strictly in request order.
+//!
+//! The socket loop: read, scan, push each request into the pipeline (`pipeline.rs`, which
+//! holds the ordering rules), move the complete head replies to the output (`output.rs`)
+//! and write them with vectored writes, all driven from this one task. Reading pauses while
+//! `limits.pipeline_window` requests or `limits.pipeline_window_bytes` request bytes are in
+//! flight; a client whose unwritten replies pass `limits.client_output_buffer` is
+//! disconnected. A protocol error is answered with `-ERR Protocol error: ...` after the
+//! replies before it, then the connection closes. At end of input (a close or a
+//! half-close), every reply to what was read is written before the connection closes.
+
+mod output;
+mod pipeline;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::command::lookup;
+use crate::local::ClientState;
+use crate::plan::handle;
+use crate::pubsub::{Event, Subscriptions, is_subscription_command};
+use crate::resp::encode::error;
+use crate::resp::{Proto, Request, RequestScanner};
+use crate::shared::Shared;
+use output::Output;
+use pipeline::{ReplyQueue, Slot};
+
+/// Serves one client until it disconnects, sends QUIT, or breaks the protocol.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut state = ClientState::new(id, shared.config.password.is_some());
+    state.batch.enabled = true;
+    let mut scanner = RequestScanner::new(shared.config.request_limits());
+    let limits = &shared.config.limits;
+    let (window, window_bytes) = (limits.pipeline_window, limits.pipeline_window_bytes);
+    let mut inbuf = BytesMut::with_capacity(16 * 1024);
+    let mut out = Output::default();
+    let mut inflight = ReplyQueue::new();
+    // Set once no more requests will be handled: QUIT or a protocol error.
+    let mut closing = false;
+    // Set at end of input (the client closed or half-closed its side): what was read is
+    // still handled and answered, then the connection closes.
+    let mut eof = false;
+    // A request waiting for every reply before it to be written: its replies bypass the
+    // queue (subscribe commands), it must follow acknowledged writes (WAIT), or the command
+    // before it ran on another connection (EXEC, a blocking command; see `barrier`).
+    let mut deferred: Option<Request> = None;
+    // Made when the client subscribes to shard channels: checks whether their slots moved.
+    let mut shard_check: Option<tokio::time::Interval> = None;
+    let mut draining = shared.draining.subscribe();
+
+    loop {
+        let mut parsed = 0u64;
+        while !closing && inflight.len() < window && inflight.bytes() < window_bytes {
+            let req = match deferred.take() {
+                Some(req) => req,
+                None => match scanner.next(&mut inbuf, state.authenticated) {
+                    Ok(Some(req)) => {
+                        parsed += 1;
+                        req
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(error = %e, "protocol error from client");
+                        let reply = error(&format!("ERR Protocol error: {e}"));
+                        inflight.push(Slot::Ready(reply), 0, 0);
+                        closing = true;
+                        break;
+                    }
+                },
+            };
+            if !inflight.is_empty()
+                && (state.barrier
+                    || streams_replies(&state, &req)
+                    || changes_state(&req)
+                    || inflight.must_wait_for_slot(&shared, &req))
+            {
+                deferred = Some(req);
+                break;
+            }
+            state.barrier = false;
+            state.blocking = false;
+            let generation = shared.primary.topology.peek().generation;
+            let size = req.raw.len();
+            let (step, close) = handle(&shared, &mut state, req).await;
+            inflight.push(Slot::new(&shared, step, state.proto), generation, size);
+            closing = close;
+        }
+        if state.batch.has_open() {
+            state.batch.flush(&shared).await;
+        }
+        if parsed > 0 {
+            shared
+                .stats
+                .total_commands
+                .fetch_add(parsed, Ordering::Relaxed);
+        }
+        while let Some(reply) = inflight.pop_ready() {
+            out.push(reply);
+        }
+        let subscribed = state.subs.as_ref().is_some_and(|s| s.has_links());
+        // A subscriber is bounded by the pub/sub limit, as Redis bounds pubsub clients.
+        let out_limit = if subscribed {
+            limits.pubsub_output_buffer
+        } else {
+            limits.client_output_buffer
+        };
+        if out.bytes() > out_limit {
+            warn!(
+                pending = out.bytes(),
+                limit = out_limit,
+                subscriber = subscribed,
+                "client reads too slowly: output buffer limit reached, closing"
+            );
+            return;
+        }
+        if inflight.is_empty() && (closing || (eof && deferred.is_none())) {
+            break;
+        }
+        let shard_subscribed = state.subs.as_ref().is_some_and(|s| s.has_shard_channels());
+        if shard_subscribed && shard_check.is_none() {
+            shard_check = Some(tokio::time::interval(SHARD_CHECK));
+        }
+        let room = inflight.len() < window && inflight.bytes() < window_bytes;
+        tokio::select! {
+            biased;
+            written = out.write_some(&mut wr), if !out.is_empty() => {
+                if written.is_err() {
+                    return;
+                }
+            }
+            _ = inflight.advance(&shared, &mut state.batch), if !inflight.is_empty() => {}
+            event = next_event(&mut state.subs), if subscribed => {
+                let Some(subs) = state.subs.as_mut() else { continue };
+                match subs.on_event(&shared, event).await {
+                    Ok(Some(frame)) => {
+                        subs.written(frame.len());
+                        out.push(frame);
+                    }
+                    Ok(None) => {}
+                    Err(()) => {
+                        warn!("subscriber too slow: pub/sub output buffer limit reached, closing");
+                        return;
+                    }
+                }
+            }
+            changed = draining.changed(), if !closing => {
+                // Shutting down (or slotgate's state is gone): answer what was sent, then
+                // close.
+                if changed.is_err() || *draining.borrow() {
+                    closing = true;
+                }
+            }
+            _ = tick(&mut shard_check), if shard_subscribed => {
+                if let Some(subs) = state.subs.as_mut() {
+                    subs.follow_slot_moves(&shared).await;
+                }
+            }
+            read = rd.read_buf(&mut inbuf), if !closing && !eof && deferred.is_none() && room => {
+                match read {
+                    // End of input: answer everything read so far before closing (a client
+                    // that half-closes after its last command still gets every reply).
+                    Ok(0) => {
+                        eof = true;
+                        // A blocked command is abandoned (its connection closes and the
+                        // node forgets it), as Redis does when a blocked client goes.
+                        if state.blocking {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                    Ok(_) => {
+                        if inbuf.capacity() - inbuf.len() < 4096 {
+                            inbuf.reserve(16 * 1024);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if out.flush(&mut wr).await.is_ok() {
+        let _ = wr.shutdown().await;
+    }
+}
+/// How often a subscriber's shard channels are checked against the slot table.
+const SHARD_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next event from the client's subscriber connections.
+async fn next_event(subs: &mut Option<Subscriptions>) -> Event {
+    match subs {
+        Some(s) => s.events.recv().await.unwrap_or(Event::Overflow),
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the replies before this request must be written first: its replies bypass the
+/// ordered reply queue (subscribe-family commands, PING in RESP2 subscriber mode), or it must
+/// see every earlier write acknowledged (WAIT, WAITAOF).
+fn streams_replies(state: &ClientState, req: &Request) -> bool {
+    let Some(spec) = lookup(req.arg(0)) else {
+        return false;
+    };
+    is_subscription_command(spec.name)
+        || matches!(spec.name, "WAIT" | "WAITAOF")
+        || (spec.name == "PING"
+            && state.proto == Proto::Resp2
+            && state.subs.as_ref().is_some_and(|s| s.active()))
+}
+
+/// Whether the request changes this connection's state (RESET, HELLO, AUTH, SELECT,
+/// CLIENT ...): it runs once every reply before it was written, so it takes effect exactly
+/// between its neighbours (the commands after it may go out on other backend connections).
+fn changes_state(req: &Request) -> bool {
+    lookup(req.arg(0)).is_some_and(|spec| spec.changes_connection_state())
+}

@@ -1,0 +1,364 @@
+//! One client's pipeline: its requests in flight, in request order, each advancing on its
+//! own as its reply arrives, and the rules that keep a pipeline's effects in order.
+//!
+//! Ordering rules (enforced here and in `client::serve`):
+//! - replies leave in request order: only a complete head is taken (`pop_ready`);
+//! - every entry progresses when its reply arrives, not when it reaches the head: nothing
+//!   that must happen for correctness (a mirror hand-off, a redirect, a retry) waits for the
+//!   replies before it to be written, so no shape of pipeline can deadlock;
+//! - a client's commands to one slot apply in the order sent, across MOVED, ASK, TRYAGAIN,
+//!   CLUSTERDOWN and connection retries: a redirect or retry waits while an earlier command
+//!   to the same slot is being redirected or retried, and a new command to a slot that an
+//!   earlier one may reach on another node (the table changed since it was routed, or it is
+//!   being redirected) waits until every earlier reply is in (`must_wait_for_slot`);
+//! - connection-state commands (RESET, HELLO, AUTH, SELECT, CLIENT ..., and MULTI, EXEC,
+//!   DISCARD, WATCH through the transaction's own connection) run once every reply before
+//!   them is in, so they act exactly between their neighbours;
+//! - a command after a blocking command or EXEC runs after it, as on one Redis connection.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+
+use crate::backend::conn::ReplyResult;
+use crate::batch::{BatchedCommand, Batcher, Resolved};
+use crate::command::lookup;
+use crate::dispatch::Flight;
+use crate::multikey::{self, Merge};
+use crate::plan::{Post, Step, complete};
+use crate::resp::{Proto, Request};
+use crate::shared::Shared;
+
+/// A boxed future that produces one reply.
+type ReplyFuture<'a> = Pin<Box<dyn Future<Output = Bytes> + Send + 'a>>;
+
+/// One reply due to the client, in request order.
+pub enum Slot<'a> {
+    Ready(Bytes),
+    /// A forwarded command whose reply is passed on as it is, unless it turns out to be a
+    /// redirect or a failure (then it is followed up).
+    Waiting(Flight),
+    /// A command sent in its node's batch for this read.
+    Batched(BatchedCommand),
+    /// A split multi-key command: its parts, each resolved in any order, then merged.
+    Split(Vec<Part<'a>>, Merge),
+    /// A command to one slot being redirected or retried.
+    Following(Option<u16>, ReplyFuture<'a>),
+    /// A command whose redirect or retry waits for an earlier one to the same slot.
+    Held(Flight, Option<ReplyResult>),
+    /// Anything else (mirrored writes, transactions, merges with post-processing).
+    Boxed(ReplyFuture<'a>),
+}
+
+impl<'a> Slot<'a> {
+    pub fn new(shared: &'a Shared, step: Step, proto: Proto) -> Slot<'a> {
+        match step {
+            Step::Ready(reply) => Slot::Ready(reply),
+            Step::Remote {
+                flight,
+                post: Post::None,
+            } => Slot::Waiting(flight),
+            Step::Batched(cmd) => Slot::Batched(cmd),
+            Step::BatchedSplit { parts, merge } => {
+                Slot::Split(parts.into_iter().map(Part::Batched).collect(), merge)
+            }
+            other => Slot::Boxed(Box::pin(complete(shared, other, proto))),
+        }
+    }
+
+    /// Whether this entry may be sending to `slot` (or to any slot: unknown) on another
+    /// node than the current table says, or is being redirected: a later command to that
+    /// slot must then wait for it.
+    fn may_touch(&self, slot: u16) -> bool {
+        match self {
+            Slot::Ready(_) => false,
+            Slot::Waiting(f) => f.slot().is_none_or(|s| s == slot),
+            Slot::Batched(c) => c.slot().is_none_or(|s| s == slot),
+            Slot::Held(f, _) => f.slot().is_none_or(|s| s == slot),
+            Slot::Following(s, _) => s.is_none_or(|s| s == slot),
+            Slot::Split(..) | Slot::Boxed(_) => true,
+        }
+    }
+
+    /// Advances the entry as far as it goes without waiting; `busy` holds the slots of the
+    /// earlier entries being redirected or retried (this entry's follow-up waits for them).
+    fn advance(
+        &mut self,
+        cx: &mut Context<'_>,
+        shared: &'a Shared,
+        batch: &mut Batcher,
+        busy: &mut BusySlots,
+    ) {
+        loop {
+            let next = match self {
+                Slot::Ready(_) => return,
+                Slot::Batched(cmd) => match batch.poll_reply(cx, shared, cmd) {
+                    Resolved::Pending => return,
+                    Resolved::Reply(reply) => Slot::Ready(reply),
+                    Resolved::FollowUp(flight, first) => Slot::Held(flight, first),
+                },
+                Slot::Waiting(flight) => {
+                    let first = match flight.poll_first(cx) {
+                        Poll::Pending => return,
+                        Poll::Ready(first) => first,
+                    };
+                    match shared.primary.settle_first(flight, first) {
+                        Ok(reply) => Slot::Ready(reply),
+                        Err(first) => {
+                            let Slot::Waiting(flight) =
+                                std::mem::replace(self, Slot::Ready(Bytes::new()))
+                            else {
+                                unreachable!("matched a waiting entry");
+                            };
+                            Slot::Held(flight, first)
+                        }
+                    }
+                }
+                Slot::Held(flight, _) => {
+                    let slot = flight.slot();
+                    if busy.blocks(slot) {
+                        busy.add(slot);
+                        return;
+                    }
+                    let Slot::Held(flight, first) =
+                        std::mem::replace(self, Slot::Ready(Bytes::new()))
+                    else {
+                        unreachable!("matched a held entry");
+                    };
+                    Slot::Following(slot, Box::pin(shared.primary.finish_with(flight, first)))
+                }
+                Slot::Following(slot, fut) => match fut.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        busy.add(*slot);
+                        return;
+                    }
+                    Poll::Ready(reply) => Slot::Ready(reply),
+                },
+                Slot::Split(parts, merge) => {
+                    let mut all_done = true;
+                    for part in parts.iter_mut() {
+                        all_done &= part.poll(cx, shared, batch, busy);
+                    }
+                    if !all_done {
+                        return;
+                    }
+                    let replies: Vec<Bytes> = parts
+                        .iter_mut()
+                        .map(|p| match p {
+                            Part::Done(reply) => std::mem::take(reply),
+                            _ => Bytes::new(),
+                        })
+                        .collect();
+                    Slot::Ready(multikey::merge(merge, &replies))
+                }
+                Slot::Boxed(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Pending => return,
+                    Poll::Ready(reply) => Slot::Ready(reply),
+                },
+            };
+            *self = next;
+        }
+    }
+}
+
+/// Slots with a redirect or retry in progress, met so far in one pass over the queue.
+/// Past its capacity it holds every slot, which only makes later follow-ups wait longer.
+#[derive(Default)]
+struct BusySlots {
+    slots: [u16; 8],
+    len: usize,
+    /// A follow-up whose slot is unknown (or too many slots): every later one waits.
+    all: bool,
+}
+
+impl BusySlots {
+    fn blocks(&self, slot: Option<u16>) -> bool {
+        self.all
+            || match slot {
+                Some(s) => self.slots[..self.len].contains(&s),
+                None => self.len > 0,
+            }
+    }
+
+    fn add(&mut self, slot: Option<u16>) {
+        match slot {
+            Some(s) if self.len < self.slots.len() => {
+                if !self.slots[..self.len].contains(&s) {
+                    self.slots[self.len] = s;
+                    self.len += 1;
+                }
+            }
+            _ => self.all = true,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.all || self.len > 0
+    }
+}
+
+/// One part of a split command.
+pub enum Part<'a> {
+    Batched(BatchedCommand),
+    Held(Flight, Option<ReplyResult>),
+    Following(Option<u16>, ReplyFuture<'a>),
+    Done(Bytes),
+}
+
+impl<'a> Part<'a> {
+    /// Advances the part; true once its reply is there.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        shared: &'a Shared,
+        batch: &mut Batcher,
+        busy: &mut BusySlots,
+    ) -> bool {
+        loop {
+            let next = match self {
+                Part::Done(_) => return true,
+                Part::Batched(cmd) => match batch.poll_reply(cx, shared, cmd) {
+                    Resolved::Pending => return false,
+                    Resolved::Reply(reply) => Part::Done(reply),
+                    Resolved::FollowUp(flight, first) => Part::Held(flight, first),
+                },
+                Part::Held(flight, _) => {
+                    let slot = flight.slot();
+                    if busy.blocks(slot) {
+                        busy.add(slot);
+                        return false;
+                    }
+                    let Part::Held(flight, first) =
+                        std::mem::replace(self, Part::Done(Bytes::new()))
+                    else {
+                        unreachable!("matched a held part");
+                    };
+                    Part::Following(slot, Box::pin(shared.primary.finish_with(flight, first)))
+                }
+                Part::Following(slot, fut) => match fut.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        busy.add(*slot);
+                        return false;
+                    }
+                    Poll::Ready(reply) => Part::Done(reply),
+                },
+            };
+            *self = next;
+        }
+    }
+}
+
+/// The client's in-flight requests, in request order (see the module's ordering rules).
+pub struct ReplyQueue<'a> {
+    entries: VecDeque<Slot<'a>>,
+    /// Size of each entry's request, in the same order, for the byte bound.
+    sizes: VecDeque<u32>,
+    /// Bytes of the requests in flight (`limits.pipeline_window_bytes`).
+    bytes: usize,
+    /// Table generation when the oldest entry in flight was routed: while the table keeps
+    /// it, every entry was routed by the current table.
+    generation: Option<u64>,
+    /// Set by the last pass when some entry was being redirected or retried.
+    following: bool,
+}
+
+impl<'a> ReplyQueue<'a> {
+    pub fn new() -> Self {
+        ReplyQueue {
+            entries: VecDeque::new(),
+            sizes: VecDeque::new(),
+            bytes: 0,
+            generation: None,
+            following: false,
+        }
+    }
+
+    /// Requests in flight.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes of the requests in flight.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds the entry of a request of `size` bytes, routed with table `generation`.
+    pub fn push(&mut self, slot: Slot<'a>, generation: u64, size: usize) {
+        if self.entries.is_empty() {
+            self.generation = Some(generation);
+        }
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        self.bytes += size as usize;
+        self.sizes.push_back(size);
+        self.entries.push_back(slot);
+    }
+
+    /// The reply at the head, if complete.
+    pub fn pop_ready(&mut self) -> Option<Bytes> {
+        let Some(Slot::Ready(_)) = self.entries.front() else {
+            return None;
+        };
+        let Some(Slot::Ready(reply)) = self.entries.pop_front() else {
+            return None;
+        };
+        self.bytes -= self.sizes.pop_front().unwrap_or(0) as usize;
+        if self.entries.is_empty() {
+            self.generation = None;
+            self.following = false;
+        }
+        Some(reply)
+    }
+
+    /// Advances every entry; ready when the head is complete.
+    fn poll_advance(
+        &mut self,
+        cx: &mut Context<'_>,
+        shared: &'a Shared,
+        batch: &mut Batcher,
+    ) -> Poll<()> {
+        let mut busy = BusySlots::default();
+        for entry in self.entries.iter_mut() {
+            entry.advance(cx, shared, batch, &mut busy);
+        }
+        self.following = busy.any();
+        match self.entries.front() {
+            Some(Slot::Ready(_)) => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    }
+
+    /// Waits until the head is complete.
+    pub async fn advance(&mut self, shared: &'a Shared, batch: &mut Batcher) {
+        poll_fn(|cx| self.poll_advance(cx, shared, batch)).await
+    }
+
+    /// Whether `req` must wait for every reply before it: it goes to a slot that an entry in
+    /// flight may reach on another node or is being redirected. Free while the table is
+    /// the one every entry was routed by and nothing is being redirected.
+    pub fn must_wait_for_slot(&self, shared: &Shared, req: &Request) -> bool {
+        if self.entries.is_empty() {
+            return false;
+        }
+        let current = shared.primary.topology.peek().generation;
+        if self.generation == Some(current) && !self.following {
+            return false;
+        }
+        let Some(spec) = lookup(req.arg(0)) else {
+            return false;
+        };
+        match spec.slot(req) {
+            Ok(Some(slot)) => self.entries.iter().any(|e| e.may_touch(slot)),
+            Ok(None) => false,
+            // Split per slot: any of its slots may be in question.
+            Err(_) => true,
+        }
+    }
+}
