@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use crate::backend::conn::{Deadline, Pending, ReplyResult};
 use crate::backend::pool::{Backends, PoolSettings, SessionConn};
 use crate::command::{CmdSpec, Handling, RouteError};
 use crate::config::{Config, ReadFrom};
+use crate::counter::Counter;
 use crate::error::BackendError;
 use crate::histogram::Histogram;
 use crate::multikey::{self, Merge};
@@ -34,12 +34,12 @@ use crate::topology::{Topology, TopologySettings};
 #[derive(Debug, Default)]
 pub struct ClusterCounters {
     /// Commands finished (each part of a split command counts).
-    pub requests: AtomicU64,
+    pub requests: Counter,
     /// Commands that ended in an error reply or a failure.
-    pub errors: AtomicU64,
-    pub redirects_moved: AtomicU64,
-    pub redirects_ask: AtomicU64,
-    pub retries: AtomicU64,
+    pub errors: Counter,
+    pub redirects_moved: Counter,
+    pub redirects_ask: Counter,
+    pub retries: Counter,
     /// Time from queuing to the final reply.
     pub latency: Histogram,
 }
@@ -464,9 +464,9 @@ impl Cluster {
 
     fn record(&self, queued_at: Option<Instant>, reply: &[u8]) {
         let c = &self.counters;
-        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.requests.add(1);
         if reply.first() == Some(&b'-') {
-            c.errors.fetch_add(1, Ordering::Relaxed);
+            c.errors.add(1);
         }
         if let Some(t) = queued_at {
             c.latency.record(t.elapsed());
@@ -526,7 +526,7 @@ impl Cluster {
                     } else {
                         &self.counters.redirects_moved
                     };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    counter.add(1);
                     debug!(slot, %addr, asking, "following redirect");
                     let addr: Arc<str> = Arc::from(addr);
                     if !asking {
@@ -539,7 +539,7 @@ impl Cluster {
                 }
                 Decision::Retry { wait, refresh } => {
                     attempts.retries += 1;
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    self.counters.retries.add(1);
                     if refresh {
                         let deadline = wait.max(Duration::from_millis(10));
                         let started = Instant::now();

@@ -153,18 +153,10 @@ pub fn slotgate_section(shared: &Shared) -> String {
         s.connected_clients.load(Ordering::Relaxed),
         s.total_connections.load(Ordering::Relaxed),
         s.rejected_connections.load(Ordering::Relaxed),
-        s.total_commands.load(Ordering::Relaxed),
-        shared
-            .primary
-            .counters
-            .redirects_moved
-            .load(Ordering::Relaxed),
-        shared
-            .primary
-            .counters
-            .redirects_ask
-            .load(Ordering::Relaxed),
-        shared.primary.counters.retries.load(Ordering::Relaxed),
+        s.total_commands.get(),
+        shared.primary.counters.redirects_moved.get(),
+        shared.primary.counters.redirects_ask.get(),
+        shared.primary.counters.retries.get(),
         shared.primary.backends.blocking_in_use(),
         table.generation,
         table.masters.len(),

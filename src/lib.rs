@@ -11,6 +11,7 @@ pub mod backend {
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod counter;
 pub mod dispatch;
 pub mod error;
 pub mod fasthash;

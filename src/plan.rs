@@ -88,8 +88,13 @@ fn remote(flight: Flight, post: Post) -> (Step, bool) {
 
 /// Decides what to do with one request and queues its first attempts; the bool is true when
 /// the connection closes after its reply.
-pub async fn handle(shared: &Shared, state: &mut ClientState, req: Request) -> (Step, bool) {
-    let spec = lookup(req.arg(0));
+/// `spec` is the request's command-table entry (`command::lookup`).
+pub async fn handle(
+    shared: &Shared,
+    state: &mut ClientState,
+    req: Request,
+    spec: Option<&'static CmdSpec>,
+) -> (Step, bool) {
     let name = spec.map_or("", |s| s.name);
     if !state.authenticated && !matches!(name, "AUTH" | "HELLO" | "QUIT" | "RESET") {
         return ready(error("NOAUTH Authentication required."));

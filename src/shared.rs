@@ -14,7 +14,8 @@ use crate::dispatch::Cluster;
 pub struct Stats {
     pub connected_clients: AtomicI64,
     pub total_connections: AtomicU64,
-    pub total_commands: AtomicU64,
+    /// Counted per worker thread (every read adds its commands).
+    pub total_commands: crate::counter::Counter,
     pub rejected_connections: AtomicU64,
 }
 

@@ -14,14 +14,13 @@ mod output;
 mod pipeline;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::command::lookup;
+use crate::command::{CmdSpec, lookup};
 use crate::local::ClientState;
 use crate::plan::handle;
 use crate::pubsub::{Event, Subscriptions, is_subscription_command};
@@ -76,11 +75,13 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                     }
                 },
             };
+            // The command's table entry, looked up once for everything below.
+            let spec = lookup(req.arg(0));
             if !inflight.is_empty()
                 && (state.barrier
-                    || streams_replies(&state, &req)
-                    || changes_state(&req)
-                    || inflight.must_wait_for_slot(&shared, &req))
+                    || streams_replies(&state, spec)
+                    || spec.is_some_and(CmdSpec::changes_connection_state)
+                    || inflight.must_wait_for_slot(&shared, spec, &req))
             {
                 deferred = Some(req);
                 break;
@@ -89,7 +90,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
             state.blocking = false;
             let generation = shared.primary.topology.peek().generation;
             let size = req.raw.len();
-            let (step, close) = handle(&shared, &mut state, req).await;
+            let (step, close) = handle(&shared, &mut state, req, spec).await;
             inflight.push(Slot::new(&shared, step, state.proto), generation, size);
             closing = close;
         }
@@ -97,10 +98,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
             state.batch.flush(&shared).await;
         }
         if parsed > 0 {
-            shared
-                .stats
-                .total_commands
-                .fetch_add(parsed, Ordering::Relaxed);
+            shared.stats.total_commands.add(parsed);
         }
         while let Some(reply) = inflight.pop_ready() {
             out.push(reply);
@@ -189,6 +187,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         let _ = wr.shutdown().await;
     }
 }
+
 /// How often a subscriber's shard channels are checked against the slot table.
 const SHARD_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -212,8 +211,8 @@ async fn next_event(subs: &mut Option<Subscriptions>) -> Event {
 /// Whether the replies before this request must be written first: its replies bypass the
 /// ordered reply queue (subscribe-family commands, PING in RESP2 subscriber mode), or it must
 /// see every earlier write acknowledged (WAIT, WAITAOF).
-fn streams_replies(state: &ClientState, req: &Request) -> bool {
-    let Some(spec) = lookup(req.arg(0)) else {
+fn streams_replies(state: &ClientState, spec: Option<&CmdSpec>) -> bool {
+    let Some(spec) = spec else {
         return false;
     };
     is_subscription_command(spec.name)
@@ -221,11 +220,4 @@ fn streams_replies(state: &ClientState, req: &Request) -> bool {
         || (spec.name == "PING"
             && state.proto == Proto::Resp2
             && state.subs.as_ref().is_some_and(|s| s.active()))
-}
-
-/// Whether the request changes this connection's state (RESET, HELLO, AUTH, SELECT,
-/// CLIENT ...): it runs once every reply before it was written, so it takes effect exactly
-/// between its neighbours (the commands after it may go out on other backend connections).
-fn changes_state(req: &Request) -> bool {
-    lookup(req.arg(0)).is_some_and(|spec| spec.changes_connection_state())
 }

@@ -25,7 +25,7 @@ use bytes::Bytes;
 
 use crate::backend::conn::ReplyResult;
 use crate::batch::{BatchedCommand, Batcher, Resolved};
-use crate::command::lookup;
+use crate::command::CmdSpec;
 use crate::dispatch::Flight;
 use crate::multikey::{self, Merge};
 use crate::plan::{Post, Step, complete};
@@ -343,7 +343,12 @@ impl<'a> ReplyQueue<'a> {
     /// Whether `req` must wait for every reply before it: it goes to a slot that an entry in
     /// flight may reach on another node or is being redirected. Free while the table is
     /// the one every entry was routed by and nothing is being redirected.
-    pub fn must_wait_for_slot(&self, shared: &Shared, req: &Request) -> bool {
+    pub fn must_wait_for_slot(
+        &self,
+        shared: &Shared,
+        spec: Option<&CmdSpec>,
+        req: &Request,
+    ) -> bool {
         if self.entries.is_empty() {
             return false;
         }
@@ -351,7 +356,7 @@ impl<'a> ReplyQueue<'a> {
         if self.generation == Some(current) && !self.following {
             return false;
         }
-        let Some(spec) = lookup(req.arg(0)) else {
+        let Some(spec) = spec else {
             return false;
         };
         match spec.slot(req) {

@@ -461,8 +461,8 @@ pub fn info_section(mirrors: &Mirrors, primary: &Cluster, lag: Option<queue::Lag
         let _ = write!(
             out,
             "resource_{name}:requests={},errors={},latency_p50_us={},latency_p99_us={},latency_max_us={}{extra}\r\n",
-            k.requests.load(Ordering::Relaxed),
-            k.errors.load(Ordering::Relaxed),
+            k.requests.get(),
+            k.errors.get(),
             k.latency.quantile_us(0.5),
             k.latency.quantile_us(0.99),
             k.latency.max_us(),

@@ -43,7 +43,8 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
                 .map_or(0, |d| d.as_nanos())
         );
         let req = Request::from_args(&["SET", key.as_str(), nonce.as_str(), "PX", "60000"]);
-        let (step, _) = plan::handle(&shared, &mut state, req).await;
+        let spec = crate::command::lookup(req.arg(0));
+        let (step, _) = plan::handle(&shared, &mut state, req, spec).await;
         let reply = plan::complete(&shared, step, Proto::Resp2).await;
         if reply.first() == Some(&b'-') {
             debug!(reply = %String::from_utf8_lossy(&reply).trim_end(), "delay probe write failed");
