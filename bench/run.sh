@@ -41,11 +41,13 @@ mkdir -p "$ROOT/bench/results"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 CSV=$ROOT/bench/results/$STAMP.csv
 SG_PID=""
+SGM_PID=""
 BLOCKERS_PID=""
 
 cleanup() {
     [[ -n $BLOCKERS_PID ]] && kill "$BLOCKERS_PID" 2>/dev/null || true
     [[ -n $SG_PID ]] && kill "$SG_PID" 2>/dev/null && wait "$SG_PID" 2>/dev/null || true
+    [[ -n $SGM_PID ]] && kill "$SGM_PID" 2>/dev/null && wait "$SGM_PID" 2>/dev/null || true
     [[ -f $WORK/standalone.pid ]] && kill "$(cat "$WORK/standalone.pid")" 2>/dev/null || true
     "$ROOT/integration/cluster.sh" stop "$WORK/cluster" >/dev/null 2>&1 || true
     rm -rf "$WORK"
@@ -67,15 +69,23 @@ SG_PORT=$(free_port)
 "$BIN" --listen "127.0.0.1:$SG_PORT" --cluster "$SEEDS" --threads "$THREADS" --log-level warn \
     2>"$WORK/slotgate.log" &
 SG_PID=$!
-for _ in $(seq 100); do
-    redis-cli -p "$SG_PORT" info slotgate 2>/dev/null | grep -q 'cluster_slots_assigned:16384' && break
-    sleep 0.1
+# A second slotgate with a mirror (the same cluster, first_resource_only): reads must cost
+# what they cost without one.
+SGM_PORT=$(free_port)
+"$BIN" --listen "127.0.0.1:$SGM_PORT" --cluster "$SEEDS" --threads "$THREADS" --log-level warn \
+    --mirror "$SEEDS" --multi-write-mode first_resource_only 2>"$WORK/slotgate-mirror.log" &
+SGM_PID=$!
+for port in "$SG_PORT" "$SGM_PORT"; do
+    for _ in $(seq 100); do
+        redis-cli -p "$port" info slotgate 2>/dev/null | grep -q 'cluster_slots_assigned:16384' && break
+        sleep 0.1
+    done
 done
 redis-cli -p "$SA_PORT" ping >/dev/null
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$SG_PID/status"; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$SG_PID/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SG_PID/stat"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/${1:-$SG_PID}/stat"; }
 TICK=$(getconf CLK_TCK)
 RSS_REST=$(rss_kb)
 
@@ -92,6 +102,7 @@ WORKLOADS=(
     "get_4k|100000|-t get -c 50 -r 1000000 -d 4096"
     "get_c1000|100000|-t get -c 1000 -r 1000000"
     "get_blpop100|200000|-t get -c 50 -r 1000000 -P 1 -d 100"
+    "get_p1_mirror|200000|-t get -c 50 -r 1000000 -P 1 -d 100"
 )
 
 # Opens 100 connections blocked in BLPOP against a port until killed.
@@ -121,6 +132,7 @@ for round in $(seq "$ROUNDS"); do
         IFS='|' read -r name requests args <<<"$w"
         requests=$((requests / SCALE))
         for target in slotgate cluster standalone; do
+            pid=$SG_PID
             case $target in
                 slotgate) conn=(-p "$SG_PORT") ;;
                 cluster) conn=(--cluster -p "$CLUSTER_PORT") ;;
@@ -131,11 +143,15 @@ for round in $(seq "$ROUNDS"); do
                 # redis-benchmark --cluster needs one slot per custom command.
                 run_args=${args//k:__rand_int__/{k\}:__rand_int__}
             fi
+            if [[ $target == slotgate && $name == *_mirror ]]; then
+                conn=(-p "$SGM_PORT")
+                pid=$SGM_PID
+            fi
             [[ $name == get_blpop100 ]] && start_blockers "${conn[-1]}"
-            before=$(cpu_ticks)
+            before=$(cpu_ticks "$pid")
             # shellcheck disable=SC2086
             line=$(redis-benchmark "${conn[@]}" -n "$requests" --csv $run_args 2>/dev/null | tail -n 1 || true)
-            after=$(cpu_ticks)
+            after=$(cpu_ticks "$pid")
             [[ $name == get_blpop100 ]] && stop_blockers
             cpu=""
             if [[ $target == slotgate ]]; then
@@ -185,7 +201,7 @@ def fmt(v, spec):
 print(f"\nslotgate benchmark: medians over {max(int(r['round']) for r in rows)} rounds, "
       f"threads={threads or 'one per core'}; results in {path}\n")
 print(f"{'workload':<14}{'slotgate ops/s':>15}{'cluster ops/s':>15}{'standalone ops/s':>18}"
-      f"{'ratio sg/sa':>12}{'sg p50 ms':>11}{'sg p99 ms':>11}{'sg cpu us/req':>15}")
+      f"{'ratio sg/sa':>12}{'sg p50 ms':>11}{'sg p99 ms':>11}{'sa p99 ms':>11}{'sg cpu us/req':>15}")
 summary = {}
 for w in workloads:
     by = {t: [r for r in rows if r["workload"] == w and r["target"] == t]
@@ -202,11 +218,17 @@ for w in workloads:
           f"{fmt(med(r['rps'] for r in by['standalone']), '>18.0f')}{fmt(ratio, '>12.2f')}"
           f"{fmt(med(r['p50_ms'] for r in by['slotgate']), '>11.3f')}"
           f"{fmt(med(r['p99_ms'] for r in by['slotgate']), '>11.3f')}"
+          f"{fmt(med(r['p99_ms'] for r in by['standalone']), '>11.3f')}"
           f"{fmt(med(r['slotgate_cpu_us_per_req'] for r in by['slotgate']), '>15.2f')}")
 base = summary.get("get_p1", (None, None))[1]
 blocked = summary.get("get_blpop100", (None, None))[1]
 if base and blocked:
     print(f"\nGET with 100 clients blocked in BLPOP: {blocked / base:.2f}x the throughput without them")
+def cpu(w):
+    return med(r["slotgate_cpu_us_per_req"] for r in rows if r["workload"] == w and r["target"] == "slotgate")
+if cpu("get_p1") and cpu("get_p1_mirror"):
+    print(f"GET -P 1 CPU with a mirror (first_resource_only): {cpu('get_p1_mirror'):.2f} us/req, "
+          f"without: {cpu('get_p1'):.2f} us/req")
 print(f"slotgate RSS: {int(rest)/1024:.1f} MB at rest, {int(peak)/1024:.1f} MB peak, "
       f"{int(idle)/1024:.1f} MB with 10,000 idle connections")
 PY

@@ -269,7 +269,8 @@ fn try_batch(
 ) -> Option<Step> {
     let plain = state.batch.enabled
         && state.authenticated
-        && shared.mirrors.is_none()
+        // Reads are never mirrored: with mirrors configured they are batched all the same.
+        && (shared.mirrors.is_none() || !mirror::mirrored(spec))
         && spec.handling == Handling::Forward
         && !state.txn.takes(Some(spec))
         && !state.subs.as_ref().is_some_and(|s| s.active())

@@ -195,6 +195,11 @@ async fn fail_waiting(mut inbox: mpsc::Receiver<Pending>, err: BackendError) {
     }
 }
 
+/// Idle time before the first keepalive probe on a backend connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Opens the TCP connection and runs the greeting (AUTH, HELLO 3).
 pub(crate) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String> {
     let (host, port) = split_addr(&settings.addr).ok_or("bad address")?;
@@ -203,6 +208,14 @@ pub(crate) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    // TCP keepalive finds a node that vanished without closing (host down, network cut)
+    // even on a connection that carries no requests.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    socket2::SockRef::from(&stream)
+        .set_tcp_keepalive(&keepalive)
+        .map_err(|e| e.to_string())?;
     let mut stream = stream;
     let greeting = match (&settings.proto, &settings.auth) {
         (Proto::Resp3, Some((user, pass))) => Some(Request::from_args(&[
