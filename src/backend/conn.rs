@@ -326,8 +326,11 @@ impl Sent {
     }
 }
 
-/// How often the oldest request's deadline is checked.
-const DEADLINE_CHECK: Duration = Duration::from_millis(50);
+/// How often the oldest request's deadline is checked: a tenth of the command timeout,
+/// within 10-250 ms (an idle connection wakes up at most 4 times a second).
+fn deadline_check_period(command_timeout: Duration) -> Duration {
+    (command_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
 
 /// Runs one live connection until it breaks or the inbox closes.
 async fn serve(
@@ -460,7 +463,8 @@ async fn serve(
     tokio::pin!(reader, writer);
     let mut writer_done = false;
     let mut abandoned_check = tokio::time::interval(Duration::from_millis(100));
-    let mut deadline_check = tokio::time::interval(DEADLINE_CHECK);
+    let mut deadline_check =
+        tokio::time::interval(deadline_check_period(settings.command_timeout));
     deadline_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut timed_out = false;
     let ended = loop {
