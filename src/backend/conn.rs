@@ -463,8 +463,7 @@ async fn serve(
     tokio::pin!(reader, writer);
     let mut writer_done = false;
     let mut abandoned_check = tokio::time::interval(Duration::from_millis(100));
-    let mut deadline_check =
-        tokio::time::interval(deadline_check_period(settings.command_timeout));
+    let mut deadline_check = tokio::time::interval(deadline_check_period(settings.command_timeout));
     deadline_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut timed_out = false;
     let ended = loop {

@@ -54,6 +54,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     // Made when the client subscribes to shard channels: checks whether their slots moved.
     let mut shard_check: Option<tokio::time::Interval> = None;
     let mut draining = shared.draining.subscribe();
+    // Set once the replies due now waited a scheduler turn for more to join them.
+    let mut gathered = false;
 
     loop {
         let mut parsed = 0u64;
@@ -103,6 +105,18 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         while let Some(reply) = inflight.pop_ready() {
             out.push(reply);
         }
+        // Replies are ready but later ones of the same pipeline are still out: let the other
+        // tasks of this worker run once (backend connections whose replies have arrived), so
+        // one write carries more replies. Costs one scheduler turn, once per write.
+        if !out.is_empty() && !inflight.is_empty() && !gathered {
+            gathered = true;
+            tokio::task::yield_now().await;
+            if inflight.advance_now(&shared, &mut state.batch) {
+                while let Some(reply) = inflight.pop_ready() {
+                    out.push(reply);
+                }
+            }
+        }
         let subscribed = state.subs.as_ref().is_some_and(|s| s.has_links());
         // A subscriber is bounded by the pub/sub limit, as Redis bounds pubsub clients.
         let out_limit = if subscribed {
@@ -133,6 +147,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                 if written.is_err() {
                     return;
                 }
+                gathered = false;
             }
             _ = inflight.advance(&shared, &mut state.batch), if !inflight.is_empty() => {}
             event = next_event(&mut state.subs), if subscribed => {

@@ -340,6 +340,12 @@ impl<'a> ReplyQueue<'a> {
         poll_fn(|cx| self.poll_advance(cx, shared, batch)).await
     }
 
+    /// Advances without waiting; true when the head is complete.
+    pub fn advance_now(&mut self, shared: &'a Shared, batch: &mut Batcher) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.poll_advance(&mut cx, shared, batch).is_ready()
+    }
+
     /// Whether `req` must wait for every reply before it: it goes to a slot that an entry in
     /// flight may reach on another node or is being redirected. Free while the table is
     /// the one every entry was routed by and nothing is being redirected.
