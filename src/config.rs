@@ -150,7 +150,7 @@ pub struct ClusterConfig {
     pub password: Option<String>,
     /// Period of the `CLUSTER NODES` poll, in milliseconds.
     pub refresh_interval_ms: u64,
-    /// Shared connections per node (and per protocol).
+    /// Shared connections per node, per protocol and per worker thread.
     pub connections_per_node: usize,
     /// Deadline for connecting to a node and for topology queries, in milliseconds.
     pub connect_timeout_ms: u64,
@@ -231,7 +231,7 @@ impl Default for ClusterConfig {
             username: None,
             password: None,
             refresh_interval_ms: 1000,
-            connections_per_node: 2,
+            connections_per_node: 1,
             connect_timeout_ms: 1000,
             command_timeout_ms: 5000,
             max_redirects: 5,

@@ -112,6 +112,9 @@ async fn a_moved_between_two_pipelined_writes_keeps_their_order() {
     let proxy = Proxy::start_with(&cluster, |c| {
         // Only MOVED replies change slotgate's table during the test.
         c.cluster.refresh_interval_ms = 600_000;
+        // The two clients below must not share a backend connection (the paused node holds
+        // everything behind the first write on its connection).
+        c.cluster.connections_per_node = 2;
     })
     .await;
     let old_owner = cluster.master_ports[0];

@@ -259,15 +259,24 @@ async fn manual_failover_and_added_node_without_client_errors() {
     assert!(status.success());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seed = format!("127.0.0.1:{}", cluster.master_ports[0]);
-    let out = std::process::Command::new("redis-cli")
-        .args(["--cluster", "add-node", &format!("127.0.0.1:{port}"), &seed])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    // redis-cli refuses while the nodes do not agree on the configuration yet (right after
+    // the failover above): try again for a while.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "add-node", &format!("127.0.0.1:{port}"), &seed])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut node = cluster.node(port).await;

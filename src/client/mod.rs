@@ -28,7 +28,7 @@ use crate::resp::encode::error;
 use crate::resp::{Proto, Request, RequestScanner};
 use crate::shared::Shared;
 use output::Output;
-use pipeline::{ReplyQueue, Slot};
+use pipeline::{Entry, ReplyQueue};
 
 /// Serves one client until it disconnects, sends QUIT, or breaks the protocol.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
@@ -71,7 +71,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                     Err(e) => {
                         debug!(error = %e, "protocol error from client");
                         let reply = error(&format!("ERR Protocol error: {e}"));
-                        inflight.push(Slot::Ready(reply), 0, 0);
+                        inflight.push(Entry::Ready(reply), 0, 0);
                         closing = true;
                         break;
                     }
@@ -93,7 +93,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
             let generation = shared.primary.topology.peek().generation;
             let size = req.raw.len();
             let (step, close) = handle(&shared, &mut state, req, spec).await;
-            inflight.push(Slot::new(&shared, step, state.proto), generation, size);
+            inflight.push(Entry::new(&shared, step, state.proto), generation, size);
             closing = close;
         }
         if state.batch.has_open() {

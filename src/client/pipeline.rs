@@ -36,7 +36,7 @@ use crate::shared::Shared;
 type ReplyFuture<'a> = Pin<Box<dyn Future<Output = Bytes> + Send + 'a>>;
 
 /// One reply due to the client, in request order.
-pub enum Slot<'a> {
+pub enum Entry<'a> {
     Ready(Bytes),
     /// A forwarded command whose reply is passed on as it is, unless it turns out to be a
     /// redirect or a failure (then it is followed up).
@@ -53,19 +53,19 @@ pub enum Slot<'a> {
     Boxed(ReplyFuture<'a>),
 }
 
-impl<'a> Slot<'a> {
-    pub fn new(shared: &'a Shared, step: Step, proto: Proto) -> Slot<'a> {
+impl<'a> Entry<'a> {
+    pub fn new(shared: &'a Shared, step: Step, proto: Proto) -> Entry<'a> {
         match step {
-            Step::Ready(reply) => Slot::Ready(reply),
+            Step::Ready(reply) => Entry::Ready(reply),
             Step::Remote {
                 flight,
                 post: Post::None,
-            } => Slot::Waiting(flight),
-            Step::Batched(cmd) => Slot::Batched(cmd),
+            } => Entry::Waiting(flight),
+            Step::Batched(cmd) => Entry::Batched(cmd),
             Step::BatchedSplit { parts, merge } => {
-                Slot::Split(parts.into_iter().map(Part::Batched).collect(), merge)
+                Entry::Split(parts.into_iter().map(Part::Batched).collect(), merge)
             }
-            other => Slot::Boxed(Box::pin(complete(shared, other, proto))),
+            other => Entry::Boxed(Box::pin(complete(shared, other, proto))),
         }
     }
 
@@ -74,12 +74,12 @@ impl<'a> Slot<'a> {
     /// slot must then wait for it.
     fn may_touch(&self, slot: u16) -> bool {
         match self {
-            Slot::Ready(_) => false,
-            Slot::Waiting(f) => f.slot().is_none_or(|s| s == slot),
-            Slot::Batched(c) => c.slot().is_none_or(|s| s == slot),
-            Slot::Held(f, _) => f.slot().is_none_or(|s| s == slot),
-            Slot::Following(s, _) => s.is_none_or(|s| s == slot),
-            Slot::Split(..) | Slot::Boxed(_) => true,
+            Entry::Ready(_) => false,
+            Entry::Waiting(f) => f.slot().is_none_or(|s| s == slot),
+            Entry::Batched(c) => c.slot().is_none_or(|s| s == slot),
+            Entry::Held(f, _) => f.slot().is_none_or(|s| s == slot),
+            Entry::Following(s, _) => s.is_none_or(|s| s == slot),
+            Entry::Split(..) | Entry::Boxed(_) => true,
         }
     }
 
@@ -94,50 +94,50 @@ impl<'a> Slot<'a> {
     ) {
         loop {
             let next = match self {
-                Slot::Ready(_) => return,
-                Slot::Batched(cmd) => match batch.poll_reply(cx, shared, cmd) {
+                Entry::Ready(_) => return,
+                Entry::Batched(cmd) => match batch.poll_reply(cx, shared, cmd) {
                     Resolved::Pending => return,
-                    Resolved::Reply(reply) => Slot::Ready(reply),
-                    Resolved::FollowUp(flight, first) => Slot::Held(flight, first),
+                    Resolved::Reply(reply) => Entry::Ready(reply),
+                    Resolved::FollowUp(flight, first) => Entry::Held(flight, first),
                 },
-                Slot::Waiting(flight) => {
+                Entry::Waiting(flight) => {
                     let first = match flight.poll_first(cx) {
                         Poll::Pending => return,
                         Poll::Ready(first) => first,
                     };
                     match shared.primary.settle_first(flight, first) {
-                        Ok(reply) => Slot::Ready(reply),
+                        Ok(reply) => Entry::Ready(reply),
                         Err(first) => {
-                            let Slot::Waiting(flight) =
-                                std::mem::replace(self, Slot::Ready(Bytes::new()))
+                            let Entry::Waiting(flight) =
+                                std::mem::replace(self, Entry::Ready(Bytes::new()))
                             else {
                                 unreachable!("matched a waiting entry");
                             };
-                            Slot::Held(flight, first)
+                            Entry::Held(flight, first)
                         }
                     }
                 }
-                Slot::Held(flight, _) => {
+                Entry::Held(flight, _) => {
                     let slot = flight.slot();
                     if busy.blocks(slot) {
                         busy.add(slot);
                         return;
                     }
-                    let Slot::Held(flight, first) =
-                        std::mem::replace(self, Slot::Ready(Bytes::new()))
+                    let Entry::Held(flight, first) =
+                        std::mem::replace(self, Entry::Ready(Bytes::new()))
                     else {
                         unreachable!("matched a held entry");
                     };
-                    Slot::Following(slot, Box::pin(shared.primary.finish_with(flight, first)))
+                    Entry::Following(slot, Box::pin(shared.primary.finish_with(flight, first)))
                 }
-                Slot::Following(slot, fut) => match fut.as_mut().poll(cx) {
+                Entry::Following(slot, fut) => match fut.as_mut().poll(cx) {
                     Poll::Pending => {
                         busy.add(*slot);
                         return;
                     }
-                    Poll::Ready(reply) => Slot::Ready(reply),
+                    Poll::Ready(reply) => Entry::Ready(reply),
                 },
-                Slot::Split(parts, merge) => {
+                Entry::Split(parts, merge) => {
                     let mut all_done = true;
                     for part in parts.iter_mut() {
                         all_done &= part.poll(cx, shared, batch, busy);
@@ -152,11 +152,11 @@ impl<'a> Slot<'a> {
                             _ => Bytes::new(),
                         })
                         .collect();
-                    Slot::Ready(multikey::merge(merge, &replies))
+                    Entry::Ready(multikey::merge(merge, &replies))
                 }
-                Slot::Boxed(fut) => match fut.as_mut().poll(cx) {
+                Entry::Boxed(fut) => match fut.as_mut().poll(cx) {
                     Poll::Pending => return,
-                    Poll::Ready(reply) => Slot::Ready(reply),
+                    Poll::Ready(reply) => Entry::Ready(reply),
                 },
             };
             *self = next;
@@ -253,7 +253,7 @@ impl<'a> Part<'a> {
 
 /// The client's in-flight requests, in request order (see the module's ordering rules).
 pub struct ReplyQueue<'a> {
-    entries: VecDeque<Slot<'a>>,
+    entries: VecDeque<Entry<'a>>,
     /// Size of each entry's request, in the same order, for the byte bound.
     sizes: VecDeque<u32>,
     /// Bytes of the requests in flight (`limits.pipeline_window_bytes`).
@@ -291,22 +291,22 @@ impl<'a> ReplyQueue<'a> {
     }
 
     /// Adds the entry of a request of `size` bytes, routed with table `generation`.
-    pub fn push(&mut self, slot: Slot<'a>, generation: u64, size: usize) {
+    pub fn push(&mut self, entry: Entry<'a>, generation: u64, size: usize) {
         if self.entries.is_empty() {
             self.generation = Some(generation);
         }
         let size = u32::try_from(size).unwrap_or(u32::MAX);
         self.bytes += size as usize;
         self.sizes.push_back(size);
-        self.entries.push_back(slot);
+        self.entries.push_back(entry);
     }
 
     /// The reply at the head, if complete.
     pub fn pop_ready(&mut self) -> Option<Bytes> {
-        let Some(Slot::Ready(_)) = self.entries.front() else {
+        let Some(Entry::Ready(_)) = self.entries.front() else {
             return None;
         };
-        let Some(Slot::Ready(reply)) = self.entries.pop_front() else {
+        let Some(Entry::Ready(reply)) = self.entries.pop_front() else {
             return None;
         };
         self.bytes -= self.sizes.pop_front().unwrap_or(0) as usize;
@@ -330,7 +330,7 @@ impl<'a> ReplyQueue<'a> {
         }
         self.following = busy.any();
         match self.entries.front() {
-            Some(Slot::Ready(_)) => Poll::Ready(()),
+            Some(Entry::Ready(_)) => Poll::Ready(()),
             _ => Poll::Pending,
         }
     }
