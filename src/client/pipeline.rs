@@ -45,10 +45,8 @@ pub enum Entry<'a> {
     Batched(BatchedCommand),
     /// A split multi-key command: its parts, each resolved in any order, then merged.
     Split(Vec<Part<'a>>, Merge),
-    /// A command to one slot being redirected or retried.
-    Following(Option<u16>, ReplyFuture<'a>),
-    /// A command whose redirect or retry waits for an earlier one to the same slot.
-    Held(Flight, Option<ReplyResult>),
+    /// A command being redirected or retried, or waiting to be.
+    FollowUp(FollowUp<'a>),
     /// Anything else (mirrored writes, transactions, merges with post-processing).
     Boxed(ReplyFuture<'a>),
 }
@@ -77,8 +75,7 @@ impl<'a> Entry<'a> {
             Entry::Ready(_) => false,
             Entry::Waiting(f) => f.slot().is_none_or(|s| s == slot),
             Entry::Batched(c) => c.slot().is_none_or(|s| s == slot),
-            Entry::Held(f, _) => f.slot().is_none_or(|s| s == slot),
-            Entry::Following(s, _) => s.is_none_or(|s| s == slot),
+            Entry::FollowUp(f) => f.slot().is_none_or(|s| s == slot),
             Entry::Split(..) | Entry::Boxed(_) => true,
         }
     }
@@ -98,7 +95,9 @@ impl<'a> Entry<'a> {
                 Entry::Batched(cmd) => match batch.poll_reply(cx, shared, cmd) {
                     Resolved::Pending => return,
                     Resolved::Reply(reply) => Entry::Ready(reply),
-                    Resolved::FollowUp(flight, first) => Entry::Held(flight, first),
+                    Resolved::FollowUp(flight, first) => {
+                        Entry::FollowUp(FollowUp::Held(Box::new((flight, first))))
+                    }
                 },
                 Entry::Waiting(flight) => {
                     let first = match flight.poll_first(cx) {
@@ -113,29 +112,13 @@ impl<'a> Entry<'a> {
                             else {
                                 unreachable!("matched a waiting entry");
                             };
-                            Entry::Held(flight, first)
+                            Entry::FollowUp(FollowUp::Held(Box::new((flight, first))))
                         }
                     }
                 }
-                Entry::Held(flight, _) => {
-                    let slot = flight.slot();
-                    if busy.blocks(slot) {
-                        busy.add(slot);
-                        return;
-                    }
-                    let Entry::Held(flight, first) =
-                        std::mem::replace(self, Entry::Ready(Bytes::new()))
-                    else {
-                        unreachable!("matched a held entry");
-                    };
-                    Entry::Following(slot, Box::pin(shared.primary.finish_with(flight, first)))
-                }
-                Entry::Following(slot, fut) => match fut.as_mut().poll(cx) {
-                    Poll::Pending => {
-                        busy.add(*slot);
-                        return;
-                    }
-                    Poll::Ready(reply) => Entry::Ready(reply),
+                Entry::FollowUp(f) => match f.poll(cx, shared, busy) {
+                    Some(reply) => Entry::Ready(reply),
+                    None => return,
                 },
                 Entry::Split(parts, merge) => {
                     let mut all_done = true;
@@ -203,8 +186,7 @@ impl BusySlots {
 /// One part of a split command.
 pub enum Part<'a> {
     Batched(BatchedCommand),
-    Held(Flight, Option<ReplyResult>),
-    Following(Option<u16>, ReplyFuture<'a>),
+    FollowUp(FollowUp<'a>),
     Done(Bytes),
 }
 
@@ -223,30 +205,68 @@ impl<'a> Part<'a> {
                 Part::Batched(cmd) => match batch.poll_reply(cx, shared, cmd) {
                     Resolved::Pending => return false,
                     Resolved::Reply(reply) => Part::Done(reply),
-                    Resolved::FollowUp(flight, first) => Part::Held(flight, first),
+                    Resolved::FollowUp(flight, first) => {
+                        Part::FollowUp(FollowUp::Held(Box::new((flight, first))))
+                    }
                 },
-                Part::Held(flight, _) => {
-                    let slot = flight.slot();
-                    if busy.blocks(slot) {
-                        busy.add(slot);
-                        return false;
-                    }
-                    let Part::Held(flight, first) =
-                        std::mem::replace(self, Part::Done(Bytes::new()))
-                    else {
-                        unreachable!("matched a held part");
-                    };
-                    Part::Following(slot, Box::pin(shared.primary.finish_with(flight, first)))
-                }
-                Part::Following(slot, fut) => match fut.as_mut().poll(cx) {
-                    Poll::Pending => {
-                        busy.add(*slot);
-                        return false;
-                    }
-                    Poll::Ready(reply) => Part::Done(reply),
+                Part::FollowUp(f) => match f.poll(cx, shared, busy) {
+                    Some(reply) => Part::Done(reply),
+                    None => return false,
                 },
             };
             *self = next;
+        }
+    }
+}
+
+/// A command (or part) whose first reply was a redirect, a retry or a failure.
+pub enum FollowUp<'a> {
+    /// Waiting while an earlier command to the same slot is being followed up (boxed:
+    /// follow-ups are rare, entries are many).
+    Held(Box<(Flight, Option<ReplyResult>)>),
+    /// Being redirected or retried (`Cluster::finish_with`), to this slot.
+    Following(Option<u16>, ReplyFuture<'a>),
+}
+
+impl<'a> FollowUp<'a> {
+    fn slot(&self) -> Option<u16> {
+        match self {
+            FollowUp::Held(held) => held.0.slot(),
+            FollowUp::Following(slot, _) => *slot,
+        }
+    }
+
+    /// Starts the follow-up once no earlier one to its slot is in progress (`busy`), and
+    /// advances it; the final reply when there is one. A pending follow-up marks its slot
+    /// busy for the entries after it.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        shared: &'a Shared,
+        busy: &mut BusySlots,
+    ) -> Option<Bytes> {
+        let slot = self.slot();
+        if let FollowUp::Held(..) = self {
+            if busy.blocks(slot) {
+                busy.add(slot);
+                return None;
+            }
+            let placeholder = FollowUp::Following(slot, Box::pin(std::future::pending()));
+            let FollowUp::Held(held) = std::mem::replace(self, placeholder) else {
+                unreachable!("matched a held follow-up");
+            };
+            let (flight, first) = *held;
+            *self = FollowUp::Following(slot, Box::pin(shared.primary.finish_with(flight, first)));
+        }
+        let FollowUp::Following(_, fut) = self else {
+            unreachable!("started above");
+        };
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(reply) => Some(reply),
+            Poll::Pending => {
+                busy.add(slot);
+                None
+            }
         }
     }
 }
