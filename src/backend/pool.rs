@@ -5,7 +5,8 @@
 //! pipelined requests to that node keep their order. The registry is a `DashMap` because
 //! nodes come and go one at a time; the request path only clones a channel sender.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,16 +46,29 @@ pub struct NodeConns {
     blocking: Arc<Semaphore>,
 }
 
-/// One worker's connections to one node.
+/// One worker's idle session connections to one node.
 #[derive(Debug, Default)]
 struct WorkerConns {
-    /// RESP2 connections, opened on first use.
-    resp2: OnceLock<Box<[mpsc::Sender<Pending>]>>,
-    /// RESP3 connections (greeted with `HELLO 3`), opened on first use by a RESP3 client.
-    resp3: OnceLock<Box<[mpsc::Sender<Pending>]>>,
     /// Clean session connections waiting to be leased again, per protocol (RESP2, RESP3):
     /// steady-state transactions, blocking commands and WAIT open no new TCP connection.
     idle: [Mutex<Vec<mpsc::Sender<Pending>>>; 2],
+}
+
+/// One worker's shared connections to every node it talks to. Only that worker's thread
+/// locks it (the topology manager too, when nodes leave), so the request path touches no
+/// cache line another core writes.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct WorkerShared {
+    nodes: Mutex<HashMap<Arc<str>, SharedConns, crate::fasthash::FnvBuild>>,
+}
+
+/// The shared connections of one worker to one node, per protocol, opened on first use
+/// (RESP3 ones are greeted with `HELLO 3`).
+#[derive(Debug, Default)]
+struct SharedConns {
+    resp2: Option<Box<[mpsc::Sender<Pending>]>>,
+    resp3: Option<Box<[mpsc::Sender<Pending>]>>,
 }
 
 /// Most clean session connections kept per node and protocol.
@@ -127,12 +141,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct Backends {
     settings: PoolSettings,
+    /// Per node: session connection limits and idle pools.
     nodes: DashMap<Arc<str>, Arc<NodeConns>, crate::fasthash::FnvBuild>,
+    /// Per worker thread (plus one entry for every other thread): shared connections.
+    shared: Box<[WorkerShared]>,
 }
 
 impl Backends {
     pub fn new(settings: PoolSettings) -> Self {
         Backends {
+            shared: (0..=settings.workers)
+                .map(|_| WorkerShared::default())
+                .collect(),
             settings,
             nodes: DashMap::default(),
         }
@@ -212,17 +232,19 @@ impl Backends {
     }
 
     fn sender(&self, addr: &Arc<str>, proto: Proto, session: u64) -> mpsc::Sender<Pending> {
-        let node = self.node(addr);
-        let mine = &node.per_worker[crate::worker::slot(self.settings.workers)];
-        let cell = match proto {
-            Proto::Resp2 => &mine.resp2,
-            Proto::Resp3 => &mine.resp3,
+        let mine = &self.shared[crate::worker::slot(self.settings.workers)];
+        let mut nodes = lock(&mine.nodes);
+        let node = match nodes.get_mut(addr) {
+            Some(n) => n,
+            None => nodes.entry(addr.clone()).or_default(),
         };
-        let conns = cell.get_or_init(|| {
+        let cell = match proto {
+            Proto::Resp2 => &mut node.resp2,
+            Proto::Resp3 => &mut node.resp3,
+        };
+        let conns = cell.get_or_insert_with(|| {
             (0..self.settings.connections_per_node.max(1))
-                .map(|_| {
-                    conn::spawn(self.conn_settings(&node.addr, proto, self.settings.inbox_capacity))
-                })
+                .map(|_| conn::spawn(self.conn_settings(addr, proto, self.settings.inbox_capacity)))
                 .collect()
         });
         conns[(session % conns.len() as u64) as usize].clone()
@@ -299,6 +321,9 @@ impl Backends {
     /// flight are answered.
     pub fn retain(&self, keep: &[Arc<str>]) {
         self.nodes.retain(|addr, _| keep.contains(addr));
+        for worker in &self.shared {
+            lock(&worker.nodes).retain(|addr, _| keep.contains(addr));
+        }
     }
 
     /// Session connections (transactions, blocking commands, WAIT) leased right now, over
