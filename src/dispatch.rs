@@ -281,23 +281,35 @@ impl Cluster {
 
     /// The node a command for `target` goes to now.
     pub fn route(&self, target: &Target, opts: &SendOptions) -> Option<Arc<str>> {
+        self.route_with(target, opts, Arc::clone)
+    }
+
+    /// Calls `f` with the address of the node a command for `target` goes to now, without
+    /// taking a reference to it: the hot path clones a node's address only when it opens a
+    /// new batch for it, not per request (the count is shared by every worker's core).
+    pub fn route_with<R>(
+        &self,
+        target: &Target,
+        opts: &SendOptions,
+        f: impl FnOnce(&Arc<str>) -> R,
+    ) -> Option<R> {
         let table = self.topology.peek();
         let master = match target {
             Target::Slot(s) => table.master_for(*s),
             Target::Any => table.any_master(opts.session),
-            Target::Node(addr) => return Some(addr.clone()),
+            Target::Node(addr) => return Some(f(addr)),
         }?;
         if matches!(target, Target::Slot(_)) && opts.read_from != ReadFrom::Master {
             // The same replica for one client, so its reads do not go back in time.
             if !master.replicas.is_empty() {
                 let i = (opts.session % master.replicas.len() as u64) as usize;
-                return Some(master.replicas[i].clone());
+                return Some(f(&master.replicas[i]));
             }
             if opts.read_from == ReadFrom::Replica {
                 return None;
             }
         }
-        Some(master.addr.clone())
+        Some(f(&master.addr))
     }
 
     /// Queues a command routed by its table entry: by the keys' slot (split per slot when

@@ -302,13 +302,11 @@ fn try_batch(
             return Some(Step::BatchedSplit { parts, merge });
         }
     };
-    let addr = shared.primary.route(&target, &opts)?;
-    Some(Step::Batched(state.batch.add(
-        &addr,
-        req.raw.clone(),
-        target,
-        opts,
-    )))
+    let batch = &mut state.batch;
+    let cmd = shared.primary.route_with(&target, &opts, |addr| {
+        batch.add(addr, req.raw.clone(), target.clone(), opts)
+    })?;
+    Some(Step::Batched(cmd))
 }
 
 /// Hands a write to the mirrors, when there are any and the primary did not refuse it
