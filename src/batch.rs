@@ -48,6 +48,9 @@ struct OpenGroup {
 struct Group {
     addr: Arc<str>,
     state: GroupState,
+    /// The pass (`Batcher::begin_pass`) in which its reply channel was last found empty:
+    /// the other commands of the group skip polling it again in the same pass.
+    pending_in_pass: u64,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,8 @@ pub struct Batcher {
     sent: VecDeque<Group>,
     first_sent: u64,
     next_id: u64,
+    /// Counts the pipeline's passes over its commands (`begin_pass`).
+    pass: u64,
 }
 
 /// What the head of the reply queue resolves to.
@@ -94,6 +99,12 @@ impl BatchedCommand {
 }
 
 impl Batcher {
+    /// Starts a pass over the pipeline's commands: each group's reply channel is polled at
+    /// most once per pass, however many of its commands are looked at.
+    pub fn begin_pass(&mut self) {
+        self.pass += 1;
+    }
+
     /// True while commands wait in open groups (to be sent by `flush`).
     pub fn has_open(&self) -> bool {
         !self.open.is_empty()
@@ -153,6 +164,7 @@ impl Batcher {
             self.sent.push_back(Group {
                 addr: g.addr,
                 state: GroupState::Waiting(rx, g.count),
+                pending_in_pass: 0,
             });
         }
     }
@@ -173,8 +185,14 @@ impl Batcher {
             return Resolved::Pending;
         };
         if let GroupState::Waiting(rx, count) = &mut group.state {
+            if group.pending_in_pass == self.pass {
+                return Resolved::Pending;
+            }
             let result = match std::pin::Pin::new(rx).poll(cx) {
-                Poll::Pending => return Resolved::Pending,
+                Poll::Pending => {
+                    group.pending_in_pass = self.pass;
+                    return Resolved::Pending;
+                }
                 Poll::Ready(r) => r.unwrap_or_else(|_| {
                     Err(crate::error::BackendError::ConnectionLost {
                         addr: group.addr.to_string(),

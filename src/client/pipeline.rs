@@ -345,6 +345,7 @@ impl<'a> ReplyQueue<'a> {
         batch: &mut Batcher,
     ) -> Poll<()> {
         let mut busy = BusySlots::default();
+        batch.begin_pass();
         for entry in self.entries.iter_mut() {
             entry.advance(cx, shared, batch, &mut busy);
         }
