@@ -2,22 +2,23 @@
 //!
 //! Requests arrive on a bounded inbox; the task writes them in batches (everything waiting
 //! goes out in one write) and matches replies to requests in FIFO order. Reading and writing
-//! advance together, so replies are drained even while a large write is in progress. When the
-//! connection breaks, every request in flight fails with an error (to its own client only) and
-//! the task reconnects with backoff; requests arriving while it is down fail at once as
-//! "not sent", which callers may retry safely.
+//! advance together, so replies are drained even while a large write is in progress. Every
+//! request has a deadline (`Deadline`): when the oldest one misses it, the connection is
+//! closed. When the connection breaks, every request in flight fails with an error (to its
+//! own client only). A shared connection then reconnects with backoff (requests arriving
+//! while it is down fail at once as "not sent", which callers may retry safely); a session
+//! connection (`reconnect: false`) ends, and so does everything queued on it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::error::BackendError;

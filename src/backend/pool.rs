@@ -1,9 +1,14 @@
-//! The registry of backend nodes: for each node address, a few shared connections per
-//! protocol, opened lazily.
+//! The registry of backend connections, of two kinds.
 //!
-//! A client always uses the same connection to a given node (chosen by client id), so its
-//! pipelined requests to that node keep their order. The registry is a `DashMap` because
-//! nodes come and go one at a time; the request path only clones a channel sender.
+//! Shared connections: per worker thread, per node and per protocol, a few multiplexed
+//! connections opened lazily and kept in a map only that worker uses. A client always uses
+//! the same connection to a given node (chosen by client id), so its pipelined requests to
+//! that node keep their order; the request path locks only its own worker's map and clones
+//! a channel sender.
+//!
+//! Session connections (transactions, blocking commands, WAIT): leased one at a time, never
+//! reconnecting, bounded per node (`max_blocking_per_node`), and pooled per worker when
+//! handed back clean.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -90,11 +95,6 @@ pub struct SessionConn {
 }
 
 impl SessionConn {
-    /// The node this connection goes to.
-    pub fn addr(&self) -> &Arc<str> {
-        &self.node.addr
-    }
-
     /// Queues a request; a connection that has ended fails it as not sent.
     pub async fn send(&self, pending: Pending) {
         if let Err(mpsc::error::SendError(p)) = self.conn.send(pending).await {
