@@ -226,7 +226,20 @@ async fn manual_failover_and_added_node_without_client_errors() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A node added with redis-cli --cluster add-node, then given slots.
-    let port = cluster.ports.iter().max().unwrap() + 1;
+    // A free port (and bus port) of its own: the one after this cluster's last node may
+    // belong to another test's cluster.
+    let port: u16 = {
+        let out = std::process::Command::new("bash")
+            .arg(support::repo_root().join("integration/cluster.sh"))
+            .args(["free-base", "1"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
     let dir = cluster.dir.join(port.to_string());
     std::fs::create_dir_all(&dir).unwrap();
     let status = std::process::Command::new("redis-server")
