@@ -454,9 +454,10 @@ async fn session_connections_are_reused() {
         assert_eq!(popped.1, i.to_string());
     }
     let opened = connections_received(&cluster, port).await - before;
-    // The direct connection this check makes itself.
+    // The direct connection this check makes itself, and slotgate's topology connection to
+    // this node if a refresh asks it for the first time meanwhile; without reuse it is 101.
     assert!(
-        opened <= 1,
+        opened <= 3,
         "{opened} connections opened for 50 transactions and pops"
     );
     let v: i64 = a.get(&k).await.unwrap();
