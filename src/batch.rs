@@ -91,10 +91,7 @@ pub enum Resolved {
 impl BatchedCommand {
     /// The slot this command goes to, when it goes to one slot.
     pub fn slot(&self) -> Option<u16> {
-        match self.target {
-            Target::Slot(s) => Some(s),
-            _ => None,
-        }
+        self.target.slot()
     }
 }
 

@@ -490,6 +490,11 @@ impl Config {
         Duration::from_millis(self.cluster.connect_timeout_ms)
     }
 
+    /// Worker threads to run: `threads`, or one per core when it is 0.
+    pub fn worker_threads(&self) -> usize {
+        crate::worker::resolve(self.threads)
+    }
+
     pub fn command_timeout(&self) -> Duration {
         Duration::from_millis(self.cluster.command_timeout_ms)
     }

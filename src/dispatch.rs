@@ -92,6 +92,16 @@ pub enum Target {
     Node(Arc<str>),
 }
 
+impl Target {
+    /// The slot, when the command goes to one slot.
+    pub fn slot(&self) -> Option<u16> {
+        match self {
+            Target::Slot(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
 /// How a command is sent.
 #[derive(Debug, Clone, Copy)]
 pub struct SendOptions {
@@ -127,10 +137,7 @@ impl Flight {
 
     /// The slot this command goes to, when it goes to one slot.
     pub fn slot(&self) -> Option<u16> {
-        match self.target {
-            Target::Slot(s) => Some(s),
-            _ => None,
-        }
+        self.target.slot()
     }
 
     /// Polls the first attempt's result: `Ready(None)` when there was no route (or the
@@ -221,7 +228,7 @@ impl Cluster {
             blocking_per_node: c.max_blocking_per_node,
             readonly: c.read_from != ReadFrom::Master,
             command_timeout: config.command_timeout(),
-            workers: crate::worker::resolve(config.threads),
+            workers: config.worker_threads(),
         };
         // Topology queries: one connection per node of their own, with the query timeout as
         // deadline, so a stopped node cannot hold a refresh or queue it behind clients.

@@ -149,7 +149,7 @@ pub fn slotgate_section(shared: &Shared) -> String {
          cluster_slots_assigned:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         shared.started.elapsed().as_secs(),
-        crate::worker::resolve(shared.config.threads),
+        shared.config.worker_threads(),
         s.connected_clients.load(Ordering::Relaxed),
         s.total_connections.load(Ordering::Relaxed),
         s.rejected_connections.load(Ordering::Relaxed),

@@ -224,8 +224,7 @@ async fn forward(
     let opts = SendOptions {
         dedicated,
         deadline: if dedicated {
-            spec.block_time(&req)
-                .map_or(Deadline::Never, Deadline::Blocking)
+            Deadline::for_block_time(spec.block_time(&req))
         } else {
             Deadline::Default
         },

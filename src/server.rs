@@ -61,7 +61,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             Duration::from_millis(probe),
         ));
     }
-    let workers = match Workers::start(crate::worker::resolve(shared.config.threads)) {
+    let workers = match Workers::start(shared.config.worker_threads()) {
         Ok(w) => w,
         Err(e) => {
             error!(error = %e, "cannot start the worker threads");

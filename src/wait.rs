@@ -162,7 +162,7 @@ async fn wait_on(
     }
     let block = crate::command::lookup(req.arg(0))
         .map_or(Some(Duration::ZERO), |spec| spec.block_time(req));
-    let deadline = block.map_or(Deadline::Never, Deadline::Blocking);
+    let deadline = Deadline::for_block_time(block);
     let (tx, rx) = oneshot::channel();
     conn.send(Pending::one(req.raw.clone(), false, tx).with_deadline(deadline))
         .await;

@@ -97,15 +97,6 @@ async fn pipelined_mirrored_writes_finish_in_every_mode() {
     }
 }
 
-async fn node_id(cluster: &Cluster, port: u16) -> String {
-    let mut n = cluster.node(port).await;
-    redis::cmd("CLUSTER")
-        .arg("MYID")
-        .query_async(&mut n)
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_between_two_pipelined_writes_keeps_their_order() {
     let cluster = Cluster::start_with(3, 0);
@@ -121,7 +112,6 @@ async fn a_moved_between_two_pipelined_writes_keeps_their_order() {
     let new_owner = cluster.master_ports[1];
     let key = key_on(&cluster, old_owner, "order:").await;
     let slot = slotgate::slot::slot_of(key.as_bytes());
-    let new_id = node_id(&cluster, new_owner).await;
 
     // Two clients of slotgate: the writer and the one whose read brings the MOVED. Client
     // ids are consecutive, so with two connections per node they use different ones.
@@ -142,19 +132,7 @@ async fn a_moved_between_two_pipelined_writes_keeps_their_order() {
 
     // Meanwhile the (empty) slot moves, and another client's read brings the MOVED that
     // updates slotgate's table.
-    let mut new = cluster.node(new_owner).await;
-    let _: () = redis::cmd("CLUSTER")
-        .arg(&["SETSLOT", &slot.to_string(), "NODE", &new_id])
-        .query_async(&mut new)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("CLUSTER")
-        .arg("BUMPEPOCH")
-        .query_async(&mut new)
-        .await
-        .map(|_: String| ())
-        .unwrap();
-    cluster.assign_slot(slot, &new_id).await;
+    cluster.move_empty_slot(slot, new_owner).await;
     let seen: Option<String> = reader.get(&key).await.unwrap();
     assert_eq!(seen, None);
 
@@ -166,6 +144,7 @@ async fn a_moved_between_two_pipelined_writes_keeps_their_order() {
         .await
         .unwrap();
     writer.expect(b"+OK\r\n+OK\r\n").await;
+    let mut new = cluster.node(new_owner).await;
     let value: String = new.get(&key).await.unwrap();
     assert_eq!(value, "2", "the first write was applied after the second");
 }
@@ -507,19 +486,7 @@ async fn a_stopped_node_costs_a_deadline_not_a_hang() {
                 .await
                 .as_bytes(),
         );
-        let target = node_id(&cluster, cluster.master_ports[2]).await;
-        let mut n = cluster.node(cluster.master_ports[2]).await;
-        let _: () = redis::cmd("CLUSTER")
-            .arg(&["SETSLOT", &slot.to_string(), "NODE", &target])
-            .query_async(&mut n)
-            .await
-            .unwrap();
-        let _: String = redis::cmd("CLUSTER")
-            .arg("BUMPEPOCH")
-            .query_async(&mut n)
-            .await
-            .unwrap();
-        cluster.assign_slot(slot, &target).await;
+        cluster.move_empty_slot(slot, cluster.master_ports[2]).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while support::slotgate_counter(&mut con, "topology_generation").await == generation {
             assert!(

@@ -55,6 +55,14 @@ pub enum Deadline {
     Never,
 }
 
+impl Deadline {
+    /// The deadline of a command that may block for `block` (`None`: for ever), as
+    /// `CmdSpec::block_time` says.
+    pub fn for_block_time(block: Option<Duration>) -> Deadline {
+        block.map_or(Deadline::Never, Deadline::Blocking)
+    }
+}
+
 /// Who waits for the reply of a `Pending`.
 #[derive(Debug)]
 pub enum ReplyTo {

@@ -77,20 +77,21 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                     }
                 },
             };
-            // The command's table entry, looked up once for everything below.
+            // The command's table entry and the slot table's generation, read once for
+            // everything below.
             let spec = lookup(req.arg(0));
+            let generation = shared.primary.topology.peek().generation;
             if !inflight.is_empty()
                 && (state.barrier
                     || streams_replies(&state, spec)
                     || spec.is_some_and(CmdSpec::changes_connection_state)
-                    || inflight.must_wait_for_slot(&shared, spec, &req))
+                    || inflight.must_wait_for_slot(generation, spec, &req))
             {
                 deferred = Some(req);
                 break;
             }
             state.barrier = false;
             state.blocking = false;
-            let generation = shared.primary.topology.peek().generation;
             let size = req.raw.len();
             let (step, close) = handle(&shared, &mut state, req, spec).await;
             inflight.push(Entry::new(&shared, step, state.proto), generation, size);

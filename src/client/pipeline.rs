@@ -368,19 +368,18 @@ impl<'a> ReplyQueue<'a> {
     }
 
     /// Whether `req` must wait for every reply before it: it goes to a slot that an entry in
-    /// flight may reach on another node or is being redirected. Free while the table is
-    /// the one every entry was routed by and nothing is being redirected.
+    /// flight may reach on another node or is being redirected. Free while the table (now at
+    /// `generation`) is the one every entry was routed by and nothing is being redirected.
     pub fn must_wait_for_slot(
         &self,
-        shared: &Shared,
+        generation: u64,
         spec: Option<&CmdSpec>,
         req: &Request,
     ) -> bool {
         if self.entries.is_empty() {
             return false;
         }
-        let current = shared.primary.topology.peek().generation;
-        if self.generation == Some(current) && !self.following {
+        if self.generation == Some(generation) && !self.following {
             return false;
         }
         let Some(spec) = spec else {

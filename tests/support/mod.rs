@@ -534,6 +534,34 @@ pub async fn command_calls(port: u16, command: &str) -> u64 {
 }
 
 impl Cluster {
+    /// The cluster node id of the node on `port`.
+    pub async fn node_id(&self, port: u16) -> String {
+        let mut n = self.node(port).await;
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut n)
+            .await
+            .unwrap()
+    }
+
+    /// Moves an empty `slot` to the master on `port` at once (no migration): the new owner
+    /// claims it with a fresh config epoch, then every master is told.
+    pub async fn move_empty_slot(&self, slot: u16, port: u16) {
+        let id = self.node_id(port).await;
+        let mut n = self.node(port).await;
+        let _: () = redis::cmd("CLUSTER")
+            .arg(&["SETSLOT", &slot.to_string(), "NODE", &id])
+            .query_async(&mut n)
+            .await
+            .unwrap();
+        let _: String = redis::cmd("CLUSTER")
+            .arg("BUMPEPOCH")
+            .query_async(&mut n)
+            .await
+            .unwrap();
+        self.assign_slot(slot, &id).await;
+    }
+
     /// Hands `slot` to the node `node_id` on every master (CLUSTER SETSLOT ... NODE).
     pub async fn assign_slot(&self, slot: u16, node_id: &str) {
         for port in &self.master_ports {
