@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use slotgate::command::lookup;
+use slotgate::command::{lookup, resolve};
 use slotgate::multikey::{merge, split};
 use slotgate::resp::Request;
 use slotgate::slot::slot_of;
@@ -22,7 +22,7 @@ fn routing(c: &mut Criterion) {
     let req = Request::from_args(&["get", "user:1000"]);
     c.bench_function("lookup_and_slot/get", |b| {
         b.iter(|| {
-            let spec = lookup(black_box(req.arg(0))).unwrap();
+            let spec = resolve(black_box(&req)).unwrap();
             black_box(spec.slot(&req).unwrap())
         })
     });
@@ -32,10 +32,11 @@ fn multikey(c: &mut Criterion) {
     let mut mget = vec!["MGET".to_string()];
     mget.extend((0..10).map(|i| format!("k:{i}")));
     let req = Request::from_args(&mget);
+    let spec = lookup(b"MGET").unwrap();
     c.bench_function("split/mget_10_keys", |b| {
-        b.iter(|| black_box(split("MGET", &req).unwrap()))
+        b.iter(|| black_box(split(spec, &req).unwrap()))
     });
-    let (parts, m) = split("MGET", &req).unwrap();
+    let (parts, m) = split(spec, &req).unwrap();
     let replies: Vec<Bytes> = parts
         .iter()
         .map(|p| {

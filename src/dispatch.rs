@@ -18,7 +18,7 @@ use tracing::debug;
 
 use crate::backend::conn::{Deadline, Pending, ReplyResult};
 use crate::backend::pool::{Backends, PoolSettings, SessionConn};
-use crate::command::{CmdSpec, Handling, RouteError};
+use crate::command::{CmdSpec, Route, RouteError};
 use crate::config::{Config, ReadFrom};
 use crate::counter::Counter;
 use crate::error::BackendError;
@@ -322,18 +322,18 @@ impl Cluster {
     /// Queues a command routed by its table entry: by the keys' slot (split per slot when
     /// the keys span slots and the command can be split), or to every master.
     pub async fn submit(&self, spec: &CmdSpec, req: &Request, opts: SendOptions) -> Submitted {
-        if let Handling::AllMasters(fan) = spec.handling {
+        if spec.route == Route::AllMasters {
             let flights = self.start_all(&req.raw, opts).await;
             if flights.is_empty() {
                 return Submitted::Done(error("CLUSTERDOWN The cluster is down"));
             }
-            return Submitted::Many(flights, Merge::from(fan));
+            return Submitted::Many(flights, Merge::by(spec.policy));
         }
         let target = match spec.slot(req) {
             Ok(Some(slot)) => Target::Slot(slot),
             Ok(None) => Target::Any,
             Err(RouteError::CrossSlot) => {
-                let Some((parts, merge)) = multikey::split(spec.name, req) else {
+                let Some((parts, merge)) = multikey::split(spec, req) else {
                     return Submitted::Done(error(
                         "CROSSSLOT Keys in request don't hash to the same slot",
                     ));

@@ -25,6 +25,7 @@ pub mod pubsub;
 pub mod redirect;
 pub mod resp;
 pub mod scan;
+pub mod scripts;
 pub mod server;
 pub mod shared;
 pub mod slot;

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 
+use crate::command::{Cmd, CmdSpec};
 use crate::resp::Request;
 use crate::resp::encode::{Encoder, OK, PONG, Proto};
 use crate::shared::Shared;
@@ -85,26 +86,32 @@ fn wrong_args(name: &str) -> LocalReply {
     ))
 }
 
-/// Answers a command whose table entry says `Local`. `name` is its upper-case name.
-pub fn answer(name: &str, req: &Request, state: &mut ClientState, shared: &Shared) -> LocalReply {
+/// Answers a command whose table entry says `Route::Local`.
+pub fn answer(
+    spec: &CmdSpec,
+    req: &Request,
+    state: &mut ClientState,
+    shared: &Shared,
+) -> LocalReply {
     let n = req.len();
-    match name {
-        "PING" => match n {
+    let name = spec.name;
+    match spec.cmd {
+        Cmd::Ping => match n {
             1 => PONG.into(),
             2 => bulk(state.proto, req.arg(1)),
             _ => wrong_args(name),
         },
-        "ECHO" if n == 2 => bulk(state.proto, req.arg(1)),
-        "QUIT" => LocalReply {
+        Cmd::Echo if n == 2 => bulk(state.proto, req.arg(1)),
+        Cmd::Quit => LocalReply {
             reply: OK,
             close: true,
         },
-        "SELECT" if n == 2 => match crate::resp::request::parse_i64(req.arg(1)) {
+        Cmd::Select if n == 2 => match crate::resp::request::parse_i64(req.arg(1)) {
             Some(0) => OK.into(),
             Some(_) => err("ERR DB index is out of range (a Redis Cluster has only database 0)"),
             None => err("ERR value is not an integer or out of range"),
         },
-        "AUTH" if n == 2 || n == 3 => {
+        Cmd::Auth if n == 2 || n == 3 => {
             let (user, pass) = if n == 2 {
                 (None, req.arg(1))
             } else {
@@ -118,10 +125,10 @@ pub fn answer(name: &str, req: &Request, state: &mut ClientState, shared: &Share
                 Err(e) => e,
             }
         }
-        "HELLO" => hello(req, state, shared),
-        "CLIENT" if n >= 2 => client(req, state),
-        "READONLY" | "READWRITE" if n == 1 => OK.into(),
-        "RESET" if n == 1 => {
+        Cmd::Hello => hello(req, state, shared),
+        Cmd::Client if n >= 2 => client(req, state),
+        Cmd::ReadOnly | Cmd::ReadWrite if n == 1 => OK.into(),
+        Cmd::Reset if n == 1 => {
             let enabled = state.batch.enabled;
             *state = ClientState::new(state.id, shared.config.password.is_some());
             state.batch.enabled = enabled;

@@ -4,45 +4,38 @@
 //! MGET, MSET, DEL, UNLINK, EXISTS and TOUCH are split (Redis Cluster refuses multi-key
 //! commands across slots, even on one node, so the unit is the slot). Keys of one slot stay
 //! together, so duplicates behave as on a standalone server (`EXISTS a a` counts 2). The
-//! merge rules also serve commands sent to every master (DBSIZE sums, KEYS concatenates).
+//! merge rules (the command's `ResponsePolicy`) also serve commands sent to every master
+//! (DBSIZE sums, KEYS concatenates, SCRIPT KILL needs one success).
 
 use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::command::{CmdSpec, ResponsePolicy, Route};
 use crate::resp::ReplyScanner;
 use crate::resp::encode::error;
 use crate::resp::request::{Request, format_usize, read_line_int};
 use crate::slot::slot_of;
 
-/// How the parts' replies become one reply.
+/// How the parts' replies become one reply: the command's response policy, plus for a
+/// split `CombineArrays` command where each part's values go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Merge {
-    /// MGET: each part is an array of values for `positions[part]`; the result has `total`
-    /// values in the client's key order.
-    ByPosition {
-        positions: Vec<Vec<usize>>,
-        total: usize,
-    },
-    /// DEL, UNLINK, EXISTS, TOUCH, DBSIZE: the sum of the integer replies.
-    Sum,
-    /// MSET, FLUSHALL, SCRIPT LOAD ...: the first error if any part failed, otherwise the
-    /// first part's reply.
-    First,
-    /// KEYS: the arrays of every part, concatenated.
-    Concat,
-    /// SCRIPT EXISTS: element-wise AND of integer arrays (1 only where every master has it).
-    AllOf,
+pub struct Merge {
+    pub policy: ResponsePolicy,
+    /// For each part of a split request, the positions of its values in the client's key
+    /// order (`CombineArrays`); empty otherwise.
+    pub positions: Vec<Vec<usize>>,
+    /// How many values the combined array has.
+    pub total: usize,
 }
 
-impl From<crate::command::Fan> for Merge {
-    fn from(fan: crate::command::Fan) -> Merge {
-        use crate::command::Fan;
-        match fan {
-            Fan::Sum => Merge::Sum,
-            Fan::First => Merge::First,
-            Fan::Concat => Merge::Concat,
-            Fan::AllOf => Merge::AllOf,
+impl Merge {
+    /// A merge by `policy` alone (parts sent to every master).
+    pub fn by(policy: ResponsePolicy) -> Merge {
+        Merge {
+            policy,
+            positions: Vec::new(),
+            total: 0,
         }
     }
 }
@@ -54,35 +47,14 @@ pub struct Part {
     pub raw: Bytes,
 }
 
-/// How a splittable command's arguments group into keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    /// Every argument is a key (MGET, DEL, ...).
-    Keys,
-    /// Key/value pairs (MSET).
-    Pairs,
-}
-
-/// The merge rule and argument shape of a command that may be split, by upper-case name.
-fn splittable(name: &str) -> Option<(Shape, bool)> {
-    // The bool: whether the merge is by position (MGET) rather than Sum/First.
-    match name {
-        "MGET" => Some((Shape::Keys, true)),
-        "DEL" | "UNLINK" | "EXISTS" | "TOUCH" => Some((Shape::Keys, false)),
-        "MSET" => Some((Shape::Pairs, false)),
-        _ => None,
-    }
-}
-
-/// Splits `req` (a command named `name`, upper case) into per-slot parts, or `None` when the
-/// command cannot be split or its arguments do not have the command's shape (the node's own
-/// error then reaches the client).
-pub fn split(name: &str, req: &Request) -> Option<(Vec<Part>, Merge)> {
-    let (shape, by_position) = splittable(name)?;
-    let step = match shape {
-        Shape::Keys => 1,
-        Shape::Pairs => 2,
+/// Splits `req` into per-slot parts when its entry says it may be split (`Route::Split`),
+/// or `None` when it cannot be split or its arguments do not have the command's shape (the
+/// node's own error then reaches the client).
+pub fn split(spec: &CmdSpec, req: &Request) -> Option<(Vec<Part>, Merge)> {
+    let Route::Split(shape) = spec.route else {
+        return None;
     };
+    let step = shape.step();
     let n = req.len();
     if n < 2 || !(n - 1).is_multiple_of(step) {
         return None;
@@ -108,24 +80,22 @@ pub fn split(name: &str, req: &Request) -> Option<(Vec<Part>, Merge)> {
     }
     let name_arg = req.arg(0);
     let mut parts = Vec::with_capacity(groups.len());
-    let mut positions = Vec::with_capacity(groups.len());
+    let by_position = spec.policy == ResponsePolicy::CombineArrays;
+    let mut positions = Vec::with_capacity(if by_position { groups.len() } else { 0 });
     for (slot, idx) in &groups {
         let args = idx.iter().flat_map(|&i| (i..i + step).map(|j| req.arg(j)));
         parts.push(Part {
             slot: *slot,
             raw: encode_command(name_arg, args, idx.len() * step),
         });
-        positions.push(idx.iter().map(|&i| (i - 1) / step).collect());
-    }
-    let merge = if by_position {
-        Merge::ByPosition {
-            positions,
-            total: (n - 1) / step,
+        if by_position {
+            positions.push(idx.iter().map(|&i| (i - 1) / step).collect());
         }
-    } else if name == "MSET" {
-        Merge::First
-    } else {
-        Merge::Sum
+    }
+    let merge = Merge {
+        policy: spec.policy,
+        positions,
+        total: if by_position { (n - 1) / step } else { 0 },
     };
     Some((parts, merge))
 }
@@ -154,29 +124,46 @@ fn encode_command<'a>(
 
 /// Merges the parts' replies (in part order) as `merge` says.
 pub fn merge(merge: &Merge, replies: &[Bytes]) -> Bytes {
-    if let Some(e) = replies.iter().find(|r| r.first() == Some(&b'-')) {
+    let is_error = |r: &Bytes| r.first() == Some(&b'-');
+    if merge.policy == ResponsePolicy::OneSucceeded {
+        return replies
+            .iter()
+            .find(|r| !is_error(r))
+            .or(replies.first())
+            .cloned()
+            .unwrap_or_else(|| error("ERR no reply"));
+    }
+    if let Some(e) = replies.iter().find(|r| is_error(r)) {
         return e.clone();
     }
-    match merge {
-        Merge::First => replies
+    match merge.policy {
+        ResponsePolicy::OneReply
+        | ResponsePolicy::AllSucceeded
+        | ResponsePolicy::OneSucceeded
+        | ResponsePolicy::Special => replies
             .first()
             .cloned()
             .unwrap_or_else(|| error("ERR no reply")),
-        Merge::Sum => {
-            let mut sum: i64 = 0;
+        ResponsePolicy::AggSum | ResponsePolicy::AggMin | ResponsePolicy::AggMax => {
+            let mut acc: Option<i64> = None;
             for r in replies {
-                match integer(r) {
-                    Some(v) => sum = sum.saturating_add(v),
-                    None => return unexpected(r),
-                }
+                let Some(v) = integer(r) else {
+                    return unexpected(r);
+                };
+                acc = Some(match (acc, merge.policy) {
+                    (None, _) => v,
+                    (Some(a), ResponsePolicy::AggMin) => a.min(v),
+                    (Some(a), ResponsePolicy::AggMax) => a.max(v),
+                    (Some(a), _) => a.saturating_add(v),
+                });
             }
             let mut e = crate::resp::Encoder::new(crate::resp::Proto::Resp2);
-            e.integer(sum);
+            e.integer(acc.unwrap_or(0));
             e.finish()
         }
-        Merge::ByPosition { positions, total } => {
-            let mut slots: Vec<&[u8]> = vec![&[]; *total];
-            for (r, pos) in replies.iter().zip(positions) {
+        ResponsePolicy::CombineArrays if !merge.positions.is_empty() => {
+            let mut slots: Vec<&[u8]> = vec![&[]; merge.total];
+            for (r, pos) in replies.iter().zip(&merge.positions) {
                 let Some(elems) = elements(r) else {
                     return unexpected(r);
                 };
@@ -187,20 +174,30 @@ pub fn merge(merge: &Merge, replies: &[Bytes]) -> Bytes {
                     slots[p] = e;
                 }
             }
-            array_of(slots.iter().copied(), *total)
+            array_of(slots.iter().copied(), merge.total)
         }
-        Merge::Concat => {
-            let mut all = Vec::new();
+        ResponsePolicy::CombineArrays | ResponsePolicy::Concat | ResponsePolicy::ConcatUnique => {
+            if replies.first().is_some_and(|r| elements(r).is_none()) {
+                // Not arrays (a keyless command answering OK everywhere): as all_succeeded.
+                return replies[0].clone();
+            }
+            let mut all: Vec<&[u8]> = Vec::new();
             for r in replies {
                 match elements(r) {
                     Some(e) => all.extend(e),
                     None => return unexpected(r),
                 }
             }
+            if merge.policy == ResponsePolicy::ConcatUnique {
+                let mut seen = std::collections::HashSet::new();
+                all.retain(|e| seen.insert(*e));
+            }
             let n = all.len();
             array_of(all.into_iter(), n)
         }
-        Merge::AllOf => {
+        ResponsePolicy::SumPairs => sum_pairs(replies),
+        ResponsePolicy::AggLogicalAnd | ResponsePolicy::AggLogicalOr => {
+            let and = merge.policy == ResponsePolicy::AggLogicalAnd;
             let mut acc: Option<Vec<i64>> = None;
             for r in replies {
                 let Some(vals) = elements(r)
@@ -213,7 +210,13 @@ pub fn merge(merge: &Merge, replies: &[Bytes]) -> Bytes {
                     Some(a) if a.len() == vals.len() => a
                         .iter()
                         .zip(&vals)
-                        .map(|(x, y)| i64::from(*x != 0 && *y != 0))
+                        .map(|(x, y)| {
+                            i64::from(if and {
+                                *x != 0 && *y != 0
+                            } else {
+                                *x != 0 || *y != 0
+                            })
+                        })
                         .collect(),
                     Some(_) => return unexpected(r),
                 });
@@ -227,6 +230,63 @@ pub fn merge(merge: &Merge, replies: &[Bytes]) -> Bytes {
             e.finish()
         }
     }
+}
+
+/// Name/count pairs (a flat array, or a RESP3 map) summed per name, in the first reply's
+/// order and type (PUBSUB NUMSUB).
+fn sum_pairs(replies: &[Bytes]) -> Bytes {
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut counts: Vec<i64> = Vec::new();
+    for r in replies {
+        let Some(elems) = pair_elements(r) else {
+            return unexpected(r);
+        };
+        for pair in elems.chunks(2) {
+            let Some(n) = integer(pair[1]) else {
+                return unexpected(r);
+            };
+            match names.iter().position(|x| *x == pair[0]) {
+                Some(i) => counts[i] += n,
+                None => {
+                    names.push(pair[0]);
+                    counts.push(n);
+                }
+            }
+        }
+    }
+    let map = replies.first().is_some_and(|r| r.first() == Some(&b'%'));
+    let mut out = BytesMut::new();
+    let mut num = [0u8; 20];
+    out.put_u8(if map { b'%' } else { b'*' });
+    out.put_slice(format_usize(
+        if map { names.len() } else { 2 * names.len() },
+        &mut num,
+    ));
+    out.put_slice(b"\r\n");
+    for (name, count) in names.iter().zip(counts) {
+        out.extend_from_slice(name);
+        out.put_u8(b':');
+        out.extend_from_slice(count.to_string().as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.freeze()
+}
+
+/// The elements of a flat array of pairs, or of a RESP3 map (keys and values alternating).
+fn pair_elements(reply: &[u8]) -> Option<Vec<&[u8]>> {
+    if reply.first() != Some(&b'%') {
+        let e = elements(reply)?;
+        return e.len().is_multiple_of(2).then_some(e);
+    }
+    let (n, mut at) = read_line_int(reply, 0).ok()??;
+    let n = usize::try_from(n?).ok()?;
+    let mut out = Vec::with_capacity(2 * n.min(512));
+    for _ in 0..2 * n {
+        let len = ReplyScanner::new().next(&reply[at..]).ok()??;
+        out.push(&reply[at..at + len]);
+        at += len;
+    }
+    (at == reply.len()).then_some(out)
 }
 
 fn unexpected(reply: &[u8]) -> Bytes {
@@ -281,13 +341,21 @@ mod tests {
         Request::from_args(&s.split(' ').collect::<Vec<_>>())
     }
 
+    fn spec(name: &str) -> &'static CmdSpec {
+        crate::command::lookup(name.as_bytes()).unwrap()
+    }
+
+    fn by(p: ResponsePolicy) -> Merge {
+        Merge::by(p)
+    }
+
     fn b(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
     }
 
     #[test]
     fn groups_by_slot_in_first_seen_order() {
-        let (parts, merge) = split("MGET", &req("MGET foo {a}1 bar {a}2 foo")).unwrap();
+        let (parts, merge) = split(spec("MGET"), &req("MGET foo {a}1 bar {a}2 foo")).unwrap();
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[0].slot, slot_of(b"foo"));
         assert_eq!(
@@ -301,7 +369,8 @@ mod tests {
         assert_eq!(&parts[2].raw[..], b"*2\r\n$4\r\nMGET\r\n$3\r\nbar\r\n");
         assert_eq!(
             merge,
-            Merge::ByPosition {
+            Merge {
+                policy: ResponsePolicy::CombineArrays,
                 positions: vec![vec![0, 4], vec![1, 3], vec![2]],
                 total: 5
             }
@@ -310,22 +379,27 @@ mod tests {
 
     #[test]
     fn mset_keeps_pairs_together() {
-        let (parts, merge) = split("MSET", &req("MSET foo 1 bar 2 {foo}x 3")).unwrap();
-        assert_eq!(merge, Merge::First);
+        let (parts, merge) = split(spec("MSET"), &req("MSET foo 1 bar 2 {foo}x 3")).unwrap();
+        assert_eq!(merge, by(ResponsePolicy::AllSucceeded));
         assert_eq!(parts.len(), 2);
         assert_eq!(
             &parts[0].raw[..],
             b"*5\r\n$4\r\nMSET\r\n$3\r\nfoo\r\n$1\r\n1\r\n$6\r\n{foo}x\r\n$1\r\n3\r\n"
         );
-        assert!(split("MSET", &req("MSET a 1 b")).is_none());
-        assert!(split("MGET", &req("MGET")).is_none());
-        assert!(split("GET", &req("GET a")).is_none());
-        assert_eq!(split("DEL", &req("DEL a b")).unwrap().1, Merge::Sum);
+        assert!(split(spec("MSET"), &req("MSET a 1 b")).is_none());
+        assert!(split(spec("MGET"), &req("MGET")).is_none());
+        assert!(split(spec("GET"), &req("GET a")).is_none());
+        assert_eq!(
+            split(spec("DEL"), &req("DEL a b")).unwrap().1,
+            by(ResponsePolicy::AggSum)
+        );
+        assert!(split(spec("MSETNX"), &req("MSETNX a 1 b 2")).is_none());
     }
 
     #[test]
     fn merges_values_back_in_key_order() {
-        let m = Merge::ByPosition {
+        let m = Merge {
+            policy: ResponsePolicy::CombineArrays,
             positions: vec![vec![0, 4], vec![1, 3], vec![2]],
             total: 5,
         };
@@ -343,39 +417,98 @@ mod tests {
     #[test]
     fn sums_and_errors() {
         assert_eq!(
-            &merge(&Merge::Sum, &[b(":2\r\n"), b(":3\r\n")])[..],
+            &merge(&by(ResponsePolicy::AggSum), &[b(":2\r\n"), b(":3\r\n")])[..],
             b":5\r\n"
         );
         assert_eq!(
-            &merge(&Merge::Sum, &[b(":2\r\n"), b("-ERR x\r\n")])[..],
+            &merge(&by(ResponsePolicy::AggSum), &[b(":2\r\n"), b("-ERR x\r\n")])[..],
             b"-ERR x\r\n"
         );
         assert_eq!(
-            &merge(&Merge::First, &[b("+OK\r\n"), b("+OK\r\n")])[..],
+            &merge(
+                &by(ResponsePolicy::AllSucceeded),
+                &[b("+OK\r\n"), b("+OK\r\n")]
+            )[..],
             b"+OK\r\n"
         );
         assert_eq!(
-            &merge(&Merge::First, &[b("+OK\r\n"), b("-OOM no\r\n")])[..],
+            &merge(
+                &by(ResponsePolicy::AllSucceeded),
+                &[b("+OK\r\n"), b("-OOM no\r\n")]
+            )[..],
             b"-OOM no\r\n"
         );
-        assert!(merge(&Merge::Sum, &[b("+OK\r\n")]).starts_with(b"-ERR slotgate: unexpected"));
+        assert!(
+            merge(&by(ResponsePolicy::AggSum), &[b("+OK\r\n")])
+                .starts_with(b"-ERR slotgate: unexpected")
+        );
     }
 
     #[test]
     fn concat_and_all_of() {
         assert_eq!(
             &merge(
-                &Merge::Concat,
+                &by(ResponsePolicy::Concat),
                 &[b("*1\r\n$1\r\na\r\n"), b("*0\r\n"), b("*1\r\n$1\r\nb\r\n")]
             )[..],
             b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
         );
         assert_eq!(
             &merge(
-                &Merge::AllOf,
+                &by(ResponsePolicy::AggLogicalAnd),
                 &[b("*2\r\n:1\r\n:1\r\n"), b("*2\r\n:0\r\n:1\r\n")]
             )[..],
             b"*2\r\n:0\r\n:1\r\n"
+        );
+    }
+
+    #[test]
+    fn other_policies() {
+        let one = by(ResponsePolicy::OneSucceeded);
+        assert_eq!(
+            &merge(&one, &[b("-NOTBUSY x\r\n"), b("+OK\r\n")])[..],
+            b"+OK\r\n"
+        );
+        assert_eq!(
+            &merge(&one, &[b("-NOTBUSY x\r\n"), b("-NOTBUSY y\r\n")])[..],
+            b"-NOTBUSY x\r\n"
+        );
+        assert_eq!(
+            &merge(&by(ResponsePolicy::AggMin), &[b(":2\r\n"), b(":1\r\n")])[..],
+            b":1\r\n"
+        );
+        assert_eq!(
+            &merge(&by(ResponsePolicy::AggMax), &[b(":2\r\n"), b(":1\r\n")])[..],
+            b":2\r\n"
+        );
+        assert_eq!(
+            &merge(
+                &by(ResponsePolicy::ConcatUnique),
+                &[b("*2\r\n$1\r\na\r\n$1\r\nb\r\n"), b("*1\r\n$1\r\na\r\n")]
+            )[..],
+            b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+        );
+        assert_eq!(
+            &merge(
+                &by(ResponsePolicy::SumPairs),
+                &[
+                    b("*4\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:0\r\n"),
+                    b("*4\r\n$1\r\na\r\n:2\r\n$1\r\nb\r\n:3\r\n")
+                ]
+            )[..],
+            b"*4\r\n$1\r\na\r\n:3\r\n$1\r\nb\r\n:3\r\n"
+        );
+        assert_eq!(
+            &merge(
+                &by(ResponsePolicy::SumPairs),
+                &[b("%1\r\n$1\r\na\r\n:1\r\n"), b("%1\r\n$1\r\na\r\n:2\r\n")]
+            )[..],
+            b"%1\r\n$1\r\na\r\n:3\r\n"
+        );
+        // Keyless commands answering OK on every master.
+        assert_eq!(
+            &merge(&by(ResponsePolicy::Concat), &[b("+OK\r\n"), b("+OK\r\n")])[..],
+            b"+OK\r\n"
         );
     }
 

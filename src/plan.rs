@@ -10,13 +10,13 @@ use futures::future::join_all;
 use rand::seq::SliceRandom;
 
 use crate::batch::BatchedCommand;
-use crate::command::{CmdSpec, Fan, Handling, Kind, lookup};
+use crate::command::{Cmd, CmdSpec, Flags, Route, resolve};
 use crate::dispatch::{Flight, SendOptions, Submitted, Target};
 use crate::info::{self, InfoScope};
 use crate::local::{self, ClientState};
 use crate::mirror::{self, Ticket};
 use crate::multikey::{self, Merge};
-use crate::pubsub::{Subscriptions, is_subscription_command};
+use crate::pubsub::Subscriptions;
 use crate::resp::encode::error;
 use crate::resp::reply::bulk_body;
 use crate::resp::{Proto, Request};
@@ -76,6 +76,9 @@ pub enum Post {
     ForgetScripts,
     /// EVALSHA: on NOSCRIPT, load the remembered body on every master and retry once.
     EvalSha(Request),
+    /// EVAL: once it ran, its body is cached on that master as SCRIPT LOAD would: remember
+    /// it, so SCRIPT EXISTS and EVALSHA find it.
+    RememberEval(Bytes),
 }
 
 fn ready(reply: Bytes) -> (Step, bool) {
@@ -88,19 +91,20 @@ fn remote(flight: Flight, post: Post) -> (Step, bool) {
 
 /// Decides what to do with one request and queues its first attempts; the bool is true when
 /// the connection closes after its reply.
-/// `spec` is the request's command-table entry (`command::lookup`).
+/// `spec` is the request's resolved command entry (`command::resolve`).
 pub async fn handle(
     shared: &Shared,
     state: &mut ClientState,
     req: Request,
     spec: Option<&'static CmdSpec>,
 ) -> (Step, bool) {
-    let name = spec.map_or("", |s| s.name);
-    if !state.authenticated && !matches!(name, "AUTH" | "HELLO" | "QUIT" | "RESET") {
+    let cmd = spec.map_or(Cmd::Plain, |s| s.cmd);
+    let flags = spec.map_or(Flags::NONE, |s| s.flags);
+    if !state.authenticated && !flags.contains(Flags::NO_AUTH) {
         return ready(error("NOAUTH Authentication required."));
     }
     if let Some(spec) = spec
-        && matches!(spec.kind, Kind::Write | Kind::Blocking)
+        && spec.is_write()
     {
         state
             .written
@@ -113,14 +117,11 @@ pub async fn handle(
     }
     // Anything else may send on the connections the open batches are for: send those first,
     // so the node sees this client's commands in order.
-    if state.batch.has_open() && spec.is_none_or(|s| s.handling != Handling::Local) {
+    if state.batch.has_open() && spec.is_none_or(|s| s.route != Route::Local) {
         state.batch.flush(shared).await;
     }
     let subscribed = state.subs.as_ref().is_some_and(|s| s.active());
-    if subscribed
-        && state.proto == Proto::Resp2
-        && !(is_subscription_command(name) || matches!(name, "PING" | "QUIT" | "RESET"))
-    {
+    if subscribed && state.proto == Proto::Resp2 && !flags.contains(Flags::SUBSCRIBER) {
         return ready(error(&format!(
             "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / \
              RESET are allowed in this context",
@@ -128,21 +129,22 @@ pub async fn handle(
         )));
     }
     let in_multi = state.txn.takes(spec);
-    if !in_multi
-        && (is_subscription_command(name)
-            || (name == "PING" && subscribed && state.proto == Proto::Resp2))
+    if let Some(spec) = spec
+        && !in_multi
+        && (spec.route == Route::Subscription
+            || (cmd == Cmd::Ping && subscribed && state.proto == Proto::Resp2))
     {
         let limit = shared.config.limits.pubsub_output_buffer;
         let proto = state.proto;
         let subs = state
             .subs
             .get_or_insert_with(|| Subscriptions::new(proto, limit));
-        let reply = subs.command(shared, name, &req).await;
+        let reply = subs.command(shared, spec, &req).await;
         // Confirmations arrive as frames from the subscriber connections.
         return ready(reply.unwrap_or_default());
     }
-    if in_multi && !matches!(name, "QUIT" | "RESET") {
-        state.barrier = matches!(name, "EXEC" | "DISCARD");
+    if in_multi && !matches!(cmd, Cmd::Quit | Cmd::Reset) {
+        state.barrier = matches!(cmd, Cmd::Exec | Cmd::Discard);
         let reply = state.txn.handle(shared, state.proto, spec, req).await;
         return (Step::Tx(reply), false);
     }
@@ -150,15 +152,18 @@ pub async fn handle(
         return ready(unknown_command(&req));
     };
     let opts = client_opts(shared, state, spec);
-    match spec.handling_of(&req) {
-        Handling::Local => {
-            let r = local::answer(spec.name, &req, state, shared);
+    match spec.route {
+        Route::Local => {
+            let r = local::answer(spec, &req, state, shared);
             (Step::Ready(r.reply), r.close)
         }
-        Handling::Refused(reason) => {
-            ready(error(&format!("ERR slotgate: '{}' {reason}", spec.name)))
-        }
-        Handling::Info => {
+        Route::Refused(reason) => ready(error(&format!(
+            "ERR slotgate: '{}' {reason}",
+            spec.display_name()
+        ))),
+        Route::Error(text) => ready(error(text)),
+        Route::Container => ready(error(&container_error(spec, &req))),
+        Route::Info => {
             let scope = info::scope(&req);
             if scope == InfoScope::SlotgateOnly {
                 return ready(info::local_reply(shared, state.proto).await);
@@ -172,19 +177,37 @@ pub async fn handle(
             let flight = shared.primary.start(req.raw, Target::Any, opts).await;
             remote(flight, Post::Info { scope, keyspace })
         }
-        Handling::AllMasters(_) => {
+        Route::AllMasters => {
+            let post = match cmd {
+                Cmd::ScriptLoad if req.len() == 3 => Post::RememberScript(req.arg_bytes(2)),
+                Cmd::ScriptFlush => Post::ForgetScripts,
+                _ => Post::None,
+            };
             let submitted = shared.primary.submit(spec, &req, opts).await;
-            let step = from_submitted(submitted, Post::None);
+            let step = from_submitted(submitted, post);
             mirror(shared, state, spec, &req, step).await
         }
-        Handling::Special => {
-            let (mut step, close) = special(shared, spec, req, opts).await;
-            if let Step::Wait { written, .. } = &mut step {
-                *written = std::mem::take(&mut state.written);
-            }
-            (step, close)
+        Route::Scan => scan(shared, req, opts).await,
+        Route::RandomKey if req.len() == 1 => (Step::RandomKey { opts }, false),
+        Route::Wait if matches!((cmd, req.len()), (Cmd::Wait, 3) | (Cmd::WaitAof, 4)) => (
+            Step::Wait {
+                req,
+                written: std::mem::take(&mut state.written),
+            },
+            false,
+        ),
+        Route::RandomKey | Route::Wait => ready(wrong_args(spec)),
+        Route::PubSubHome => {
+            let target = shared
+                .primary
+                .topology
+                .peek()
+                .pubsub_home()
+                .map_or(Target::Any, |m| Target::Node(m.addr.clone()));
+            let flight = shared.primary.start(req.raw, target, opts).await;
+            remote(flight, Post::None)
         }
-        Handling::Forward | Handling::Subcommands { .. } => {
+        Route::Slot | Route::Split(_) | Route::Transaction | Route::Subscription => {
             let mirrored = shared.mirrors.is_some() && mirror::mirrored(spec);
             let copy = mirrored.then(|| req.clone());
             let step = forward(shared, state, spec, req, opts).await;
@@ -196,19 +219,28 @@ pub async fn handle(
     }
 }
 
-fn fan_out(flights: Vec<Flight>, fan: Fan, post: Post) -> (Step, bool) {
-    if flights.is_empty() {
-        return ready(error("CLUSTERDOWN The cluster is down"));
+/// Redis's error for a container command without a subcommand, or with one it does not
+/// have.
+pub fn container_error(spec: &CmdSpec, req: &Request) -> String {
+    if req.len() < 2 {
+        return wrong_args_text(spec);
     }
-    let merge = Merge::from(fan);
-    (
-        Step::FanOut {
-            flights,
-            merge,
-            post,
-        },
-        false,
+    format!(
+        "ERR unknown subcommand '{}'. Try {} HELP.",
+        String::from_utf8_lossy(&req.arg(1)[..req.arg(1).len().min(128)]),
+        spec.name
     )
+}
+
+fn wrong_args_text(spec: &CmdSpec) -> String {
+    format!(
+        "ERR wrong number of arguments for '{}' command",
+        spec.redis_name()
+    )
+}
+
+fn wrong_args(spec: &CmdSpec) -> Bytes {
+    error(&wrong_args_text(spec))
 }
 
 /// Commands routed by their keys; multi-key commands across slots are split when they can
@@ -232,10 +264,10 @@ async fn forward(
     };
     state.barrier |= opts.dedicated;
     state.blocking = opts.dedicated;
-    let post = if spec.name == "EVALSHA" || spec.name == "EVALSHA_RO" {
-        Post::EvalSha(req.clone())
-    } else {
-        Post::None
+    let post = match spec.cmd {
+        Cmd::EvalSha => Post::EvalSha(req.clone()),
+        Cmd::Eval if req.len() > 1 => Post::RememberEval(req.arg_bytes(1)),
+        _ => Post::None,
     };
     let submitted = shared.primary.submit(spec, &req, opts).await;
     from_submitted(submitted, post)
@@ -244,7 +276,7 @@ async fn forward(
 /// How a client's command is sent: its protocol and connection choice; reads may be retried
 /// and may go to replicas (`read_from`), everything else goes to masters.
 fn client_opts(shared: &Shared, state: &ClientState, spec: &CmdSpec) -> SendOptions {
-    let read = spec.kind == Kind::Read;
+    let read = spec.is_readonly();
     SendOptions {
         proto: state.proto,
         session: state.id,
@@ -270,10 +302,10 @@ fn try_batch(
         && state.authenticated
         // Reads are never mirrored: with mirrors configured they are batched all the same.
         && (shared.mirrors.is_none() || !mirror::mirrored(spec))
-        && spec.handling == Handling::Forward
+        && matches!(spec.route, Route::Slot | Route::Split(_))
+        && spec.cmd == Cmd::Plain
         && !state.txn.takes(Some(spec))
         && !state.subs.as_ref().is_some_and(|s| s.active())
-        && !matches!(spec.name, "EVALSHA" | "EVALSHA_RO")
         && !spec.is_blocking(req);
     if !plain {
         return None;
@@ -284,7 +316,7 @@ fn try_batch(
         Ok(None) => Target::Any,
         Err(_) => {
             // Keys across slots: the parts of a split command join their nodes' batches.
-            let (parts, merge) = multikey::split(spec.name, req)?;
+            let (parts, merge) = multikey::split(spec, req)?;
             let mut routed = Vec::with_capacity(parts.len());
             for part in &parts {
                 routed.push(shared.primary.route(&Target::Slot(part.slot), &opts)?);
@@ -350,91 +382,27 @@ fn from_submitted(submitted: Submitted, post: Post) -> (Step, bool) {
     }
 }
 
-/// SCAN, RANDOMKEY, SCRIPT and FUNCTION.
-async fn special(shared: &Shared, spec: &CmdSpec, req: Request, opts: SendOptions) -> (Step, bool) {
-    let sub = (req.len() > 1).then(|| req.arg(1).to_ascii_uppercase());
-    match (spec.name, sub.as_deref()) {
-        ("SCAN", _) => {
-            let masters = shared.primary.serving_masters();
-            let table = shared.primary.topology.table();
-            let master_of_slot = |slot| {
-                let addr = &table.master_for(slot)?.addr;
-                masters.iter().position(|m| m == addr)
-            };
-            match scan::plan(&req, masters.len(), master_of_slot) {
-                Err(e) => ready(e),
-                Ok(step) => {
-                    let target = Target::Node(masters[step.master].clone());
-                    let flight = shared.primary.start(step.raw.clone(), target, opts).await;
-                    remote(
-                        flight,
-                        Post::Scan {
-                            step,
-                            masters: masters.len(),
-                        },
-                    )
-                }
-            }
+/// SCAN: one master at a time, the cursor naming the master.
+async fn scan(shared: &Shared, req: Request, opts: SendOptions) -> (Step, bool) {
+    let masters = shared.primary.serving_masters();
+    let table = shared.primary.topology.table();
+    let master_of_slot = |slot| {
+        let addr = &table.master_for(slot)?.addr;
+        masters.iter().position(|m| m == addr)
+    };
+    match scan::plan(&req, masters.len(), master_of_slot) {
+        Err(e) => ready(e),
+        Ok(step) => {
+            let target = Target::Node(masters[step.master].clone());
+            let flight = shared.primary.start(step.raw.clone(), target, opts).await;
+            remote(
+                flight,
+                Post::Scan {
+                    step,
+                    masters: masters.len(),
+                },
+            )
         }
-        ("RANDOMKEY", _) if req.len() == 1 => (Step::RandomKey { opts }, false),
-        ("WAIT", _) if req.len() == 3 => (
-            Step::Wait {
-                req,
-                written: Default::default(),
-            },
-            false,
-        ),
-        ("WAITAOF", _) if req.len() == 4 => (
-            Step::Wait {
-                req,
-                written: Default::default(),
-            },
-            false,
-        ),
-        ("SCRIPT", Some(b"LOAD")) if req.len() == 3 => {
-            let flights = shared.primary.start_all(&req.raw, opts).await;
-            fan_out(flights, Fan::First, Post::RememberScript(req.arg_bytes(2)))
-        }
-        ("SCRIPT", Some(b"FLUSH")) => {
-            let flights = shared.primary.start_all(&req.raw, opts).await;
-            fan_out(flights, Fan::First, Post::ForgetScripts)
-        }
-        ("SCRIPT", Some(b"EXISTS")) => {
-            let flights = shared.primary.start_all(&req.raw, opts).await;
-            fan_out(flights, Fan::AllOf, Post::None)
-        }
-        ("SCRIPT", Some(b"KILL"))
-        | ("FUNCTION", Some(b"LOAD" | b"DELETE" | b"FLUSH" | b"RESTORE" | b"KILL")) => {
-            let flights = shared.primary.start_all(&req.raw, opts).await;
-            fan_out(flights, Fan::First, Post::None)
-        }
-        ("FUNCTION", Some(b"LIST" | b"DUMP" | b"STATS" | b"HELP")) | ("SCRIPT", Some(b"HELP")) => {
-            let flight = shared.primary.start(req.raw, Target::Any, opts).await;
-            remote(flight, Post::None)
-        }
-        // Read-only topology questions get a standalone server's answer, so clients that
-        // probe for cluster mode stay in standalone mode; cluster administration is refused.
-        (
-            "CLUSTER",
-            Some(
-                b"INFO" | b"NODES" | b"SLOTS" | b"SHARDS" | b"MYID" | b"MYSHARDID" | b"LINKS"
-                | b"KEYSLOT" | b"COUNTKEYSINSLOT" | b"GETKEYSINSLOT" | b"REPLICAS" | b"SLAVES",
-            ),
-        ) => ready(error(&format!("ERR {}", crate::command::CLUSTER_DISABLED))),
-        ("CLUSTER", Some(other)) => ready(error(&format!(
-            "ERR slotgate: 'CLUSTER {}' {}",
-            String::from_utf8_lossy(other),
-            crate::command::NODE_ADMIN
-        ))),
-        ("SCRIPT" | "FUNCTION", Some(other)) => ready(error(&format!(
-            "ERR slotgate does not support '{} {}'",
-            spec.name,
-            String::from_utf8_lossy(other)
-        ))),
-        _ => ready(error(&format!(
-            "ERR wrong number of arguments for '{}' command",
-            spec.name.to_ascii_lowercase()
-        ))),
     }
 }
 
@@ -497,6 +465,13 @@ async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes
             }
             reply
         }
+        Post::RememberEval(body) => {
+            if !reply.starts_with(b"-ERR Error compiling script") {
+                let sha = crate::scripts::sha1_hex(&body);
+                shared.scripts.insert(Bytes::from(sha.into_bytes()), body);
+            }
+            reply
+        }
         Post::ForgetScripts => {
             if reply.first() != Some(&b'-') {
                 shared.scripts.clear();
@@ -518,7 +493,7 @@ async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes
             let load = Request::from_args(&[&b"SCRIPT"[..], b"LOAD", &body]);
             let loads = shared.primary.start_all(&load.raw, opts).await;
             join_all(loads.into_iter().map(|f| shared.primary.finish(f))).await;
-            let spec = lookup(req.arg(0)).expect("EVALSHA is in the table");
+            let spec = resolve(&req).expect("EVALSHA is in the table");
             let target = match spec.slot(&req) {
                 Ok(Some(slot)) => Target::Slot(slot),
                 _ => Target::Any,

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::backend::conn;
+use crate::command::{Cmd, CmdSpec};
 use crate::multikey::{elements, integer};
 use crate::resp::encode::{Encoder, error};
 use crate::resp::reply::bulk_body;
@@ -82,14 +83,6 @@ pub struct Subscriptions {
     shard_channels: HashMap<Bytes, Arc<str>>,
 }
 
-/// Whether a command name is one of the subscribe family.
-pub fn is_subscription_command(name: &str) -> bool {
-    matches!(
-        name,
-        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE"
-    )
-}
-
 impl Subscriptions {
     pub fn new(proto: Proto, limit: usize) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -127,14 +120,20 @@ impl Subscriptions {
 
     /// Runs a subscribe-family command, or PING while in RESP2 subscriber mode. Replies come
     /// as frames through `events`; an immediate reply (an error) is returned.
-    pub async fn command(&mut self, shared: &Shared, name: &str, req: &Request) -> Option<Bytes> {
+    pub async fn command(
+        &mut self,
+        shared: &Shared,
+        spec: &CmdSpec,
+        req: &Request,
+    ) -> Option<Bytes> {
         let args: Vec<Bytes> = (1..req.len()).map(|i| req.arg_bytes(i)).collect();
-        match name {
-            "SUBSCRIBE" | "PSUBSCRIBE" => {
+        let name = spec.name;
+        match spec.cmd {
+            Cmd::Subscribe | Cmd::Psubscribe => {
                 if args.is_empty() {
                     return Some(wrong_args(name));
                 }
-                let set = if name == "SUBSCRIBE" {
+                let set = if spec.cmd == Cmd::Subscribe {
                     &mut self.channels
                 } else {
                     &mut self.patterns
@@ -142,8 +141,8 @@ impl Subscriptions {
                 set.extend(args.iter().cloned());
                 self.send(shared, Link::Global, req.raw.clone()).await
             }
-            "UNSUBSCRIBE" | "PUNSUBSCRIBE" => {
-                let set = if name == "UNSUBSCRIBE" {
+            Cmd::Unsubscribe | Cmd::Punsubscribe => {
+                let set = if spec.cmd == Cmd::Unsubscribe {
                     &mut self.channels
                 } else {
                     &mut self.patterns
@@ -161,7 +160,7 @@ impl Subscriptions {
                     Some(self.nothing_to_unsubscribe(name, &args))
                 }
             }
-            "SSUBSCRIBE" => {
+            Cmd::Ssubscribe => {
                 if args.is_empty() {
                     return Some(wrong_args(name));
                 }
@@ -185,7 +184,7 @@ impl Subscriptions {
                 }
                 self.send(shared, Link::Shard(addr), req.raw.clone()).await
             }
-            "SUNSUBSCRIBE" => {
+            Cmd::Sunsubscribe => {
                 let mut by_node: HashMap<Arc<str>, Vec<Bytes>> = HashMap::new();
                 if args.is_empty() {
                     for (ch, addr) in self.shard_channels.drain() {
@@ -255,7 +254,9 @@ impl Subscriptions {
     async fn send(&mut self, shared: &Shared, link: Link, raw: Bytes) -> Option<Bytes> {
         if !self.links.contains_key(&link) {
             let addr = match &link {
-                Link::Global => match shared.primary.topology.table().any_master(rand::random()) {
+                // Every client's classic subscriptions and every PUBLISH meet on one master,
+                // so PUBLISH counts and PUBSUB NUMSUB match one server's.
+                Link::Global => match shared.primary.topology.table().pubsub_home() {
                     Some(m) => m.addr.clone(),
                     None => return Some(error("CLUSTERDOWN The cluster is down")),
                 },

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::backend::conn::{Pending, ReplyResult};
 use crate::backend::pool::SessionConn;
-use crate::command::{CmdSpec, Handling, Kind, RouteError};
+use crate::command::{Cmd, CmdSpec, Flags, Route, RouteError};
 use crate::resp::encode::error;
 use crate::resp::{Proto, Request};
 use crate::shared::Shared;
@@ -76,7 +76,7 @@ impl Transaction {
     /// Whether this request belongs to the transaction machinery: a transaction command, or
     /// any command while MULTI is open.
     pub fn takes(&self, spec: Option<&CmdSpec>) -> bool {
-        self.in_multi || spec.is_some_and(|s| s.kind == Kind::Transaction)
+        self.in_multi || spec.is_some_and(|s| s.route == Route::Transaction)
     }
 
     /// Handles one request; `spec` is `None` for an unknown command.
@@ -87,9 +87,8 @@ impl Transaction {
         spec: Option<&'static CmdSpec>,
         req: Request,
     ) -> TxReply {
-        let name = spec.map_or("", |s| s.name);
-        match name {
-            "MULTI" => {
+        match spec.map_or(Cmd::Plain, |s| s.cmd) {
+            Cmd::Multi => {
                 if self.in_multi {
                     return TxReply::Ready(error("ERR MULTI calls can not be nested"));
                 }
@@ -101,7 +100,7 @@ impl Transaction {
                     TxReply::Ready(crate::resp::encode::OK)
                 }
             }
-            "EXEC" => {
+            Cmd::Exec => {
                 if !self.in_multi {
                     return TxReply::Ready(error("ERR EXEC without MULTI"));
                 }
@@ -125,7 +124,7 @@ impl Transaction {
                 self.reset();
                 reply
             }
-            "DISCARD" => {
+            Cmd::Discard => {
                 if !self.in_multi {
                     return TxReply::Ready(error("ERR DISCARD without MULTI"));
                 }
@@ -137,7 +136,7 @@ impl Transaction {
                 self.reset();
                 reply
             }
-            "WATCH" => {
+            Cmd::Watch => {
                 if self.in_multi {
                     return TxReply::Ready(error("ERR WATCH inside MULTI is not allowed"));
                 }
@@ -159,7 +158,7 @@ impl Transaction {
                 }
                 self.send(req.raw, false).await
             }
-            "UNWATCH" => {
+            Cmd::Unwatch => {
                 if self.in_multi {
                     return self.queue(shared, proto, spec, req).await;
                 }
@@ -189,18 +188,35 @@ impl Transaction {
             self.failed.get_or_insert(reason);
             return TxReply::Ready(reply);
         };
-        let refusal = match spec.handling_of(&req) {
-            Handling::Refused(reason) | Handling::Subcommands { reason, .. } => Some(reason),
-            Handling::Local if !matches!(spec.name, "PING" | "ECHO") => {
+        // Redis's own refusals first, in Redis's words.
+        let redis_refusal = if spec.flags.contains(Flags::NO_MULTI) {
+            Some("ERR Command not allowed inside a transaction".to_string())
+        } else {
+            match spec.route {
+                Route::Error(text) => Some(text.to_string()),
+                Route::Container => Some(crate::plan::container_error(spec, &req)),
+                _ => None,
+            }
+        };
+        if let Some(text) = redis_refusal {
+            self.failed.get_or_insert(text.clone());
+            return TxReply::Ready(error(&text));
+        }
+        let refusal = match spec.route {
+            Route::Refused(reason) => Some(reason),
+            Route::Local if !matches!(spec.cmd, Cmd::Ping | Cmd::Echo) => {
                 Some("changes the connection and cannot be queued in a transaction")
             }
-            Handling::AllMasters(_) | Handling::Special if spec.kind != Kind::Transaction => {
-                Some("needs every master and cannot be part of a transaction")
-            }
+            Route::AllMasters
+            | Route::Scan
+            | Route::Wait
+            | Route::Info
+            | Route::RandomKey
+            | Route::Subscription => Some("needs every master and cannot be part of a transaction"),
             _ => None,
         };
         if let Some(reason) = refusal {
-            let reason = format!("'{}' {reason}", spec.name);
+            let reason = format!("'{}' {reason}", spec.display_name());
             let reply = error(&format!("ERR slotgate: {reason}"));
             self.failed.get_or_insert(reason);
             return TxReply::Ready(reply);

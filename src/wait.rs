@@ -105,7 +105,7 @@ pub async fn run(shared: &Shared, written: &mut Written, req: Request, proto: Pr
     if let Some(e) = replies.iter().find(|r| r.first() == Some(&b'-')) {
         return e.clone();
     }
-    let aof = req.arg(0).eq_ignore_ascii_case(b"WAITAOF");
+    let aof = crate::command::resolve(&req).is_some_and(|s| s.cmd == crate::command::Cmd::WaitAof);
     if !aof {
         let min = replies.iter().filter_map(|r| integer(r)).min();
         return match min {
@@ -160,8 +160,8 @@ async fn wait_on(
         let (tx, _rx) = oneshot::channel();
         conn.send(Pending::one(marker.raw, false, tx)).await;
     }
-    let block = crate::command::lookup(req.arg(0))
-        .map_or(Some(Duration::ZERO), |spec| spec.block_time(req));
+    let block =
+        crate::command::resolve(req).map_or(Some(Duration::ZERO), |spec| spec.block_time(req));
     let deadline = Deadline::for_block_time(block);
     let (tx, rx) = oneshot::channel();
     conn.send(Pending::one(req.raw.clone(), false, tx).with_deadline(deadline))

@@ -20,10 +20,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::command::{CmdSpec, lookup};
+use crate::command::{Cmd, CmdSpec, Route, resolve};
 use crate::local::ClientState;
 use crate::plan::handle;
-use crate::pubsub::{Event, Subscriptions, is_subscription_command};
+use crate::pubsub::{Event, Subscriptions};
 use crate::resp::encode::error;
 use crate::resp::{Proto, Request, RequestScanner};
 use crate::shared::Shared;
@@ -79,7 +79,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
             };
             // The command's table entry and the slot table's generation, read once for
             // everything below.
-            let spec = lookup(req.arg(0));
+            let spec = resolve(&req);
             let generation = shared.primary.topology.peek().generation;
             if !inflight.is_empty()
                 && (state.barrier
@@ -231,9 +231,8 @@ fn streams_replies(state: &ClientState, spec: Option<&CmdSpec>) -> bool {
     let Some(spec) = spec else {
         return false;
     };
-    is_subscription_command(spec.name)
-        || matches!(spec.name, "WAIT" | "WAITAOF")
-        || (spec.name == "PING"
+    matches!(spec.route, Route::Subscription | Route::Wait)
+        || (spec.cmd == Cmd::Ping
             && state.proto == Proto::Resp2
             && state.subs.as_ref().is_some_and(|s| s.active()))
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tracing::{info, warn};
 
-use crate::command::lookup;
+use crate::command::resolve;
 use crate::config::Config;
 use crate::dispatch::SendOptions;
 use crate::mirror::Mirrors;
@@ -202,7 +202,7 @@ async fn apply(mirrors: &Mirrors, command: &Bytes) -> Result<(), String> {
         .next(&mut buf, true)
         .map_err(|e| e.to_string())?
         .ok_or("truncated command")?;
-    let spec = lookup(req.arg(0)).ok_or("unknown command")?;
+    let spec = resolve(&req).ok_or("unknown command")?;
     let opts = SendOptions::internal();
     for r in &mirrors.resources {
         let Some(filtered) = r.filter(spec, &req) else {

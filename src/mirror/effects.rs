@@ -8,43 +8,10 @@
 
 use bytes::Bytes;
 
+use crate::command::Cmd;
 use crate::multikey::{elements, integer};
 use crate::resp::Request;
 use crate::resp::reply::bulk_body;
-
-/// Whether the effect of `name` can only be known from the primary's reply.
-pub fn needs_primary_reply(name: &str) -> bool {
-    matches!(
-        name,
-        "SET"
-            | "SETEX"
-            | "PSETEX"
-            | "SETNX"
-            | "MSETNX"
-            | "HSETNX"
-            | "EXPIRE"
-            | "PEXPIRE"
-            | "EXPIREAT"
-            | "PEXPIREAT"
-            | "GETEX"
-            | "INCR"
-            | "DECR"
-            | "INCRBY"
-            | "DECRBY"
-            | "INCRBYFLOAT"
-            | "HINCRBY"
-            | "HINCRBYFLOAT"
-            | "ZINCRBY"
-            | "SPOP"
-            | "BLPOP"
-            | "BRPOP"
-            | "BLMOVE"
-            | "BRPOPLPUSH"
-            | "BZPOPMIN"
-            | "BZPOPMAX"
-            | "XADD"
-    )
-}
 
 fn is_null(reply: &[u8]) -> bool {
     matches!(reply, b"$-1\r\n" | b"*-1\r\n" | b"_\r\n")
@@ -77,10 +44,10 @@ fn parse_u64(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-/// The commands to send the mirrors for `req` (named `name`), given the primary's reply
+/// The commands to send the mirrors for `req` (whose command is `id`), given the primary's reply
 /// and the time it was accepted (Unix ms). Empty when the write did nothing on the primary
 /// (an error, a condition not met) or nothing needs mirroring.
-pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Request> {
+pub fn effect(id: Cmd, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Request> {
     if reply.first() == Some(&b'-') {
         return Vec::new();
     }
@@ -88,13 +55,13 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
     let n = req.len();
     let ok = reply.starts_with(b"+OK");
     let one = integer(reply) == Some(1);
-    match name {
-        "SET" if n >= 3 => set_effect(req, reply, now_ms).unwrap_or_else(same),
-        "SETEX" | "PSETEX" if n == 4 && ok => {
+    match id {
+        Cmd::Set if n >= 3 => set_effect(req, reply, now_ms).unwrap_or_else(same),
+        Cmd::SetEx | Cmd::PSetEx if n == 4 && ok => {
             let Some(t) = parse_u64(req.arg(2)) else {
                 return same();
             };
-            let ms = if name == "SETEX" {
+            let ms = if id == Cmd::SetEx {
                 t.saturating_mul(1000)
             } else {
                 t
@@ -108,14 +75,14 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
                 at.as_bytes(),
             ])]
         }
-        "SETNX" if n == 3 => {
+        Cmd::SetNx if n == 3 => {
             if one {
                 vec![cmd(&[b"SET", req.arg(1), req.arg(2)])]
             } else {
                 Vec::new()
             }
         }
-        "MSETNX" => {
+        Cmd::MSetNx => {
             if one {
                 let mut parts: Vec<&[u8]> = vec![b"MSET"];
                 parts.extend((1..n).map(|i| req.arg(i)));
@@ -124,14 +91,14 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
                 Vec::new()
             }
         }
-        "HSETNX" if n == 4 => {
+        Cmd::HSetNx if n == 4 => {
             if one {
                 vec![cmd(&[b"HSET", req.arg(1), req.arg(2), req.arg(3)])]
             } else {
                 Vec::new()
             }
         }
-        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if n >= 3 => {
+        Cmd::Expire | Cmd::PExpire | Cmd::ExpireAt | Cmd::PExpireAt if n >= 3 => {
             if !one {
                 return Vec::new();
             }
@@ -141,16 +108,16 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
             else {
                 return same();
             };
-            let at: i64 = match name {
-                "EXPIRE" => now_ms as i64 + t.saturating_mul(1000),
-                "PEXPIRE" => now_ms as i64 + t,
-                "EXPIREAT" => t.saturating_mul(1000),
+            let at: i64 = match id {
+                Cmd::Expire => now_ms as i64 + t.saturating_mul(1000),
+                Cmd::PExpire => now_ms as i64 + t,
+                Cmd::ExpireAt => t.saturating_mul(1000),
                 _ => t,
             };
             let at = at.to_string();
             vec![cmd(&[b"PEXPIREAT", req.arg(1), at.as_bytes()])]
         }
-        "GETEX" if n >= 2 => {
+        Cmd::GetEx if n >= 2 => {
             if is_null(reply) || n == 2 {
                 return Vec::new();
             }
@@ -171,19 +138,20 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
             let at = at.to_string();
             vec![cmd(&[b"PEXPIREAT", req.arg(1), at.as_bytes()])]
         }
-        "INCR" | "DECR" | "INCRBY" | "DECRBY" | "INCRBYFLOAT" => match scalar(reply) {
+        Cmd::Incr | Cmd::Decr | Cmd::IncrBy | Cmd::DecrBy | Cmd::IncrByFloat => match scalar(reply)
+        {
             Some(v) => vec![cmd(&[b"SET", req.arg(1), &v, b"KEEPTTL"])],
             None => same(),
         },
-        "HINCRBY" | "HINCRBYFLOAT" if n == 4 => match scalar(reply) {
+        Cmd::HIncrBy | Cmd::HIncrByFloat if n == 4 => match scalar(reply) {
             Some(v) => vec![cmd(&[b"HSET", req.arg(1), req.arg(2), &v])],
             None => same(),
         },
-        "ZINCRBY" if n == 4 => match scalar(reply) {
+        Cmd::ZIncrBy if n == 4 => match scalar(reply) {
             Some(v) => vec![cmd(&[b"ZADD", req.arg(1), &v, req.arg(3)])],
             None => same(),
         },
-        "SPOP" if n >= 2 => {
+        Cmd::SPop if n >= 2 => {
             let members: Vec<Bytes> = if let Some(v) = bulk_body(reply) {
                 vec![Bytes::copy_from_slice(v)]
             } else if let Some(items) = elements(reply) {
@@ -202,7 +170,7 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
             parts.extend(members.iter().map(|m| &m[..]));
             vec![cmd(&parts)]
         }
-        "BLPOP" | "BRPOP" => {
+        Cmd::BLPop | Cmd::BRPop => {
             let Some(key) = elements(reply).and_then(|e| {
                 e.first()
                     .and_then(|k| bulk_body(k))
@@ -210,10 +178,10 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
             }) else {
                 return Vec::new();
             };
-            let pop: &[u8] = if name == "BLPOP" { b"LPOP" } else { b"RPOP" };
+            let pop: &[u8] = if id == Cmd::BLPop { b"LPOP" } else { b"RPOP" };
             vec![cmd(&[pop, &key])]
         }
-        "BZPOPMIN" | "BZPOPMAX" => {
+        Cmd::BZPopMin | Cmd::BZPopMax => {
             let Some(e) = elements(reply).filter(|e| e.len() == 3) else {
                 return Vec::new();
             };
@@ -222,7 +190,7 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
                 _ => Vec::new(),
             }
         }
-        "BLMOVE" if n == 6 => {
+        Cmd::BLMove if n == 6 => {
             if is_null(reply) {
                 return Vec::new();
             }
@@ -234,13 +202,13 @@ pub fn effect(name: &str, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Reque
                 req.arg(4),
             ])]
         }
-        "BRPOPLPUSH" if n == 4 => {
+        Cmd::BRPopLPush if n == 4 => {
             if is_null(reply) {
                 return Vec::new();
             }
             vec![cmd(&[b"RPOPLPUSH", req.arg(1), req.arg(2)])]
         }
-        "XADD" => {
+        Cmd::XAdd => {
             // An auto-generated id is replaced by the id the primary chose.
             let Some(id) = scalar(reply) else {
                 return same();
@@ -319,8 +287,8 @@ mod tests {
 
     fn eff(command: &str, reply: &str) -> Vec<String> {
         let r = req(command);
-        let name = String::from_utf8(r.arg(0).to_ascii_uppercase()).unwrap();
-        effect(&name, &r, reply.as_bytes(), 1_000_000)
+        let id = crate::command::resolve(&r).unwrap().cmd;
+        effect(id, &r, reply.as_bytes(), 1_000_000)
             .iter()
             .map(|c| {
                 (0..c.len())
@@ -417,6 +385,12 @@ mod tests {
         assert_eq!(eff("XADD s 5-1 f v", "$3\r\n5-1\r\n"), ["XADD s 5-1 f v"]);
         assert_eq!(eff("LPUSH l a", ":1\r\n"), ["LPUSH l a"]);
         assert!(eff("LPUSH l a", "-WRONGTYPE x\r\n").is_empty());
-        assert!(needs_primary_reply("INCR") && !needs_primary_reply("LPUSH"));
+        let needs = |n: &str| {
+            crate::command::lookup(n.as_bytes())
+                .unwrap()
+                .flags
+                .contains(crate::command::Flags::MIRROR_NEEDS_REPLY)
+        };
+        assert!(needs("INCR") && !needs("LPUSH"));
     }
 }

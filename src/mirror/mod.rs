@@ -25,7 +25,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::command::{CmdSpec, Kind, lookup};
+use crate::command::{CmdSpec, Flags, Route, Shape, resolve};
 use crate::config::{Config, MultiWriteMode};
 use crate::dispatch::{Cluster, ClusterAccess, SendOptions};
 use crate::histogram::Histogram;
@@ -94,7 +94,7 @@ pub struct Ticket {
 
 /// Whether writes of this kind are mirrored.
 pub fn mirrored(spec: &CmdSpec) -> bool {
-    matches!(spec.kind, Kind::Write | Kind::Blocking)
+    spec.is_write()
 }
 
 fn now_ms() -> u64 {
@@ -238,10 +238,13 @@ impl Resource {
         if matching.is_empty() {
             return None;
         }
-        if matching.len() == keys.len() || !matches!(spec.name, "MSET" | "DEL" | "UNLINK") {
+        let Route::Split(shape) = spec.route else {
+            return Some(req.clone());
+        };
+        if matching.len() == keys.len() {
             return Some(req.clone());
         }
-        let pairs = spec.name == "MSET";
+        let pairs = shape == Shape::Pairs;
         let mut parts: Vec<&[u8]> = vec![req.arg(0)];
         for i in matching {
             parts.push(req.arg(i));
@@ -365,14 +368,15 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
         done,
     } = job;
     let opts = SendOptions::internal();
-    let rewrite = mirrors.mode == MultiWriteMode::Async || effects::needs_primary_reply(spec.name);
+    let rewrite =
+        mirrors.mode == MultiWriteMode::Async || spec.flags.contains(Flags::MIRROR_NEEDS_REPLY);
     if rewrite {
         // The effect is known only from the primary's reply; later writes wait behind it.
         let Ok(reply) = primary.await else {
             debug!("client left before the primary answered; mirror write skipped");
             return None;
         };
-        let commands = effects::effect(spec.name, &req, &reply, now_ms());
+        let commands = effects::effect(spec.cmd, &req, &reply, now_ms());
         if let Some(queue) = &mirrors.queue {
             let mut outcome = MirrorReply {
                 resource: usize::MAX,
@@ -391,7 +395,7 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
         let mut started = Vec::new();
         for (i, r) in mirrors.resources.iter().enumerate() {
             for c in &commands {
-                let Some(spec) = lookup(c.arg(0)) else {
+                let Some(spec) = resolve(c) else {
                     continue;
                 };
                 if let Some(filtered) = r.filter(spec, c) {

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
-use crate::command::lookup;
 use crate::dispatch::SendOptions;
 use crate::local::ClientState;
 use crate::mirror::micros_since;
@@ -28,7 +27,7 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
     };
     let mut state = ClientState::new(0, false);
     let key = format!("slotgate:probe:{}", std::process::id());
-    let get = lookup(b"GET").expect("GET is in the table");
+    let get = crate::command::lookup(b"GET").expect("GET is in the table");
     let opts = SendOptions {
         idempotent: true,
         ..SendOptions::internal()
@@ -43,7 +42,7 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
                 .map_or(0, |d| d.as_nanos())
         );
         let req = Request::from_args(&["SET", key.as_str(), nonce.as_str(), "PX", "60000"]);
-        let spec = crate::command::lookup(req.arg(0));
+        let spec = crate::command::resolve(&req);
         let (step, _) = plan::handle(&shared, &mut state, req, spec).await;
         let reply = plan::complete(&shared, step, Proto::Resp2).await;
         if reply.first() == Some(&b'-') {

@@ -4,6 +4,7 @@
 pub mod encode;
 pub mod reply;
 pub mod request;
+pub mod value;
 
 pub use encode::{Encoder, Proto};
 pub use reply::ReplyScanner;

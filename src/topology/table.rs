@@ -70,8 +70,19 @@ impl SlotTable {
 
     /// A master picked by `hint` (e.g. a client id), for commands without keys: the owner
     /// of slot `hint % 16384` when it has one, so the choice follows the slot distribution.
+    /// A master for a keyless request: `hint` (a rotating counter) scattered over the
+    /// slots, so each master takes keyless load in proportion to the slots it serves.
     pub fn any_master(&self, hint: u64) -> Option<&Master> {
-        self.master_for((hint % SLOT_COUNT as u64) as u16)
+        let scattered = hint.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        self.master_for((scattered % SLOT_COUNT as u64) as u16)
+            .or_else(|| self.masters.iter().find(|m| !m.failing))
+            .or_else(|| self.masters.first())
+    }
+
+    /// The one master classic pub/sub uses (`PUBLISH` and every `SUBSCRIBE` connection):
+    /// the owner of slot 0, which moves with slot 0 when that master fails over.
+    pub fn pubsub_home(&self) -> Option<&Master> {
+        self.master_for(0)
             .or_else(|| self.masters.iter().find(|m| !m.failing))
             .or_else(|| self.masters.first())
     }
