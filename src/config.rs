@@ -169,6 +169,10 @@ pub struct ClusterConfig {
     pub max_blocking_per_node: usize,
     /// Where read-only commands go.
     pub read_from: ReadFrom,
+    /// Commands of the built-in table to route by the servers' own `COMMAND INFO`
+    /// descriptions instead (key specs, flags, tips), e.g. after a server changed one.
+    /// Read once per process, at start.
+    pub route_from_server: Vec<String>,
 }
 
 /// Where read-only commands of a slot go.
@@ -239,6 +243,7 @@ impl Default for ClusterConfig {
             retry_backoff_ms: 50,
             max_blocking_per_node: 256,
             read_from: ReadFrom::Master,
+            route_from_server: Vec::new(),
         }
     }
 }
@@ -326,6 +331,17 @@ impl Config {
         }
         if self.threads > 1024 {
             return invalid("threads", "must be at most 1024 (0 = one per core)");
+        }
+        if let Some(bad) = self.cluster.route_from_server.iter().find(|n| {
+            !crate::command::COMMANDS
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(n))
+                || n.contains('|')
+        }) {
+            return invalid(
+                "cluster.route_from_server",
+                &format!("{bad:?} is not a command of the built-in table"),
+            );
         }
         if self.cluster.seeds.is_empty() {
             return invalid(
@@ -563,6 +579,14 @@ mod tests {
             ("cluster.max_redirects", "  max_redirects: 0\n"),
             ("cluster.max_retries", "  max_retries: 1000\n"),
             ("cluster.username", "  username: u\n"),
+            (
+                "cluster.route_from_server",
+                "  route_from_server: [NOSUCHCOMMAND]\n",
+            ),
+            (
+                "cluster.route_from_server",
+                "  route_from_server: ['CONFIG|GET']\n",
+            ),
             (
                 "cluster.max_blocking_per_node",
                 "  max_blocking_per_node: 0\n",

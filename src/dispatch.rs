@@ -303,7 +303,8 @@ impl Cluster {
         let table = self.topology.peek();
         let master = match target {
             Target::Slot(s) => table.master_for(*s),
-            Target::Any => table.any_master(opts.session),
+            // Keyless requests are spread over the masters, request by request.
+            Target::Any => table.any_master(next_keyless()),
             Target::Node(addr) => return Some(f(addr)),
         }?;
         if matches!(target, Target::Slot(_)) && opts.read_from != ReadFrom::Master {
@@ -325,7 +326,7 @@ impl Cluster {
         if spec.route == Route::AllMasters {
             let flights = self.start_all(&req.raw, opts).await;
             if flights.is_empty() {
-                return Submitted::Done(error("CLUSTERDOWN The cluster is down"));
+                return Submitted::Done(crate::replies::cluster_down());
             }
             return Submitted::Many(flights, Merge::by(spec.policy));
         }
@@ -334,9 +335,7 @@ impl Cluster {
             Ok(None) => Target::Any,
             Err(RouteError::CrossSlot) => {
                 let Some((parts, merge)) = multikey::split(spec, req) else {
-                    return Submitted::Done(error(
-                        "CROSSSLOT Keys in request don't hash to the same slot",
-                    ));
+                    return Submitted::Done(crate::replies::crossslot());
                 };
                 let mut flights = Vec::with_capacity(parts.len());
                 for part in parts {
@@ -582,4 +581,18 @@ impl Cluster {
             }
         }
     }
+}
+
+thread_local! {
+    /// Counts this thread's keyless requests, to spread them over the masters.
+    static KEYLESS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The next keyless request's spreading hint.
+fn next_keyless() -> u64 {
+    KEYLESS.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n
+    })
 }

@@ -29,8 +29,6 @@ pub enum ProtocolError {
     UnbalancedQuotes,
     #[error("invalid reply type byte 0x{0:02x}")]
     InvalidReplyType(u8),
-    #[error("reply nested too deeply")]
-    TooDeep,
     #[error("invalid length in reply")]
     InvalidReplyLength,
 }

@@ -1,5 +1,7 @@
 //! INFO through the proxy: a master's own sections (clients check `redis_version`,
-//! `loading:0`, `role:master`) followed by a `slotgate` section about the proxy itself.
+//! `loading:0`, `role:master`) with what a client reads as a total summed over every master
+//! (keyspace, blocked clients, command and error statistics, ...), `connected_clients` as
+//! slotgate's own, followed by a `slotgate` section about the proxy itself.
 //!
 //! slotgate presents itself as a standalone server, so the forwarded text says
 //! `cluster_enabled:0`: clients that probe INFO for cluster mode must not switch to it.
@@ -45,18 +47,6 @@ pub fn scope(req: &Request) -> InfoScope {
     }
 }
 
-/// Whether INFO with these arguments includes the keyspace section, which is then summed
-/// over every master.
-pub fn wants_keyspace(req: &Request) -> bool {
-    req.len() == 1
-        || (1..req.len()).any(|i| {
-            let a = req.arg(i);
-            ["keyspace", "default", "all", "everything"]
-                .iter()
-                .any(|s| a.eq_ignore_ascii_case(s.as_bytes()))
-        })
-}
-
 /// The `# Keyspace` section summed over the masters' `INFO keyspace` replies: keys and
 /// expires added per database, `avg_ttl` weighted by expiring keys.
 pub fn sum_keyspace(replies: &[Bytes]) -> String {
@@ -97,6 +87,127 @@ pub fn sum_keyspace(replies: &[Bytes]) -> String {
             out,
             "db{db}:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n"
         );
+    }
+    out
+}
+
+/// Fields of INFO a client reads as a cluster-wide total: summed over the masters.
+const SUMMED: &[&str] = &[
+    "blocked_clients",
+    "clients_in_timeout_table",
+    "rdb_changes_since_last_save",
+    "total_commands_processed",
+    "total_error_replies",
+    "keyspace_hits",
+    "keyspace_misses",
+    "expired_keys",
+    "evicted_keys",
+    "total_blocking_keys",
+];
+
+/// The first master's INFO text with the totals summed over `texts` (every master's):
+/// the `SUMMED` fields, each `cmdstat_*` (calls, usec, rejected and failed calls) and each
+/// `errorstat_*` (count), including names only other masters report. `connected_clients`
+/// becomes slotgate's own count.
+pub fn sum_totals(texts: &[String], connected_clients: i64) -> String {
+    let Some(first) = texts.first() else {
+        return String::new();
+    };
+    let field = |text: &str, name: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // name -> (field -> sum), first-seen order.
+    let mut stats: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+    for text in texts {
+        for line in text.lines() {
+            if !(line.starts_with("cmdstat_") || line.starts_with("errorstat_")) {
+                continue;
+            }
+            let Some((name, values)) = line.split_once(':') else {
+                continue;
+            };
+            let at = match stats.iter().position(|(n, _)| n == name) {
+                Some(i) => i,
+                None => {
+                    stats.push((name.to_string(), Vec::new()));
+                    stats.len() - 1
+                }
+            };
+            for kv in values.split(',') {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let v: f64 = v.trim().parse().unwrap_or(0.0);
+                let fields = &mut stats[at].1;
+                match fields.iter_mut().find(|(f, _)| f == k) {
+                    Some((_, sum)) => *sum += v,
+                    None => fields.push((k.to_string(), v)),
+                }
+            }
+        }
+    }
+    let stat_line = |name: &str, fields: &[(String, f64)]| {
+        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map_or(0.0, |(_, v)| *v);
+        let values: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| {
+                if k == "usec_per_call" {
+                    let calls = get("calls");
+                    let per = if calls > 0.0 {
+                        get("usec") / calls
+                    } else {
+                        0.0
+                    };
+                    format!("{k}={per:.2}")
+                } else {
+                    format!("{k}={}", *v as i64)
+                }
+            })
+            .collect();
+        format!("{name}:{}", values.join(","))
+    };
+    let mut out = String::with_capacity(first.len() + 256);
+    let mut lines = first.split("\r\n").peekable();
+    while let Some(line) = lines.next() {
+        let section_of_stats = line == "# Commandstats" || line == "# Errorstats";
+        if section_of_stats {
+            out.push_str(line);
+            out.push_str("\r\n");
+            let prefix = if line == "# Commandstats" {
+                "cmdstat_"
+            } else {
+                "errorstat_"
+            };
+            // Replace the section's lines with the merged ones.
+            while lines.peek().is_some_and(|l| l.starts_with(prefix)) {
+                lines.next();
+            }
+            for (name, fields) in stats.iter().filter(|(n, _)| n.starts_with(prefix)) {
+                out.push_str(&stat_line(name, fields));
+                out.push_str("\r\n");
+            }
+            continue;
+        }
+        let summed = line
+            .split_once(':')
+            .filter(|(name, _)| SUMMED.contains(name))
+            .map(|(name, _)| {
+                let total: i64 = texts.iter().map(|t| field(t, name)).sum();
+                format!("{name}:{total}")
+            });
+        match summed {
+            Some(l) => out.push_str(&l),
+            None if line.starts_with("connected_clients:") => {
+                out.push_str(&format!("connected_clients:{connected_clients}"))
+            }
+            None => out.push_str(line),
+        }
+        if lines.peek().is_some() {
+            out.push_str("\r\n");
+        }
     }
     out
 }
@@ -146,7 +257,8 @@ pub fn slotgate_section(shared: &Shared) -> String {
          dedicated_connections:{}\r\n\
          topology_generation:{}\r\n\
          cluster_masters:{}\r\n\
-         cluster_slots_assigned:{}\r\n",
+         cluster_slots_assigned:{}\r\n\
+         commands_learned:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         shared.started.elapsed().as_secs(),
         shared.config.worker_threads(),
@@ -161,6 +273,7 @@ pub fn slotgate_section(shared: &Shared) -> String {
         table.generation,
         table.masters.len(),
         table.assigned_slots(),
+        crate::command::learned::count(),
     );
     for (i, (m, slots)) in table
         .masters
@@ -200,21 +313,37 @@ pub async fn local_reply(shared: &Shared, proto: Proto) -> Bytes {
     e.finish()
 }
 
-/// Rewrites a master's INFO reply for the client: `cluster_enabled:0`, and the slotgate
-/// section appended when asked for. Error replies pass unchanged.
+/// Rewrites a master's INFO reply for the client: totals summed with the `others` masters'
+/// replies, `connected_clients` as slotgate's, `cluster_enabled:0`, and the slotgate section
+/// appended when asked for. Error replies pass unchanged.
 pub async fn rewrite(
     reply: Bytes,
+    others: &[Bytes],
     shared: &Shared,
     proto: Proto,
     scope: InfoScope,
-    keyspace: Option<String>,
 ) -> Bytes {
     let Some(body) = bulk_body(&reply) else {
         return reply;
     };
-    let mut text = String::from_utf8_lossy(body).replace("cluster_enabled:1", "cluster_enabled:0");
-    if let Some(section) = keyspace {
-        text = replace_keyspace(&text, &section);
+    let first = String::from_utf8_lossy(body).into_owned();
+    let mut texts = vec![first];
+    texts.extend(
+        others
+            .iter()
+            .filter_map(|r| bulk_body(r))
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
+    );
+    let mut text = sum_totals(
+        &texts,
+        shared.stats.connected_clients.load(Ordering::Relaxed),
+    )
+    .replace("cluster_enabled:1", "cluster_enabled:0");
+    if text.contains("# Keyspace\r\n") {
+        let replies: Vec<Bytes> = std::iter::once(reply.clone())
+            .chain(others.iter().cloned())
+            .collect();
+        text = replace_keyspace(&text, &sum_keyspace(&replies));
     }
     if scope == InfoScope::WithSlotgate {
         if !text.is_empty() && !text.ends_with("\r\n\r\n") {
@@ -248,9 +377,6 @@ mod tests {
         assert_eq!(scope(&req("INFO all")), InfoScope::WithSlotgate);
         assert_eq!(scope(&req("INFO server")), InfoScope::BackendOnly);
         assert_eq!(scope(&req("INFO replication")), InfoScope::BackendOnly);
-        assert!(wants_keyspace(&req("INFO")));
-        assert!(wants_keyspace(&req("INFO KEYSPACE")));
-        assert!(!wants_keyspace(&req("INFO server")));
     }
 
     #[test]
@@ -276,5 +402,25 @@ mod tests {
             replace_keyspace(text, &section),
             "# Server\r\nx:1\r\n\r\n# Keyspace\r\ndb0:keys=15,expires=4,avg_ttl=200\r\n"
         );
+    }
+
+    #[test]
+    fn totals_are_summed_over_masters() {
+        let a = "# Clients\r\nconnected_clients:5\r\nblocked_clients:1\r\n\r\n# Stats\r\ntotal_commands_processed:10\r\nkeyspace_hits:2\r\n\r\n# Commandstats\r\ncmdstat_get:calls=2,usec=10,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\n\r\n# Errorstats\r\n\r\n# Cluster\r\ncluster_enabled:1\r\n";
+        let b = "# Clients\r\nconnected_clients:7\r\nblocked_clients:2\r\n\r\n# Stats\r\ntotal_commands_processed:5\r\nkeyspace_hits:3\r\n\r\n# Commandstats\r\ncmdstat_get:calls=2,usec=30,usec_per_call=15.00,rejected_calls=0,failed_calls=1\r\ncmdstat_set:calls=1,usec=1,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n\r\n# Errorstats\r\nerrorstat_ERR:count=4\r\n\r\n# Cluster\r\ncluster_enabled:1\r\n";
+        let t = sum_totals(&[a.to_string(), b.to_string()], 3);
+        assert!(t.contains("connected_clients:3\r\n"), "{t}");
+        assert!(t.contains("blocked_clients:3\r\n"));
+        assert!(t.contains("total_commands_processed:15\r\n"));
+        assert!(t.contains("keyspace_hits:5\r\n"));
+        assert!(t.contains(
+            "cmdstat_get:calls=4,usec=40,usec_per_call=10.00,rejected_calls=0,failed_calls=1\r\n"
+        ));
+        assert!(t.contains("cmdstat_set:calls=1,"));
+        assert!(
+            t.contains("# Errorstats\r\nerrorstat_ERR:count=4\r\n"),
+            "{t}"
+        );
+        assert!(t.ends_with("cluster_enabled:1\r\n"), "{t:?}");
     }
 }

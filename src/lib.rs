@@ -9,6 +9,7 @@ pub mod backend {
     pub mod pool;
 }
 pub mod client;
+pub mod clients;
 pub mod command;
 pub mod config;
 pub mod counter;
@@ -22,7 +23,9 @@ pub mod mirror;
 pub mod multikey;
 pub mod plan;
 pub mod pubsub;
+pub mod redact;
 pub mod redirect;
+pub mod replies;
 pub mod resp;
 pub mod scan;
 pub mod scripts;

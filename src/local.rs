@@ -37,6 +37,36 @@ pub struct ClientState {
     /// The last command sent is a blocking one (BLPOP, XREAD BLOCK ...). At end of input
     /// it is abandoned, as Redis abandons a blocked client whose connection closed.
     pub blocking: bool,
+    /// CLIENT REPLY: whether replies are written.
+    pub replies: ReplyMode,
+    /// Set by CLIENT REPLY for its own reply: written (ON) or not (OFF, SKIP).
+    pub silence_this: Option<bool>,
+    /// This client's entry in `CLIENT LIST`.
+    pub entry: Option<std::sync::Arc<crate::clients::ClientEntry>>,
+}
+
+/// CLIENT REPLY's modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyMode {
+    #[default]
+    On,
+    Off,
+    /// The next command's reply is not written.
+    Skip,
+}
+
+impl ReplyMode {
+    /// Whether the reply of the command about to run is dropped, moving past SKIP.
+    pub fn take_for_command(&mut self) -> bool {
+        match *self {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::Skip => {
+                *self = ReplyMode::On;
+                true
+            }
+        }
+    }
 }
 
 impl ClientState {
@@ -55,6 +85,21 @@ impl ClientState {
             batch: Default::default(),
             barrier: false,
             blocking: false,
+            replies: ReplyMode::On,
+            silence_this: None,
+            entry: None,
+        }
+    }
+
+    /// Copies name, library and protocol to this client's `CLIENT LIST` entry.
+    pub fn publish_details(&self) {
+        if let Some(entry) = &self.entry {
+            entry.set_details(crate::clients::Details {
+                name: self.name.clone(),
+                lib_name: self.lib_name.clone(),
+                lib_ver: self.lib_ver.clone(),
+                resp: self.proto.version(),
+            });
         }
     }
 }
@@ -80,10 +125,7 @@ fn err(msg: &str) -> LocalReply {
 }
 
 fn wrong_args(name: &str) -> LocalReply {
-    err(&format!(
-        "ERR wrong number of arguments for '{}' command",
-        name.to_ascii_lowercase()
-    ))
+    crate::replies::wrong_args(name).into()
 }
 
 /// Answers a command whose table entry says `Route::Local`.
@@ -126,12 +168,41 @@ pub fn answer(
             }
         }
         Cmd::Hello => hello(req, state, shared),
-        Cmd::Client if n >= 2 => client(req, state),
+        Cmd::ClientSetName
+        | Cmd::ClientSetInfo
+        | Cmd::ClientGetName
+        | Cmd::ClientId
+        | Cmd::ClientInfo
+        | Cmd::ClientList
+        | Cmd::ClientReply
+        | Cmd::ClientNoOp
+        | Cmd::ClientMaintNotifications => client(spec, req, state, shared),
+        Cmd::CommandCount if n == 2 => match crate::command::answer::count() {
+            Some(c) => {
+                let mut e = Encoder::new(state.proto);
+                e.integer(c);
+                e.finish().into()
+            }
+            None => err("ERR slotgate: no server has described its commands yet"),
+        },
+        Cmd::CommandInfo | Cmd::Command => {
+            let reply = if n <= 2 {
+                crate::command::answer::all(state.proto)
+            } else {
+                crate::command::answer::info((2..n).map(|i| req.arg(i)), state.proto)
+            };
+            reply
+                .map(LocalReply::from)
+                .unwrap_or_else(|| err("ERR slotgate: no server has described its commands yet"))
+        }
         Cmd::ReadOnly | Cmd::ReadWrite if n == 1 => OK.into(),
         Cmd::Reset if n == 1 => {
             let enabled = state.batch.enabled;
+            let entry = state.entry.take();
             *state = ClientState::new(state.id, shared.config.password.is_some());
             state.batch.enabled = enabled;
+            state.entry = entry;
+            state.publish_details();
             let mut e = Encoder::new(Proto::Resp2);
             e.simple("RESET");
             e.finish().into()
@@ -222,6 +293,7 @@ fn hello(req: &Request, state: &mut ClientState, shared: &Shared) -> LocalReply 
         state.name = (!name.is_empty()).then_some(name);
     }
     state.proto = proto;
+    state.publish_details();
     let version = shared
         .primary
         .topology
@@ -250,12 +322,12 @@ fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
 
-/// `CLIENT` subcommands that concern this connection only.
-fn client(req: &Request, state: &mut ClientState) -> LocalReply {
-    let sub = req.arg(1).to_ascii_uppercase();
+/// `CLIENT` subcommands: they concern this connection, or slotgate's clients.
+fn client(spec: &CmdSpec, req: &Request, state: &mut ClientState, shared: &Shared) -> LocalReply {
     let n = req.len();
-    match (&sub[..], n) {
-        (b"SETNAME", 3) => {
+    let wrong = || wrong_args(spec.name);
+    match spec.cmd {
+        Cmd::ClientSetName if n == 3 => {
             let name = req.arg_bytes(2);
             if !valid_name(&name) {
                 return err(
@@ -263,9 +335,10 @@ fn client(req: &Request, state: &mut ClientState) -> LocalReply {
                 );
             }
             state.name = (!name.is_empty()).then_some(name);
+            state.publish_details();
             OK.into()
         }
-        (b"GETNAME", 2) => {
+        Cmd::ClientGetName if n == 2 => {
             let mut e = Encoder::new(state.proto);
             match &state.name {
                 Some(name) => e.bulk(name),
@@ -273,63 +346,95 @@ fn client(req: &Request, state: &mut ClientState) -> LocalReply {
             };
             e.finish().into()
         }
-        (b"ID", 2) => {
+        Cmd::ClientId if n == 2 => {
             let mut e = Encoder::new(state.proto);
             e.integer(state.id as i64);
             e.finish().into()
         }
-        (b"SETINFO", 4) => {
-            let attr = req.arg(2).to_ascii_uppercase();
+        Cmd::ClientSetInfo if n == 4 => {
+            let attr = req.arg(2);
             let value = req.arg_bytes(3);
             if !valid_name(&value) && !value.is_empty() {
                 return err(
                     "ERR lib-name and lib-ver cannot contain spaces, newlines or special characters.",
                 );
             }
-            match &attr[..] {
-                b"LIB-NAME" => state.lib_name = Some(value),
-                b"LIB-VER" => state.lib_ver = Some(value),
-                _ => {
-                    return err(&format!(
-                        "ERR Unrecognized option '{}'",
-                        String::from_utf8_lossy(req.arg(2))
-                    ));
-                }
+            if attr.eq_ignore_ascii_case(b"LIB-NAME") {
+                state.lib_name = Some(value);
+            } else if attr.eq_ignore_ascii_case(b"LIB-VER") {
+                state.lib_ver = Some(value);
+            } else {
+                return err(&format!(
+                    "ERR Unrecognized option '{}'",
+                    String::from_utf8_lossy(attr)
+                ));
             }
+            state.publish_details();
             OK.into()
         }
-        (b"INFO", 2) => {
-            let line = format!(
-                "id={} name={} resp={} lib-name={} lib-ver={}\n",
-                state.id,
-                lossy(&state.name),
-                state.proto.version(),
-                lossy(&state.lib_name),
-                lossy(&state.lib_ver),
-            );
+        Cmd::ClientInfo if n == 2 => {
+            let line = match &state.entry {
+                Some(entry) => entry.line(),
+                None => format!("id={}\n", state.id),
+            };
             let mut e = Encoder::new(state.proto);
             e.verbatim_text(line.as_bytes());
             e.finish().into()
         }
+        Cmd::ClientList => {
+            let ids = match n {
+                2 => None,
+                _ if n > 3 && req.arg(2).eq_ignore_ascii_case(b"ID") => {
+                    let mut ids = Vec::with_capacity(n - 3);
+                    for i in 3..n {
+                        match crate::resp::request::parse_i64(req.arg(i)).filter(|&v| v > 0) {
+                            Some(v) => ids.push(v as u64),
+                            None => return err("ERR Invalid client ID"),
+                        }
+                    }
+                    Some(ids)
+                }
+                // TYPE normal lists everyone: slotgate's clients are all normal ones.
+                4 if req.arg(2).eq_ignore_ascii_case(b"TYPE")
+                    && req.arg(3).eq_ignore_ascii_case(b"NORMAL") =>
+                {
+                    None
+                }
+                4 if req.arg(2).eq_ignore_ascii_case(b"TYPE") => Some(Vec::new()),
+                _ => return err("ERR syntax error"),
+            };
+            let text = shared.clients.list(ids.as_deref());
+            let mut e = Encoder::new(state.proto);
+            e.verbatim_text(text.as_bytes());
+            e.finish().into()
+        }
+        Cmd::ClientReply if n == 3 => {
+            let mode = req.arg(2);
+            let (mode, silent) = if mode.eq_ignore_ascii_case(b"ON") {
+                (ReplyMode::On, false)
+            } else if mode.eq_ignore_ascii_case(b"OFF") {
+                (ReplyMode::Off, true)
+            } else if mode.eq_ignore_ascii_case(b"SKIP") {
+                (ReplyMode::Skip, true)
+            } else {
+                return err("ERR syntax error");
+            };
+            // OFF and SKIP are not answered; ON is, even after OFF.
+            state.replies = mode;
+            state.silence_this = Some(silent);
+            OK.into()
+        }
         // Per-connection eviction/LRU hints have no meaning for a proxied connection whose
         // backend connections are shared; accept them as no-ops.
-        (b"NO-EVICT" | b"NO-TOUCH", 3) => OK.into(),
-        (b"SETNAME" | b"GETNAME" | b"ID" | b"SETINFO" | b"INFO" | b"NO-EVICT" | b"NO-TOUCH", _) => {
-            err(&format!(
-                "ERR wrong number of arguments for 'client|{}' command",
-                String::from_utf8_lossy(&sub).to_ascii_lowercase()
-            ))
-        }
-        _ => err(&format!(
-            "ERR slotgate does not support 'CLIENT {}': only SETNAME, GETNAME, ID, SETINFO, \
-             INFO, NO-EVICT and NO-TOUCH are answered",
-            String::from_utf8_lossy(req.arg(1))
-        )),
+        Cmd::ClientNoOp if n == 3 => OK.into(),
+        // redis-py 8 asks every RESP3 connection for maintenance push notifications: none
+        // come from slotgate, whose clients never see a node move.
+        Cmd::ClientMaintNotifications if n >= 3 => match state.proto {
+            Proto::Resp3 => OK.into(),
+            Proto::Resp2 => {
+                err("ERR CLIENT MAINT_NOTIFICATIONS requires the RESP3 protocol (HELLO 3)")
+            }
+        },
+        _ => wrong(),
     }
-}
-
-fn lossy(v: &Option<Bytes>) -> String {
-    v.as_deref()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .unwrap_or_default()
 }

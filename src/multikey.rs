@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::command::{CmdSpec, ResponsePolicy, Route};
-use crate::resp::ReplyScanner;
 use crate::resp::encode::error;
-use crate::resp::request::{Request, format_usize, read_line_int};
+use crate::resp::reply::{elements, integer, pair_elements};
+use crate::resp::request::{Request, format_usize};
 use crate::slot::slot_of;
 
 /// How the parts' replies become one reply: the command's response policy, plus for a
@@ -272,23 +272,6 @@ fn sum_pairs(replies: &[Bytes]) -> Bytes {
     out.freeze()
 }
 
-/// The elements of a flat array of pairs, or of a RESP3 map (keys and values alternating).
-fn pair_elements(reply: &[u8]) -> Option<Vec<&[u8]>> {
-    if reply.first() != Some(&b'%') {
-        let e = elements(reply)?;
-        return e.len().is_multiple_of(2).then_some(e);
-    }
-    let (n, mut at) = read_line_int(reply, 0).ok()??;
-    let n = usize::try_from(n?).ok()?;
-    let mut out = Vec::with_capacity(2 * n.min(512));
-    for _ in 0..2 * n {
-        let len = ReplyScanner::new().next(&reply[at..]).ok()??;
-        out.push(&reply[at..at + len]);
-        at += len;
-    }
-    (at == reply.len()).then_some(out)
-}
-
 fn unexpected(reply: &[u8]) -> Bytes {
     let shown = String::from_utf8_lossy(&reply[..reply.len().min(64)]).into_owned();
     error(&format!(
@@ -306,31 +289,6 @@ fn array_of<'a>(elems: impl Iterator<Item = &'a [u8]>, n: usize) -> Bytes {
         out.extend_from_slice(e);
     }
     out.freeze()
-}
-
-/// The integer of a `:N` reply.
-pub fn integer(reply: &[u8]) -> Option<i64> {
-    if reply.first() != Some(&b':') {
-        return None;
-    }
-    let (v, len) = read_line_int(reply, 0).ok()??;
-    (len == reply.len()).then_some(v?)
-}
-
-/// The raw elements of an array (`*`), set (`~`) or push (`>`) reply.
-pub fn elements(reply: &[u8]) -> Option<Vec<&[u8]>> {
-    if !matches!(reply.first(), Some(b'*' | b'~' | b'>')) {
-        return None;
-    }
-    let (n, mut at) = read_line_int(reply, 0).ok()??;
-    let n = usize::try_from(n?).ok()?;
-    let mut out = Vec::with_capacity(n.min(1024));
-    for _ in 0..n {
-        let len = ReplyScanner::new().next(&reply[at..]).ok()??;
-        out.push(&reply[at..at + len]);
-        at += len;
-    }
-    (at == reply.len()).then_some(out)
 }
 
 #[cfg(test)]
@@ -510,14 +468,5 @@ mod tests {
             &merge(&by(ResponsePolicy::Concat), &[b("+OK\r\n"), b("+OK\r\n")])[..],
             b"+OK\r\n"
         );
-    }
-
-    #[test]
-    fn element_parsing() {
-        assert_eq!(elements(b"*2\r\n*1\r\n:1\r\n$1\r\nx\r\n").unwrap().len(), 2);
-        assert!(elements(b"*2\r\n:1\r\n").is_none());
-        assert!(elements(b":1\r\n").is_none());
-        assert_eq!(integer(b":-7\r\n"), Some(-7));
-        assert_eq!(integer(b"$1\r\n7\r\n"), None);
     }
 }

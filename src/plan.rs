@@ -18,7 +18,7 @@ use crate::mirror::{self, Ticket};
 use crate::multikey::{self, Merge};
 use crate::pubsub::Subscriptions;
 use crate::resp::encode::error;
-use crate::resp::reply::bulk_body;
+use crate::resp::reply::{bulk_body, elements};
 use crate::resp::{Proto, Request};
 use crate::scan::{self, ScanStep};
 use crate::shared::Shared;
@@ -59,16 +59,18 @@ pub enum Step {
 #[derive(Debug)]
 pub enum Post {
     None,
-    /// INFO: rewrite for the client (slotgate section, cluster_enabled:0), with the keyspace
-    /// section summed from these flights (one per master) when it was asked for.
+    /// INFO: rewrite for the client (slotgate section, cluster_enabled:0), with counters
+    /// and the keyspace summed over the other masters' replies (`others`).
     Info {
         scope: InfoScope,
-        keyspace: Vec<Flight>,
+        others: Vec<Flight>,
     },
+    /// SCRIPT EXISTS: a script slotgate remembers counts as present (EVALSHA through
+    /// slotgate loads it wherever it is missing).
+    ScriptExists(Request),
     /// SCAN: replace the node's cursor with the client-facing one.
     Scan {
         step: ScanStep,
-        masters: usize,
     },
     /// SCRIPT LOAD: remember the body under the SHA the nodes answered.
     RememberScript(Bytes),
@@ -76,6 +78,12 @@ pub enum Post {
     ForgetScripts,
     /// EVALSHA: on NOSCRIPT, load the remembered body on every master and retry once.
     EvalSha(Request),
+    /// CONFIG GET: secret values redacted.
+    RedactConfig,
+    /// COMMAND LIST: only the commands slotgate accepts.
+    FilterCommandNames,
+    /// COMMAND DOCS: only the commands slotgate accepts.
+    FilterCommandDocs,
     /// EVAL: once it ran, its body is cached on that master as SCRIPT LOAD would: remember
     /// it, so SCRIPT EXISTS and EVALSHA find it.
     RememberEval(Bytes),
@@ -152,7 +160,19 @@ pub async fn handle(
         return ready(unknown_command(&req));
     };
     let opts = client_opts(shared, state, spec);
+    let learned = crate::command::learned::has_any();
     match spec.route {
+        // Until a server described its commands, COMMAND is the server's own answer.
+        Route::Local if matches!(cmd, Cmd::CommandCount | Cmd::CommandInfo) && !learned => {
+            forward(shared, state, spec, req, opts).await
+        }
+        Route::Container if cmd == Cmd::Command && req.len() == 1 && !learned => {
+            forward(shared, state, spec, req, opts).await
+        }
+        Route::Container if cmd == Cmd::Command && req.len() == 1 => {
+            let r = local::answer(spec, &req, state, shared);
+            (Step::Ready(r.reply), r.close)
+        }
         Route::Local => {
             let r = local::answer(spec, &req, state, shared);
             (Step::Ready(r.reply), r.close)
@@ -168,20 +188,32 @@ pub async fn handle(
             if scope == InfoScope::SlotgateOnly {
                 return ready(info::local_reply(shared, state.proto).await);
             }
-            let keyspace = if info::wants_keyspace(&req) {
-                let raw = Request::from_args(&["INFO", "keyspace"]).raw;
-                shared.primary.start_all(&raw, opts).await
-            } else {
-                Vec::new()
-            };
-            let flight = shared.primary.start(req.raw, Target::Any, opts).await;
-            remote(flight, Post::Info { scope, keyspace })
+            // Every master answers; the first's text carries the others' counters summed.
+            let mut flights = shared.primary.start_all(&req.raw, opts).await;
+            if flights.is_empty() {
+                return ready(crate::replies::cluster_down());
+            }
+            let first = flights.remove(0);
+            remote(
+                first,
+                Post::Info {
+                    scope,
+                    others: flights,
+                },
+            )
         }
         Route::AllMasters => {
             let post = match cmd {
                 Cmd::ScriptLoad if req.len() == 3 => Post::RememberScript(req.arg_bytes(2)),
                 Cmd::ScriptFlush => Post::ForgetScripts,
+                Cmd::ScriptExists => Post::ScriptExists(req.clone()),
                 _ => Post::None,
+            };
+            // SCRIPT KILL and FUNCTION KILL must reach a master busy with a script: on a
+            // connection of their own, not behind the busy command.
+            let opts = SendOptions {
+                dedicated: spec.flags.contains(Flags::ALLOW_BUSY),
+                ..opts
             };
             let submitted = shared.primary.submit(spec, &req, opts).await;
             let step = from_submitted(submitted, post);
@@ -196,7 +228,7 @@ pub async fn handle(
             },
             false,
         ),
-        Route::RandomKey | Route::Wait => ready(wrong_args(spec)),
+        Route::RandomKey | Route::Wait => ready(crate::replies::wrong_args(spec.name)),
         Route::PubSubHome => {
             let target = shared
                 .primary
@@ -223,24 +255,13 @@ pub async fn handle(
 /// have.
 pub fn container_error(spec: &CmdSpec, req: &Request) -> String {
     if req.len() < 2 {
-        return wrong_args_text(spec);
+        return crate::replies::wrong_args_text(spec.name);
     }
     format!(
         "ERR unknown subcommand '{}'. Try {} HELP.",
         String::from_utf8_lossy(&req.arg(1)[..req.arg(1).len().min(128)]),
         spec.name
     )
-}
-
-fn wrong_args_text(spec: &CmdSpec) -> String {
-    format!(
-        "ERR wrong number of arguments for '{}' command",
-        spec.redis_name()
-    )
-}
-
-fn wrong_args(spec: &CmdSpec) -> Bytes {
-    error(&wrong_args_text(spec))
 }
 
 /// Commands routed by their keys; multi-key commands across slots are split when they can
@@ -265,6 +286,9 @@ async fn forward(
     state.barrier |= opts.dedicated;
     state.blocking = opts.dedicated;
     let post = match spec.cmd {
+        Cmd::ConfigGet => Post::RedactConfig,
+        Cmd::CommandList => Post::FilterCommandNames,
+        Cmd::CommandDocs => Post::FilterCommandDocs,
         Cmd::EvalSha => Post::EvalSha(req.clone()),
         Cmd::Eval if req.len() > 1 => Post::RememberEval(req.arg_bytes(1)),
         _ => Post::None,
@@ -291,6 +315,14 @@ fn client_opts(shared: &Shared, state: &ClientState, spec: &CmdSpec) -> SendOpti
     }
 }
 
+/// Whether a forwarded command's reply is adjusted after it arrives (`forward`'s `Post`).
+fn adjusts_reply(cmd: Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::ConfigGet | Cmd::CommandList | Cmd::CommandDocs | Cmd::Eval | Cmd::EvalSha
+    )
+}
+
 /// Puts a plain forwarded command into this read's batch for its node, when it is one.
 fn try_batch(
     shared: &Shared,
@@ -303,7 +335,7 @@ fn try_batch(
         // Reads are never mirrored: with mirrors configured they are batched all the same.
         && (shared.mirrors.is_none() || !mirror::mirrored(spec))
         && matches!(spec.route, Route::Slot | Route::Split(_))
-        && spec.cmd == Cmd::Plain
+        && !adjusts_reply(spec.cmd)
         && !state.txn.takes(Some(spec))
         && !state.subs.as_ref().is_some_and(|s| s.active())
         && !spec.is_blocking(req);
@@ -384,24 +416,13 @@ fn from_submitted(submitted: Submitted, post: Post) -> (Step, bool) {
 
 /// SCAN: one master at a time, the cursor naming the master.
 async fn scan(shared: &Shared, req: Request, opts: SendOptions) -> (Step, bool) {
-    let masters = shared.primary.serving_masters();
     let table = shared.primary.topology.table();
-    let master_of_slot = |slot| {
-        let addr = &table.master_for(slot)?.addr;
-        masters.iter().position(|m| m == addr)
-    };
-    match scan::plan(&req, masters.len(), master_of_slot) {
+    match scan::plan(&req, &table) {
         Err(e) => ready(e),
         Ok(step) => {
-            let target = Target::Node(masters[step.master].clone());
+            let target = Target::Node(step.addr.clone());
             let flight = shared.primary.start(step.raw.clone(), target, opts).await;
-            remote(
-                flight,
-                Post::Scan {
-                    step,
-                    masters: masters.len(),
-                },
-            )
+            remote(flight, Post::Scan { step })
         }
     }
 }
@@ -446,17 +467,29 @@ async fn complete_one(shared: &Shared, step: Step, proto: Proto) -> Bytes {
 async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes {
     match post {
         Post::None => reply,
-        Post::Info { scope, keyspace } => {
-            let keyspace = if keyspace.is_empty() {
-                None
-            } else {
-                let replies =
-                    join_all(keyspace.into_iter().map(|f| shared.primary.finish(f))).await;
-                Some(info::sum_keyspace(&replies))
-            };
-            info::rewrite(reply, shared, proto, scope, keyspace).await
+        Post::Info { scope, others } => {
+            let others = join_all(others.into_iter().map(|f| shared.primary.finish(f))).await;
+            info::rewrite(reply, &others, shared, proto, scope).await
         }
-        Post::Scan { step, masters } => scan::rewrite(&reply, &step, masters),
+        Post::ScriptExists(req) => {
+            let Some(found) = elements(&reply) else {
+                return reply;
+            };
+            let mut e = crate::resp::Encoder::new(proto);
+            e.array(found.len());
+            for (i, f) in found.iter().enumerate() {
+                let remembered = shared
+                    .scripts
+                    .contains_key(&req.arg(i + 2).to_ascii_lowercase()[..]);
+                if remembered {
+                    e.integer(1);
+                } else {
+                    e.raw(f);
+                }
+            }
+            e.finish()
+        }
+        Post::Scan { step } => scan::rewrite(&reply, &step, &shared.primary.topology.table()),
         Post::RememberScript(body) => {
             if let Some(sha) = bulk_body(&reply) {
                 shared
@@ -465,6 +498,9 @@ async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes
             }
             reply
         }
+        Post::RedactConfig => crate::redact::config_get(reply, proto),
+        Post::FilterCommandNames => crate::command::answer::filter_names(reply, proto),
+        Post::FilterCommandDocs => crate::command::answer::filter_docs(reply, proto),
         Post::RememberEval(body) => {
             if !reply.starts_with(b"-ERR Error compiling script") {
                 let sha = crate::scripts::sha1_hex(&body);
@@ -522,7 +558,7 @@ async fn random_key(shared: &Shared, opts: SendOptions) -> Bytes {
         }
         last = Some(reply);
     }
-    last.unwrap_or_else(|| error("CLUSTERDOWN The cluster is down"))
+    last.unwrap_or_else(crate::replies::cluster_down)
 }
 
 /// Redis's reply for a command it does not know, naming the command and its first args.

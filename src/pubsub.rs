@@ -24,9 +24,9 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::backend::conn;
 use crate::command::{Cmd, CmdSpec};
-use crate::multikey::{elements, integer};
 use crate::resp::encode::{Encoder, error};
 use crate::resp::reply::bulk_body;
+use crate::resp::reply::{elements, integer};
 use crate::resp::{Proto, ReplyScanner, Request};
 use crate::shared::Shared;
 use crate::slot::slot_of;
@@ -166,9 +166,7 @@ impl Subscriptions {
                 }
                 let slot = slot_of(&args[0]);
                 if args.iter().any(|a| slot_of(a) != slot) {
-                    return Some(error(
-                        "CROSSSLOT Keys in request don't hash to the same slot",
-                    ));
+                    return Some(crate::replies::crossslot());
                 }
                 let Some(addr) = shared
                     .primary
@@ -177,7 +175,7 @@ impl Subscriptions {
                     .master_for(slot)
                     .map(|m| m.addr.clone())
                 else {
-                    return Some(error("CLUSTERDOWN Hash slot not served"));
+                    return Some(crate::replies::slot_not_served());
                 };
                 for a in &args {
                     self.shard_channels.insert(a.clone(), addr.clone());
@@ -258,7 +256,7 @@ impl Subscriptions {
                 // so PUBLISH counts and PUBSUB NUMSUB match one server's.
                 Link::Global => match shared.primary.topology.table().pubsub_home() {
                     Some(m) => m.addr.clone(),
-                    None => return Some(error("CLUSTERDOWN The cluster is down")),
+                    None => return Some(crate::replies::cluster_down()),
                 },
                 Link::Shard(addr) => addr.clone(),
             };
@@ -527,10 +525,7 @@ impl Subscriptions {
 }
 
 fn wrong_args(name: &str) -> Bytes {
-    error(&format!(
-        "ERR wrong number of arguments for '{}' command",
-        name.to_ascii_lowercase()
-    ))
+    crate::replies::wrong_args(name)
 }
 
 /// One subscriber connection: writes commands, streams every frame read to the client task.

@@ -35,6 +35,7 @@ pub fn build(config: Config) -> Arc<Shared> {
         stats: Default::default(),
         started: std::time::Instant::now(),
         scripts: Default::default(),
+        clients: Default::default(),
         draining: tokio::sync::watch::Sender::new(false),
     })
 }
@@ -45,6 +46,12 @@ pub fn build(config: Config) -> Arc<Shared> {
 /// once). The first topology refresh runs before the first client is accepted when the
 /// cluster answers within the connect timeout.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = Duration>) {
+    if !crate::command::route_from_server(&config.cluster.route_from_server) {
+        tracing::warn!(
+            "cluster.route_from_server is read once per process, before the first command: \
+             the list in force is kept"
+        );
+    }
     let shared = build(config);
     shared
         .primary

@@ -35,4 +35,6 @@ pub struct Shared {
     /// Script bodies loaded through slotgate (SCRIPT LOAD), by lower-case SHA1, so an
     /// EVALSHA answered NOSCRIPT by a master that lacks the script can load it there.
     pub scripts: dashmap::DashMap<Bytes, Bytes>,
+    /// Connected clients, for CLIENT LIST.
+    pub clients: crate::clients::Clients,
 }

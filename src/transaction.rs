@@ -143,14 +143,10 @@ impl Transaction {
                 let slot = match spec.map(|s| s.slot(&req)) {
                     Some(Ok(Some(slot))) => slot,
                     Some(Err(RouteError::CrossSlot)) => {
-                        return TxReply::Ready(error(
-                            "CROSSSLOT Keys in request don't hash to the same slot",
-                        ));
+                        return TxReply::Ready(crate::replies::crossslot());
                     }
                     _ => {
-                        return TxReply::Ready(error(
-                            "ERR wrong number of arguments for 'watch' command",
-                        ));
+                        return TxReply::Ready(crate::replies::wrong_args("watch"));
                     }
                 };
                 if let Err(e) = self.check_or_pin(shared, proto, slot).await {
@@ -223,7 +219,7 @@ impl Transaction {
         }
         match spec.slot(&req) {
             Err(RouteError::CrossSlot) => {
-                let reason = "CROSSSLOT Keys in request don't hash to the same slot";
+                let reason = crate::replies::CROSSSLOT;
                 self.failed.get_or_insert(reason.to_string());
                 TxReply::Ready(error(reason))
             }
@@ -282,7 +278,7 @@ impl Transaction {
             None => table.any_master(rand::random()),
         };
         let Some(addr) = master.map(|m| m.addr.clone()) else {
-            return Err(error("CLUSTERDOWN Hash slot not served"));
+            return Err(crate::replies::slot_not_served());
         };
         let conn = shared
             .primary

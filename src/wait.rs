@@ -19,8 +19,8 @@ use futures::future::join_all;
 use tokio::sync::oneshot;
 
 use crate::backend::conn::{Deadline, Pending};
-use crate::multikey::{elements, integer};
 use crate::resp::encode::{Encoder, error};
+use crate::resp::reply::{elements, integer};
 use crate::resp::{Proto, Request};
 use crate::shared::Shared;
 use crate::slot::{SLOT_COUNT, slot_of};
@@ -91,7 +91,7 @@ pub async fn run(shared: &Shared, written: &mut Written, req: Request, proto: Pr
     if masters.is_empty() {
         match shared.primary.topology.table().any_master(rand::random()) {
             Some(m) => masters.push(m.addr.clone()),
-            None => return error("CLUSTERDOWN The cluster is down"),
+            None => return crate::replies::cluster_down(),
         }
     }
     let table = shared.primary.topology.table();

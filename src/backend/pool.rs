@@ -303,7 +303,18 @@ impl Backends {
     /// Sends one request and waits for its reply, with a deadline (control traffic such as
     /// topology queries).
     pub async fn request(&self, addr: &Arc<str>, raw: Bytes, timeout: Duration) -> ReplyResult {
-        let rx = self.send(addr, Proto::Resp2, 0, raw, false).await;
+        self.request_in(addr, Proto::Resp2, raw, timeout).await
+    }
+
+    /// As `request`, on the node's connection speaking `proto`.
+    pub async fn request_in(
+        &self,
+        addr: &Arc<str>,
+        proto: Proto,
+        raw: Bytes,
+        timeout: Duration,
+    ) -> ReplyResult {
+        let rx = self.send(addr, proto, 0, raw, false).await;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(BackendError::ConnectionLost {

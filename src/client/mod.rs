@@ -33,8 +33,13 @@ use pipeline::{Entry, ReplyQueue};
 /// Serves one client until it disconnects, sends QUIT, or breaks the protocol.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     let _ = stream.set_nodelay(true);
+    let registration =
+        shared
+            .clients
+            .register(id, stream.peer_addr().ok(), stream.local_addr().ok());
     let (mut rd, mut wr) = stream.into_split();
     let mut state = ClientState::new(id, shared.config.password.is_some());
+    state.entry = Some(registration.entry.clone());
     state.batch.enabled = true;
     let mut scanner = RequestScanner::new(shared.config.request_limits());
     let limits = &shared.config.limits;
@@ -71,7 +76,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                     Err(e) => {
                         debug!(error = %e, "protocol error from client");
                         let reply = error(&format!("ERR Protocol error: {e}"));
-                        inflight.push(Entry::Ready(reply), 0, 0);
+                        inflight.push(Entry::Ready(reply), 0, 0, false);
                         closing = true;
                         break;
                     }
@@ -93,8 +98,19 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
             state.barrier = false;
             state.blocking = false;
             let size = req.raw.len();
+            let silent_by_mode = state.replies.take_for_command();
+            if let Some(spec) = spec {
+                registration.entry.set_command(spec);
+            }
             let (step, close) = handle(&shared, &mut state, req, spec).await;
-            inflight.push(Entry::new(&shared, step, state.proto), generation, size);
+            let silent = state.silence_this.take().unwrap_or(silent_by_mode);
+            inflight.push(
+                Entry::new(&shared, step, state.proto),
+                generation,
+                size,
+                silent,
+            );
+
             closing = close;
         }
         if state.batch.has_open() {
@@ -102,6 +118,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         }
         if parsed > 0 {
             shared.stats.total_commands.add(parsed);
+            registration.entry.touch();
         }
         while let Some(reply) = inflight.pop_ready() {
             out.push(reply);
@@ -140,6 +157,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         let shard_subscribed = state.subs.as_ref().is_some_and(|s| s.has_shard_channels());
         if shard_subscribed && shard_check.is_none() {
             shard_check = Some(tokio::time::interval(SHARD_CHECK));
+        }
+        // A request waits for every earlier reply, and those were all dropped (CLIENT REPLY
+        // OFF): nothing is left to wait for or write before it.
+        if deferred.is_some() && inflight.is_empty() {
+            continue;
         }
         let room = inflight.len() < window && inflight.bytes() < window_bytes;
         tokio::select! {

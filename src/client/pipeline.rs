@@ -274,8 +274,9 @@ impl<'a> FollowUp<'a> {
 /// The client's in-flight requests, in request order (see the module's ordering rules).
 pub struct ReplyQueue<'a> {
     entries: VecDeque<Entry<'a>>,
-    /// Size of each entry's request, in the same order, for the byte bound.
-    sizes: VecDeque<u32>,
+    /// Size of each entry's request, in the same order, for the byte bound, and whether its
+    /// reply is dropped instead of written (CLIENT REPLY OFF / SKIP).
+    sizes: VecDeque<(u32, bool)>,
     /// Bytes of the requests in flight (`limits.pipeline_window_bytes`).
     bytes: usize,
     /// Table generation when the oldest entry in flight was routed: while the table keeps
@@ -310,31 +311,37 @@ impl<'a> ReplyQueue<'a> {
         self.bytes
     }
 
-    /// Adds the entry of a request of `size` bytes, routed with table `generation`.
-    pub fn push(&mut self, entry: Entry<'a>, generation: u64, size: usize) {
+    /// Adds the entry of a request of `size` bytes, routed with table `generation`; a
+    /// `silent` entry's reply is dropped when it completes.
+    pub fn push(&mut self, entry: Entry<'a>, generation: u64, size: usize, silent: bool) {
         if self.entries.is_empty() {
             self.generation = Some(generation);
         }
         let size = u32::try_from(size).unwrap_or(u32::MAX);
         self.bytes += size as usize;
-        self.sizes.push_back(size);
+        self.sizes.push_back((size, silent));
         self.entries.push_back(entry);
     }
 
-    /// The reply at the head, if complete.
+    /// The reply at the head, if complete (silent replies completed before it are dropped).
     pub fn pop_ready(&mut self) -> Option<Bytes> {
-        let Some(Entry::Ready(_)) = self.entries.front() else {
-            return None;
-        };
-        let Some(Entry::Ready(reply)) = self.entries.pop_front() else {
-            return None;
-        };
-        self.bytes -= self.sizes.pop_front().unwrap_or(0) as usize;
-        if self.entries.is_empty() {
-            self.generation = None;
-            self.following = false;
+        loop {
+            let Some(Entry::Ready(_)) = self.entries.front() else {
+                return None;
+            };
+            let Some(Entry::Ready(reply)) = self.entries.pop_front() else {
+                return None;
+            };
+            let (size, silent) = self.sizes.pop_front().unwrap_or((0, false));
+            self.bytes -= size as usize;
+            if self.entries.is_empty() {
+                self.generation = None;
+                self.following = false;
+            }
+            if !silent {
+                return Some(reply);
+            }
         }
-        Some(reply)
     }
 
     /// Advances every entry; ready when the head is complete.

@@ -63,6 +63,16 @@ pub fn current() -> Arc<Learned> {
     LEARNED.load_full()
 }
 
+/// How many commands and subcommands are routed from the servers' descriptions.
+pub fn count() -> usize {
+    LEARNED.load().specs.len()
+}
+
+/// Whether any server has described its commands yet.
+pub fn has_any() -> bool {
+    !LEARNED.load().entries.is_empty()
+}
+
 /// Whether `version`'s commands were learned already.
 pub fn knows_version(version: &str) -> bool {
     LEARNED.load().versions.contains(version)
@@ -86,6 +96,7 @@ pub fn install(version: &str, resp2: &[u8], resp3: Option<&[u8]>) -> Result<usiz
         if super::table::COMMANDS
             .iter()
             .any(|c| c.name.as_bytes() == &name[..])
+            && !super::routed_from_server(&name)
         {
             continue;
         }

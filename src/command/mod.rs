@@ -7,12 +7,13 @@
 //! Lookup is case-insensitive and allocation-free (the name is upper-cased into a stack
 //! buffer).
 
-use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use crate::resp::Request;
 
+pub mod answer;
 pub mod keys;
 pub mod learned;
 pub mod spec;
@@ -23,7 +24,38 @@ pub use spec::{Cmd, CmdSpec, Flags, ResponsePolicy, Route, Shape, Timeout};
 pub use table::{CLUSTER_DISABLED, COMMANDS, NODE_ADMIN};
 
 static INDEX: LazyLock<HashMap<&'static [u8], &'static CmdSpec, crate::fasthash::FnvBuild>> =
-    LazyLock::new(|| COMMANDS.iter().map(|c| (c.name.as_bytes(), c)).collect());
+    LazyLock::new(|| {
+        let overridden = ROUTE_FROM_SERVER.get_or_init(Default::default);
+        COMMANDS
+            .iter()
+            .filter(|c| {
+                let parent = c.name.split('|').next().unwrap_or(c.name);
+                !overridden.contains(parent)
+            })
+            .map(|c| (c.name.as_bytes(), c))
+            .collect()
+    });
+
+/// Built-in commands (and their subcommands) routed by the servers' descriptions instead.
+static ROUTE_FROM_SERVER: OnceLock<HashSet<String>> = OnceLock::new();
+
+/// Makes the named built-in commands route by what the servers describe
+/// (`cluster.route_from_server`). Takes effect only before the first lookup, once per
+/// process; returns false when it came too late or a different list is in force.
+pub fn route_from_server(names: &[String]) -> bool {
+    let wanted: HashSet<String> = names.iter().map(|n| n.to_ascii_uppercase()).collect();
+    let set = ROUTE_FROM_SERVER.get_or_init(|| wanted.clone());
+    *set == wanted
+}
+
+/// Whether `upper` (a command or `PARENT|SUB`) is routed from the servers' descriptions
+/// although the built-in table has it.
+pub fn routed_from_server(upper: &[u8]) -> bool {
+    let parent = upper.split(|&b| b == b'|').next().unwrap_or(upper);
+    ROUTE_FROM_SERVER
+        .get()
+        .is_some_and(|s| s.iter().any(|n| n.as_bytes() == parent))
+}
 
 /// Longest name (`PARENT|SUB` for subcommands) looked up, for the stack buffer.
 const MAX_NAME: usize = 64;

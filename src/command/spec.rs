@@ -18,7 +18,15 @@ pub enum Cmd {
     Select,
     Auth,
     Hello,
-    Client,
+    ClientSetName,
+    ClientSetInfo,
+    ClientGetName,
+    ClientId,
+    ClientInfo,
+    ClientList,
+    ClientReply,
+    ClientNoOp,
+    ClientMaintNotifications,
     ReadOnly,
     ReadWrite,
     Reset,
@@ -46,8 +54,13 @@ pub enum Cmd {
     EvalSha,
     ScriptLoad,
     ScriptFlush,
+    ScriptExists,
     ConfigGet,
     Command,
+    CommandCount,
+    CommandInfo,
+    CommandList,
+    CommandDocs,
     // Writes whose mirror copy depends on the primary's reply (`mirror::effects`).
     Set,
     SetEx,
@@ -107,6 +120,9 @@ impl Flags {
     pub const UNKNOWN_KEYS: Flags = Flags(1 << 8);
     /// Learned from a server's `COMMAND INFO`, not from the built-in table.
     pub const LEARNED: Flags = Flags(1 << 9);
+    /// Runs while a node is busy with a script (SCRIPT KILL): sent on a connection of its
+    /// own, never queued behind the busy command.
+    pub const ALLOW_BUSY: Flags = Flags(1 << 10);
 
     pub const fn union(self, other: Flags) -> Flags {
         Flags(self.0 | other.0)

@@ -7,6 +7,11 @@ use super::spec::{Cmd, CmdSpec, Flags, ResponsePolicy, Route, Shape, Timeout};
 
 /// Reason given for commands that administer a single node.
 pub const NODE_ADMIN: &str = "administers a single Redis node; connect to the node directly";
+/// Reason given for commands about one node's client connections.
+const CLIENT_OF_A_NODE: &str =
+    "acts on a node's own client connections, which are slotgate's, not yours";
+/// Reason given for client-side caching, not supported yet.
+const NOT_YET: &str = "is not supported by slotgate yet";
 /// Reason given for commands that only make sense on one standalone server.
 const CLUSTER_ONLY_DB0: &str = "is not available: a Redis Cluster has only database 0";
 /// slotgate presents a standalone server: CLUSTER is answered as a standalone Redis answers
@@ -47,6 +52,10 @@ const fn local(name: &'static str, cmd: Cmd) -> CmdSpec {
         .route(Route::Local)
         .flag(Flags::CONNECTION_STATE)
 }
+/// Answered by slotgate without changing the connection's state.
+const fn answered(name: &'static str, cmd: Cmd) -> CmdSpec {
+    CmdSpec::new(name, NONE).cmd(cmd).route(Route::Local)
+}
 const fn refused(name: &'static str, reason: &'static str) -> CmdSpec {
     CmdSpec::new(name, NONE).route(Route::Refused(reason))
 }
@@ -83,7 +92,27 @@ pub static COMMANDS: &[CmdSpec] = &[
     local("SELECT", Cmd::Select),
     local("AUTH", Cmd::Auth).flag(Flags::NO_AUTH),
     local("HELLO", Cmd::Hello).flag(Flags::NO_AUTH),
-    local("CLIENT", Cmd::Client),
+    container("CLIENT"),
+    // CLIENT subcommands concern slotgate's own client connections.
+    local("CLIENT|SETNAME", Cmd::ClientSetName),
+    local("CLIENT|SETINFO", Cmd::ClientSetInfo),
+    answered("CLIENT|GETNAME", Cmd::ClientGetName),
+    answered("CLIENT|ID", Cmd::ClientId),
+    answered("CLIENT|INFO", Cmd::ClientInfo),
+    answered("CLIENT|LIST", Cmd::ClientList),
+    local("CLIENT|REPLY", Cmd::ClientReply),
+    answered("CLIENT|NO-EVICT", Cmd::ClientNoOp),
+    answered("CLIENT|NO-TOUCH", Cmd::ClientNoOp),
+    answered("CLIENT|MAINT_NOTIFICATIONS", Cmd::ClientMaintNotifications),
+    CmdSpec::new("CLIENT|HELP", NONE),
+    refused("CLIENT|KILL", CLIENT_OF_A_NODE),
+    refused("CLIENT|PAUSE", NODE_ADMIN),
+    refused("CLIENT|UNPAUSE", NODE_ADMIN),
+    refused("CLIENT|UNBLOCK", CLIENT_OF_A_NODE),
+    refused("CLIENT|TRACKING", NOT_YET),
+    refused("CLIENT|TRACKINGINFO", NOT_YET),
+    refused("CLIENT|CACHING", NOT_YET),
+    refused("CLIENT|GETREDIR", NOT_YET),
     local("READONLY", Cmd::ReadOnly),
     local("READWRITE", Cmd::ReadWrite),
     local("RESET", Cmd::Reset).flag(Flags::NO_AUTH.union(Flags::SUBSCRIBER)),
@@ -94,7 +123,16 @@ pub static COMMANDS: &[CmdSpec] = &[
         .cmd(Cmd::Info)
         .route(Route::Info)
         .policy(ResponsePolicy::Special),
-    CmdSpec::new("COMMAND", NONE).cmd(Cmd::Command),
+    // COMMAND describes what slotgate accepts: the servers' descriptions of the commands it
+    // routes (`command::answer`).
+    container("COMMAND").cmd(Cmd::Command),
+    answered("COMMAND|COUNT", Cmd::CommandCount),
+    answered("COMMAND|INFO", Cmd::CommandInfo),
+    CmdSpec::new("COMMAND|LIST", NONE).cmd(Cmd::CommandList),
+    CmdSpec::new("COMMAND|DOCS", NONE).cmd(Cmd::CommandDocs),
+    CmdSpec::new("COMMAND|GETKEYS", NONE),
+    CmdSpec::new("COMMAND|GETKEYSANDFLAGS", NONE),
+    CmdSpec::new("COMMAND|HELP", NONE),
     CmdSpec::new("TIME", NONE),
     CmdSpec::new("LASTSAVE", NONE),
     read("LOLWUT", NONE),
@@ -323,8 +361,8 @@ pub static COMMANDS: &[CmdSpec] = &[
     container("SCRIPT"),
     all("SCRIPT|LOAD", ResponsePolicy::AllSucceeded).cmd(Cmd::ScriptLoad),
     all("SCRIPT|FLUSH", ResponsePolicy::AllSucceeded).cmd(Cmd::ScriptFlush),
-    all("SCRIPT|EXISTS", ResponsePolicy::AggLogicalAnd),
-    all("SCRIPT|KILL", ResponsePolicy::OneSucceeded),
+    all("SCRIPT|EXISTS", ResponsePolicy::AggLogicalAnd).cmd(Cmd::ScriptExists),
+    all("SCRIPT|KILL", ResponsePolicy::OneSucceeded).flag(Flags::ALLOW_BUSY),
     CmdSpec::new("SCRIPT|HELP", NONE),
     refused("SCRIPT|DEBUG", NODE_ADMIN),
     container("FUNCTION"),
@@ -332,7 +370,7 @@ pub static COMMANDS: &[CmdSpec] = &[
     all("FUNCTION|DELETE", ResponsePolicy::AllSucceeded).flag(Flags::WRITE),
     all("FUNCTION|FLUSH", ResponsePolicy::AllSucceeded).flag(Flags::WRITE),
     all("FUNCTION|RESTORE", ResponsePolicy::AllSucceeded).flag(Flags::WRITE),
-    all("FUNCTION|KILL", ResponsePolicy::OneSucceeded),
+    all("FUNCTION|KILL", ResponsePolicy::OneSucceeded).flag(Flags::ALLOW_BUSY),
     CmdSpec::new("FUNCTION|LIST", NONE),
     CmdSpec::new("FUNCTION|DUMP", NONE),
     CmdSpec::new("FUNCTION|STATS", NONE),

@@ -17,8 +17,8 @@ use crate::config::Config;
 use crate::dispatch::SendOptions;
 use crate::mirror::Mirrors;
 use crate::mirror::queue::{FIELD, StreamQueue, WriteQueue};
-use crate::multikey::elements;
 use crate::resp::reply::bulk_body;
+use crate::resp::reply::elements;
 use crate::resp::{Limits, RequestScanner};
 
 /// One stream entry: its id and the command it carries.

@@ -9,9 +9,9 @@
 use bytes::Bytes;
 
 use crate::command::Cmd;
-use crate::multikey::{elements, integer};
 use crate::resp::Request;
 use crate::resp::reply::bulk_body;
+use crate::resp::reply::{elements, integer};
 
 fn is_null(reply: &[u8]) -> bool {
     matches!(reply, b"$-1\r\n" | b"*-1\r\n" | b"_\r\n")

@@ -10,9 +10,9 @@ use futures::future::BoxFuture;
 
 use crate::config::{Config, QueueConfig};
 use crate::dispatch::{Cluster, ClusterAccess, SendOptions, Target};
-use crate::multikey::{elements, integer};
 use crate::resp::Request;
 use crate::resp::reply::bulk_body;
+use crate::resp::reply::{elements, integer};
 
 /// How far consumers are behind.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -1,5 +1,6 @@
 //! Boundary scanner for replies from backends: every RESP2 and RESP3 type, nested to any
-//! depth up to a limit.
+//! depth a server sends (a Lua script may return a table nested hundreds deep); and readers
+//! of a complete reply's integer and elements.
 //!
 //! The scanner only finds where a reply ends; the reply then goes to the client as the
 //! untouched `Bytes`. Progress through a partly received reply is kept between calls (the
@@ -9,15 +10,13 @@
 use crate::error::ProtocolError;
 use crate::resp::request::read_line_int;
 
-/// Deepest nesting accepted in a reply.
-const MAX_DEPTH: usize = 128;
-
 /// Resumable reply scanner; one per backend connection.
 #[derive(Debug, Default)]
 pub struct ReplyScanner {
     /// Offset of the next element to scan in the current reply.
     pos: usize,
-    /// For each open aggregate, how many child elements are still to come.
+    /// For each open aggregate, how many child elements are still to come. Its length is the
+    /// nesting depth, bounded by the reply's size (every level takes at least 4 bytes).
     open: Vec<u64>,
 }
 
@@ -82,9 +81,6 @@ impl ReplyScanner {
                     if children == 0 {
                         true
                     } else {
-                        if self.open.len() >= MAX_DEPTH {
-                            return Err(ProtocolError::TooDeep);
-                        }
                         self.open.push(children);
                         false
                     }
@@ -136,6 +132,48 @@ pub fn bulk_body(reply: &[u8]) -> Option<&[u8]> {
     } else {
         Some(body)
     }
+}
+
+/// The integer of a `:N` reply.
+pub fn integer(reply: &[u8]) -> Option<i64> {
+    if reply.first() != Some(&b':') {
+        return None;
+    }
+    let (v, len) = read_line_int(reply, 0).ok()??;
+    (len == reply.len()).then_some(v?)
+}
+
+/// The raw elements of an array (`*`), set (`~`) or push (`>`) reply.
+pub fn elements(reply: &[u8]) -> Option<Vec<&[u8]>> {
+    if !matches!(reply.first(), Some(b'*' | b'~' | b'>')) {
+        return None;
+    }
+    let (n, mut at) = read_line_int(reply, 0).ok()??;
+    let n = usize::try_from(n?).ok()?;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let len = ReplyScanner::new().next(&reply[at..]).ok()??;
+        out.push(&reply[at..at + len]);
+        at += len;
+    }
+    (at == reply.len()).then_some(out)
+}
+
+/// The elements of a flat array of pairs, or of a RESP3 map (keys and values alternating).
+pub fn pair_elements(reply: &[u8]) -> Option<Vec<&[u8]>> {
+    if reply.first() != Some(&b'%') {
+        let e = elements(reply)?;
+        return e.len().is_multiple_of(2).then_some(e);
+    }
+    let (n, mut at) = read_line_int(reply, 0).ok()??;
+    let n = usize::try_from(n?).ok()?;
+    let mut out = Vec::with_capacity(2 * n.min(512));
+    for _ in 0..2 * n {
+        let len = ReplyScanner::new().next(&reply[at..]).ok()??;
+        out.push(&reply[at..at + len]);
+        at += len;
+    }
+    (at == reply.len()).then_some(out)
 }
 
 #[cfg(test)]
@@ -236,11 +274,13 @@ mod tests {
             ReplyScanner::new().next(b"$-2\r\n"),
             Err(ProtocolError::InvalidReplyLength)
         );
-        let deep = "*1\r\n".repeat(MAX_DEPTH + 1);
-        assert_eq!(
-            ReplyScanner::new().next(deep.as_bytes()),
-            Err(ProtocolError::TooDeep)
-        );
+    }
+
+    #[test]
+    fn any_depth_is_accepted() {
+        let mut deep = "*1\r\n".repeat(10_000);
+        deep.push_str(":1\r\n");
+        assert_eq!(lengths(deep.as_bytes()), vec![deep.len()]);
     }
 
     #[test]
@@ -257,5 +297,14 @@ mod tests {
             }
         }
         assert_eq!(got, Some(reply.len()));
+    }
+
+    #[test]
+    fn element_parsing() {
+        assert_eq!(elements(b"*2\r\n*1\r\n:1\r\n$1\r\nx\r\n").unwrap().len(), 2);
+        assert!(elements(b"*2\r\n:1\r\n").is_none());
+        assert!(elements(b":1\r\n").is_none());
+        assert_eq!(integer(b":-7\r\n"), Some(-7));
+        assert_eq!(integer(b"$1\r\n7\r\n"), None);
     }
 }

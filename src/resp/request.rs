@@ -176,7 +176,7 @@ impl RequestScanner {
     /// Takes the next complete request off the front of `buf`.
     ///
     /// Returns `Ok(None)` when more bytes are needed; progress is kept, so the next call
-    /// resumes where this one stopped. Empty inline lines and `*0`/`*-1` are skipped, as
+    /// resumes where this one stopped. Empty inline lines and `*0`/`*-N` are skipped, as
     /// Redis does. Until the client has `authenticated`, requests of more than 10 arguments
     /// or with a bulk longer than 16 KB are refused from their header, before anything is
     /// buffered, as Redis does.
@@ -229,12 +229,10 @@ impl RequestScanner {
                 return Ok(None);
             };
             let n = n.ok_or(ProtocolError::InvalidMultibulkLength)?;
-            if n == 0 || n == -1 {
+            // As Redis does, a count of zero or less is an empty request, skipped.
+            if n <= 0 {
                 let _ = buf.split_to(header_len);
                 continue;
-            }
-            if n < 0 {
-                return Err(ProtocolError::InvalidMultibulkLength);
             }
             if n as u64 > limits.max_array_len as u64 {
                 return Err(limits.too_many_args());
@@ -544,8 +542,8 @@ mod tests {
     #[test]
     fn malformed_lengths() {
         assert_eq!(
-            scan_all(b"*-5\r\n"),
-            Err(ProtocolError::InvalidMultibulkLength)
+            scan_all(b"*-5\r\n*-10\r\n*1\r\n$4\r\nPING\r\n").unwrap(),
+            vec![args(&["PING"])]
         );
         assert_eq!(
             scan_all(b"*abc\r\n"),

@@ -225,15 +225,14 @@ async fn refresh(
             backends.retain(&keep);
             pools.data.retain(&keep);
         }
-        if topo.redis_version().is_none() {
-            learn_version(topo, backends, &addr, settings.query_timeout).await;
-        }
+        learn_version(topo, backends, &addr, settings.query_timeout).await;
         return;
     }
     warn!("no node answered CLUSTER NODES; keeping the current slot table");
 }
 
-/// Reads `redis_version` from `INFO server` of `addr`.
+/// Reads the server version from `INFO server` of `addr` (the node that just answered the
+/// topology query); a version not seen before has its commands learned from that node.
 async fn learn_version(topo: &Topology, backends: &Backends, addr: &Arc<str>, timeout: Duration) {
     let query = Request::from_args(&["INFO", "server"]).raw;
     let Ok(reply) = backends.request(addr, query, timeout).await else {
@@ -242,12 +241,54 @@ async fn learn_version(topo: &Topology, backends: &Backends, addr: &Arc<str>, ti
     let Some(text) = bulk_text(&reply) else {
         return;
     };
-    if let Some(v) = text
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .map(|v| v.trim().to_string())
-    {
-        topo.redis_version.store(Some(Arc::new(v)));
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let Some(version) = field("redis_version:") else {
+        return;
+    };
+    // Valkey reports its own version beside the Redis-compatible one.
+    let server = match field("valkey_version:") {
+        Some(v) => format!("valkey {v}"),
+        None => format!("redis {version}"),
+    };
+    if topo.redis_version().is_none() {
+        topo.redis_version.store(Some(Arc::new(version)));
+    }
+    if !crate::command::learned::knows_version(&server) {
+        learn_commands(backends, addr, &server, timeout).await;
+    }
+}
+
+/// Reads `COMMAND INFO` from `addr` in RESP2 and RESP3 and adds what it describes to the
+/// command model.
+async fn learn_commands(backends: &Backends, addr: &Arc<str>, server: &str, timeout: Duration) {
+    let query = Request::from_args(&["COMMAND", "INFO"]).raw;
+    // A full description is a few hundred KB: give it more than a topology query's time.
+    let timeout = timeout.max(Duration::from_secs(5));
+    let resp2 = match backends.request(addr, query.clone(), timeout).await {
+        Ok(r) if r.first() == Some(&b'*') => r,
+        Ok(r) => {
+            warn!(node = %addr, reply = %String::from_utf8_lossy(&r[..r.len().min(200)]).trim_end(), "COMMAND INFO refused; only built-in commands are routed");
+            return;
+        }
+        Err(e) => {
+            debug!(node = %addr, error = %e, "COMMAND INFO failed");
+            return;
+        }
+    };
+    let resp3 = backends
+        .request_in(addr, crate::resp::Proto::Resp3, query, timeout)
+        .await
+        .ok()
+        .filter(|r| r.first() == Some(&b'*'));
+    match crate::command::learned::install(server, &resp2, resp3.as_deref()) {
+        Ok(added) => {
+            info!(node = %addr, server, learned = added, "commands learned from COMMAND INFO")
+        }
+        Err(e) => warn!(node = %addr, error = %e, "unreadable COMMAND INFO"),
     }
 }
 
