@@ -63,6 +63,8 @@ struct SubConn {
     commands: mpsc::Sender<Bytes>,
     /// Confirmation frames still to swallow (resubscriptions made by slotgate itself).
     swallow: usize,
+    /// The node it is connected to (the host of an empty-host MOVED).
+    addr: Arc<str>,
 }
 
 /// Subscription state of one client.
@@ -292,6 +294,7 @@ impl Subscriptions {
                 id,
                 commands,
                 swallow: 0,
+                addr,
             },
         );
     }
@@ -338,15 +341,16 @@ impl Subscriptions {
                     // A resubscription slotgate made was refused; a MOVED says where the
                     // slot is now, and the next check of slot moves follows it.
                     conn.swallow -= 1;
+                    let from = conn.addr.clone();
                     self.written(frame.len());
                     let text = String::from_utf8_lossy(&frame[1..]).trim_end().to_string();
                     let mut words = text.split(' ');
                     if words.next() == Some("MOVED")
                         && let (Some(slot), Some(addr)) = (words.next(), words.next())
                         && let Ok(slot) = slot.parse::<u16>()
-                        && !addr.starts_with(':')
                     {
-                        shared.primary.topology.apply_moved(slot, addr);
+                        let addr = crate::redirect::redirect_addr(addr, &from);
+                        shared.primary.topology.apply_moved(slot, &addr);
                     } else {
                         warn!(reply = %text, "resubscription refused");
                     }

@@ -149,15 +149,20 @@ fn redirect(
     let Some((slot, addr)) = parsed else {
         return Decision::Fail(error(&format!("ERR slotgate: unreadable redirect: {text}")));
     };
-    let addr = match addr.strip_prefix(':') {
-        // An empty host means "the host you are talking to".
+    let addr = redirect_addr(addr, from);
+    Decision::Redirect { slot, addr, asking }
+}
+
+/// The address a MOVED or ASK names, as `host:port`: an empty host (`:6380`) means the host
+/// of `from`, the node that answered.
+pub fn redirect_addr(addr: &str, from: &str) -> String {
+    match addr.strip_prefix(':') {
         Some(port) => {
             let host = from.rsplit_once(':').map_or(from, |(h, _)| h);
             format!("{host}:{port}")
         }
         None => addr.to_string(),
-    };
-    Decision::Redirect { slot, addr, asking }
+    }
 }
 
 fn trim_line(b: &[u8]) -> &[u8] {

@@ -1,12 +1,14 @@
 //! Cluster topology: the published slot table and the task that keeps it current.
 //!
-//! One manager task refreshes the table from `CLUSTER NODES` on a timer and whenever a
+//! One manager task refreshes the table from `CLUSTER NODES` (`CLUSTER SHARDS` where that
+//! is refused or renamed) on a timer and whenever a
 //! request asks for it (after a MOVED, a connection error, an unassigned slot). Requests for a
 //! refresh are coalesced: a burst of MOVED replies leads to one refresh, asked first of the
 //! node that sent the redirect. The table is published through `ArcSwap`, so readers never
 //! take a lock.
 
 pub mod nodes;
+pub mod shards;
 pub mod table;
 
 use std::sync::Arc;
@@ -194,15 +196,38 @@ async fn refresh(
                 continue;
             }
         };
-        let Some(text) = bulk_text(&reply) else {
-            debug!(node = %addr, reply = %String::from_utf8_lossy(&reply).trim_end(), "CLUSTER NODES refused");
-            continue;
-        };
         let dialled = split_addr(&addr).map_or("127.0.0.1", |(h, _)| h);
-        let (view, errors) = parse_nodes(&text, dialled);
-        for e in &errors {
-            warn!(node = %addr, error = %e, "unreadable CLUSTER NODES line");
-        }
+        let view = match bulk_text(&reply) {
+            Some(text) => {
+                let (view, errors) = parse_nodes(&text, dialled);
+                for e in &errors {
+                    warn!(node = %addr, error = %e, "unreadable CLUSTER NODES line");
+                }
+                view
+            }
+            // Refused or renamed (managed services do): CLUSTER SHARDS tells the same.
+            None => {
+                debug!(node = %addr, reply = %String::from_utf8_lossy(&reply).trim_end(), "CLUSTER NODES refused; asking CLUSTER SHARDS");
+                let shards = Request::from_args(&["CLUSTER", "SHARDS"]).raw;
+                let reply = match backends
+                    .request(&addr, shards, settings.query_timeout)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        debug!(node = %addr, error = %e, "topology query failed");
+                        continue;
+                    }
+                };
+                match shards::parse_shards(&reply, dialled) {
+                    Ok(view) => view,
+                    Err(e) => {
+                        debug!(node = %addr, error = %e, "CLUSTER SHARDS refused too");
+                        continue;
+                    }
+                }
+            }
+        };
         if !view.iter().any(|n| n.flags.master && !n.slots.is_empty()) {
             debug!(node = %addr, "view without any slot owner; asking another node");
             continue;

@@ -289,4 +289,19 @@ e 127.0.0.1:7002@17002 master - 0 0 1 connected 0-10
             ]
         );
     }
+
+    #[test]
+    fn aux_fields_and_stray_commas() {
+        let text = "\
+a1 127.0.0.1:7000@17000,,shard-id=5f2a,tls-port=0 myself,master - 0 0 1 connected 0-8000
+b2 127.0.0.1:7001@17001,node-b,shard-id=77aa, master - 0 1700000000000 2 connected 8001-16383
+c3 127.0.0.1:7002@17002, slave b2 0 1700000000000 2 connected
+";
+        let (nodes, errors) = parse_nodes(text, "127.0.0.1");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(nodes[0].addr.as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(nodes[1].addr.as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(nodes[1].slots, [(8001, 16383)]);
+        assert_eq!(nodes[2].master_id.as_deref(), Some("b2"));
+    }
 }
