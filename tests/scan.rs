@@ -86,7 +86,7 @@ async fn scan_across_a_failover_of_the_master_being_scanned() {
 
 /// Moves slots between masters, retrying while the nodes still disagree about the last
 /// change (`redis-cli --cluster reshard` refuses to start then).
-fn move_slots(cluster: &Cluster, from: u16, to: u16, count: usize) {
+fn move_slots(from: u16, to: u16, count: usize) {
     let mut last = String::new();
     for _ in 0..40 {
         let out = std::process::Command::new("bash")
@@ -116,7 +116,7 @@ async fn scan_across_a_master_added_mid_walk() {
         .query_async(&mut node)
         .await
         .unwrap();
-    move_slots(&cluster, spare, cluster.master_ports[0], 4096);
+    move_slots(spare, cluster.master_ports[0], 4096);
     let proxy = Proxy::start(&cluster).await;
     let mut con = proxy.client(2).await;
     let all = fill(&mut con).await;
@@ -128,7 +128,7 @@ async fn scan_across_a_master_added_mid_walk() {
     // some ahead of it.
     let generation = slotgate_counter(&mut con, "topology_generation").await;
     for from in &cluster.master_ports[..3] {
-        move_slots(&cluster, *from, spare, 300);
+        move_slots(*from, spare, 300);
     }
     wait_for_generation(&mut con, generation).await;
     while cursor != 0 {
