@@ -10,6 +10,7 @@ pub mod backend {
 }
 pub mod client;
 pub mod clients;
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod counter;

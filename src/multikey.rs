@@ -15,6 +15,7 @@ use crate::command::{CmdSpec, ResponsePolicy, Route};
 use crate::resp::encode::error;
 use crate::resp::reply::{elements, integer, pair_elements};
 use crate::resp::request::{Request, format_usize};
+use crate::resp::{Encoder, Proto};
 use crate::slot::slot_of;
 
 /// How the parts' replies become one reply: the command's response policy, plus for a
@@ -254,22 +255,14 @@ fn sum_pairs(replies: &[Bytes]) -> Bytes {
             }
         }
     }
+    // A map in RESP3 (as the nodes sent it), a flat array in RESP2.
     let map = replies.first().is_some_and(|r| r.first() == Some(&b'%'));
-    let mut out = BytesMut::new();
-    let mut num = [0u8; 20];
-    out.put_u8(if map { b'%' } else { b'*' });
-    out.put_slice(format_usize(
-        if map { names.len() } else { 2 * names.len() },
-        &mut num,
-    ));
-    out.put_slice(b"\r\n");
+    let mut e = Encoder::new(if map { Proto::Resp3 } else { Proto::Resp2 });
+    e.map(names.len());
     for (name, count) in names.iter().zip(counts) {
-        out.extend_from_slice(name);
-        out.put_u8(b':');
-        out.extend_from_slice(count.to_string().as_bytes());
-        out.put_slice(b"\r\n");
+        e.raw(name).integer(count);
     }
-    out.freeze()
+    e.finish()
 }
 
 fn unexpected(reply: &[u8]) -> Bytes {
@@ -280,15 +273,12 @@ fn unexpected(reply: &[u8]) -> Bytes {
 }
 
 fn array_of<'a>(elems: impl Iterator<Item = &'a [u8]>, n: usize) -> Bytes {
-    let mut out = BytesMut::new();
-    let mut num = [0u8; 20];
-    out.put_u8(b'*');
-    out.put_slice(format_usize(n, &mut num));
-    out.put_slice(b"\r\n");
-    for e in elems {
-        out.extend_from_slice(e);
+    let mut e = Encoder::new(Proto::Resp2);
+    e.array(n);
+    for elem in elems {
+        e.raw(elem);
     }
-    out.freeze()
+    e.finish()
 }
 
 #[cfg(test)]

@@ -407,6 +407,12 @@ impl Subscriptions {
     async fn resubscribe(&mut self, shared: &Shared, link: Link) {
         match link {
             Link::Global => {
+                // The home master may have failed over: learn where slot 0 is now first.
+                shared
+                    .primary
+                    .topology
+                    .refresh_and_wait(None, Duration::from_secs(2))
+                    .await;
                 let wanted = [
                     (
                         "SUBSCRIBE",

@@ -12,11 +12,11 @@
 //! A key may be returned more than once (its master owns several slot ranges, or it moved).
 //! `MATCH` with a hash tag (`{tag}*`) scans only the master of that slot.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::resp::Request;
 use crate::resp::encode::error;
 use crate::resp::reply::{bulk_body, elements};
+use crate::resp::{Encoder, Proto, Request};
 use crate::slot::{SLOT_COUNT, slot_of};
 use crate::topology::{Master, SlotTable};
 
@@ -151,15 +151,9 @@ pub fn rewrite(reply: &Bytes, step: &ScanStep, table: &SlotTable) -> Bytes {
     } else {
         encode(step.slot, step.id, node_cursor)
     };
-    let text = cursor.to_string();
-    let mut out = BytesMut::with_capacity(reply.len() + 16);
-    out.put_slice(b"*2\r\n$");
-    out.put_slice(text.len().to_string().as_bytes());
-    out.put_slice(b"\r\n");
-    out.put_slice(text.as_bytes());
-    out.put_slice(b"\r\n");
-    out.put_slice(parts[1]);
-    out.freeze()
+    let mut e = Encoder::new(Proto::Resp2);
+    e.array(2).bulk(cursor.to_string().as_bytes()).raw(parts[1]);
+    e.finish()
 }
 
 #[cfg(test)]

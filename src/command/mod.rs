@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::resp::Request;
 
 pub mod answer;
+pub mod doc;
 pub mod keys;
 pub mod learned;
 pub mod spec;

@@ -16,7 +16,7 @@ pub mod rules;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -95,12 +95,6 @@ pub struct Ticket {
 /// Whether writes of this kind are mirrored.
 pub fn mirrored(spec: &CmdSpec) -> bool {
     spec.is_write()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Mirrors {
@@ -376,7 +370,7 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
             debug!("client left before the primary answered; mirror write skipped");
             return None;
         };
-        let commands = effects::effect(spec.cmd, &req, &reply, now_ms());
+        let commands = effects::effect(spec.cmd, &req, &reply, crate::clock::now_ms());
         if let Some(queue) = &mirrors.queue {
             let mut outcome = MirrorReply {
                 resource: usize::MAX,

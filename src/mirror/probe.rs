@@ -35,12 +35,8 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        let nonce = format!(
-            "{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        );
+        // Unique per probe: the time, and a random part for probes within one millisecond.
+        let nonce = format!("{}-{}", crate::clock::now_ms(), rand::random::<u32>());
         let req = Request::from_args(&["SET", key.as_str(), nonce.as_str(), "PX", "60000"]);
         let spec = crate::command::resolve(&req);
         let (step, _) = plan::handle(&shared, &mut state, req, spec).await;

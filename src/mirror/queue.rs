@@ -3,7 +3,6 @@
 //! operator names: `XADD` with an approximate `MAXLEN`, read by consumers of one group.
 
 use std::fmt::Debug;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -172,9 +171,7 @@ impl WriteQueue for StreamQueue {
                 None => None,
             };
             if let Some(ms) = oldest {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let now = crate::clock::now_ms();
                 lag.seconds = now.saturating_sub(ms) as f64 / 1000.0;
             }
             Some(lag)
