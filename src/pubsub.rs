@@ -403,6 +403,29 @@ impl Subscriptions {
             .map(|(l, _)| l.clone())
     }
 
+    /// Subscribes the channels and patterns again on a new link to the home master,
+    /// swallowing the confirmations.
+    async fn subscribe_global_again(&mut self, shared: &Shared) {
+        let wanted = [
+            (
+                "SUBSCRIBE",
+                self.channels.iter().cloned().collect::<Vec<_>>(),
+            ),
+            ("PSUBSCRIBE", self.patterns.iter().cloned().collect()),
+        ];
+        for (cmd, names) in wanted {
+            if names.is_empty() {
+                continue;
+            }
+            let mut parts: Vec<&[u8]> = vec![cmd.as_bytes()];
+            parts.extend(names.iter().map(|c| &c[..]));
+            let raw = Request::from_args(&parts).raw;
+            let _ = self
+                .send_swallowing(shared, Link::Global, raw, names.len())
+                .await;
+        }
+    }
+
     /// Subscribes again, on a node that serves them now, to what `link` carried.
     async fn resubscribe(&mut self, shared: &Shared, link: Link) {
         match link {
@@ -413,24 +436,7 @@ impl Subscriptions {
                     .topology
                     .refresh_and_wait(None, Duration::from_secs(2))
                     .await;
-                let wanted = [
-                    (
-                        "SUBSCRIBE",
-                        self.channels.iter().cloned().collect::<Vec<_>>(),
-                    ),
-                    ("PSUBSCRIBE", self.patterns.iter().cloned().collect()),
-                ];
-                for (cmd, names) in wanted {
-                    if names.is_empty() {
-                        continue;
-                    }
-                    let mut parts: Vec<&[u8]> = vec![cmd.as_bytes()];
-                    parts.extend(names.iter().map(|c| &c[..]));
-                    let raw = Request::from_args(&parts).raw;
-                    let _ = self
-                        .send_swallowing(shared, Link::Global, raw, names.len())
-                        .await;
-                }
+                self.subscribe_global_again(shared).await;
             }
             Link::Shard(addr) => {
                 let lost: Vec<Bytes> = self
@@ -454,6 +460,28 @@ impl Subscriptions {
     /// True while shard channels are subscribed, whose slots may move.
     pub fn has_shard_channels(&self) -> bool {
         !self.shard_channels.is_empty()
+    }
+
+    /// Moves the channel and pattern subscriptions to the pub/sub home master when the home
+    /// changed (a failover of the master of slot 0, a resharding of slot 0): PUBLISH
+    /// through slotgate goes to the home, and its count must include this subscriber.
+    pub async fn follow_home(&mut self, shared: &Shared) {
+        let Some(conn) = self.links.get(&Link::Global) else {
+            return;
+        };
+        let home = shared
+            .primary
+            .topology
+            .peek()
+            .pubsub_home()
+            .map(|m| m.addr.clone());
+        if home.is_none_or(|h| h == conn.addr) {
+            return;
+        }
+        debug!(from = %conn.addr, "pub/sub home moved; subscribing again there");
+        // Dropping the link closes its connection, which unsubscribes on the old home.
+        self.links.remove(&Link::Global);
+        self.subscribe_global_again(shared).await;
     }
 
     /// Moves shard channels whose slot changed owner in the slot table to the new owner:

@@ -203,10 +203,10 @@ impl Transaction {
             Route::Local if !matches!(spec.cmd, Cmd::Ping | Cmd::Echo) => {
                 Some("changes the connection and cannot be queued in a transaction")
             }
+            // INFO in a transaction is the pinned master's, as on that one server.
             Route::AllMasters
             | Route::Scan
             | Route::Wait
-            | Route::Info
             | Route::RandomKey
             | Route::Subscription => Some("needs every master and cannot be part of a transaction"),
             _ => None,

@@ -194,3 +194,83 @@ async fn slow_subscriber_is_disconnected() {
     // Other clients are unaffected.
     let _: () = publisher.set("still", "fine").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_counts_follow_the_home_master_through_a_failover() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(&cluster).await;
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let mut s = RawClient::connect(proxy.port).await;
+        s.send(b"SUBSCRIBE home\r\n").await;
+        s.expect(b"*3\r\n$9\r\nsubscribe\r\n$4\r\nhome\r\n:1\r\n")
+            .await;
+        subs.push(s);
+    }
+    let mut con = proxy.client(2).await;
+    let n: i64 = con.publish("home", "before").await.unwrap();
+    assert_eq!(n, 2, "every subscriber of slotgate's clients counts");
+    for s in &mut subs {
+        s.expect(&msg("message", "home", "before")).await;
+    }
+    // The home master (slot 0's) fails over to its replica, which now owns slot 0.
+    let home = {
+        let mut node = cluster.node(cluster.master_ports[0]).await;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        let line = nodes
+            .lines()
+            .find(|l| l.contains("master") && l.split(' ').skip(8).any(|r| r.starts_with("0-")))
+            .unwrap()
+            .to_string();
+        let addr = line.split(' ').nth(1).unwrap();
+        addr.split('@')
+            .next()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse::<u16>()
+            .unwrap()
+    };
+    let replica = cluster.replica_of(home);
+    cluster.fault(&["failover", &replica.to_string()]);
+    // Once slotgate's table has the new home, PUBLISH reaches it, where the subscribers
+    // moved.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let new_home = format!("addr=127.0.0.1:{replica},");
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("slotgate")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if info.contains(&new_home) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failover: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        let n: i64 = con.publish("home", "probe").await.unwrap();
+        if n == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "PUBLISH counts {n} after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n: i64 = con.publish("home", "after").await.unwrap();
+    assert_eq!(n, 2);
+    for s in &mut subs {
+        s.expect_until(&msg("message", "home", "after")).await;
+    }
+}

@@ -56,8 +56,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     // queue (subscribe commands), it must follow acknowledged writes (WAIT), or the command
     // before it ran on another connection (EXEC, a blocking command; see `barrier`).
     let mut deferred: Option<Request> = None;
-    // Made when the client subscribes to shard channels: checks whether their slots moved.
-    let mut shard_check: Option<tokio::time::Interval> = None;
+    // Made when the client subscribes: checks whether its subscriptions' nodes changed.
+    let mut follow_check: Option<tokio::time::Interval> = None;
     let mut draining = shared.draining.subscribe();
     // Set once the replies due now waited a scheduler turn for more to join them.
     let mut gathered = false;
@@ -154,9 +154,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         if inflight.is_empty() && (closing || (eof && deferred.is_none())) {
             break;
         }
-        let shard_subscribed = state.subs.as_ref().is_some_and(|s| s.has_shard_channels());
-        if shard_subscribed && shard_check.is_none() {
-            shard_check = Some(tokio::time::interval(SHARD_CHECK));
+        // Subscribers follow their nodes: shard channels their slots, channels and patterns
+        // the pub/sub home master.
+        if subscribed && follow_check.is_none() {
+            follow_check = Some(tokio::time::interval(FOLLOW_CHECK));
         }
         // A request waits for every earlier reply, and those were all dropped (CLIENT REPLY
         // OFF): nothing is left to wait for or write before it.
@@ -194,9 +195,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                     closing = true;
                 }
             }
-            _ = tick(&mut shard_check), if shard_subscribed => {
+            _ = tick(&mut follow_check), if subscribed => {
                 if let Some(subs) = state.subs.as_mut() {
                     subs.follow_slot_moves(&shared).await;
+                    subs.follow_home(&shared).await;
                 }
             }
             read = rd.read_buf(&mut inbuf), if !closing && !eof && deferred.is_none() && room => {
@@ -226,8 +228,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     }
 }
 
-/// How often a subscriber's shard channels are checked against the slot table.
-const SHARD_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often a subscriber's nodes are checked against the slot table.
+const FOLLOW_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {

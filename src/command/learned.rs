@@ -484,4 +484,27 @@ mod tests {
         let r = Request::from_args(&["HEXPIRE", "h", "10", "FIELDS", "1", "f"]);
         assert_eq!(hexpire.key_indices(&r).collect::<Vec<_>>(), [1]);
     }
+
+    #[test]
+    fn what_each_captured_server_adds_to_the_built_in_table() {
+        for server in SERVERS {
+            let parsed =
+                parse_command_info(&fixture(&format!("{server}-command-info.resp2")), None)
+                    .unwrap();
+            let mut outside: Vec<String> = parsed
+                .entries
+                .iter()
+                .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+                .filter(|n| !super::super::table::COMMANDS.iter().any(|c| c.name == n))
+                .collect();
+            outside.sort();
+            assert_eq!(outside, ["REPLCONF", "RESTORE-ASKING", "ROLE"], "{server}");
+            let by_name: HashMap<_, _> = parsed.specs.iter().map(|(n, s)| (&n[..], s)).collect();
+            assert_eq!(by_name[&b"ROLE"[..]].route, Route::Slot);
+            assert!(matches!(by_name[&b"REPLCONF"[..]].route, Route::Refused(_)));
+            let restore = by_name[&b"RESTORE-ASKING"[..]];
+            let r = Request::from_args(&["RESTORE-ASKING", "k", "0", "payload"]);
+            assert_eq!(restore.key_indices(&r).collect::<Vec<_>>(), [1]);
+        }
+    }
 }

@@ -352,6 +352,26 @@ impl RawClient {
         );
     }
 
+    /// Reads until `expected` arrives (within 5 s), dropping it and everything before it.
+    pub async fn expect_until(&mut self, expected: &[u8]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(at) = self.buf.windows(expected.len()).position(|w| w == expected) {
+                self.buf.drain(..at + expected.len());
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => panic!(
+                    "never got {:?}; got {:?}",
+                    String::from_utf8_lossy(expected),
+                    String::from_utf8_lossy(&self.buf)
+                ),
+            }
+        }
+    }
+
     /// The underlying stream, for reads of unknown length.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         &mut self.stream
