@@ -17,6 +17,8 @@ pub mod counter;
 pub mod dispatch;
 pub mod error;
 pub mod fasthash;
+#[cfg(test)]
+pub mod fixtures;
 pub mod histogram;
 pub mod info;
 pub mod local;

@@ -156,13 +156,7 @@ mod tests {
     use super::*;
     use crate::resp::value::Value;
 
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../shared/fixtures/servers/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap()
-    }
+    use crate::fixtures::server_reply as fixture;
 
     #[test]
     fn command_answers_agree_with_what_is_accepted() {

@@ -384,13 +384,7 @@ mod tests {
     use super::*;
     use crate::resp::Request;
 
-    pub(crate) fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../shared/fixtures/servers/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
+    use crate::fixtures::server_reply as fixture;
 
     const SERVERS: &[&str] = &["redis70", "redis74", "redis-unstable-2024-10", "valkey80"];
 

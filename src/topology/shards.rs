@@ -86,13 +86,7 @@ mod tests {
     use crate::topology::SlotTable;
     use crate::topology::nodes::parse_nodes;
 
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../shared/fixtures/servers/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
+    use crate::fixtures::server_reply as fixture;
 
     /// Each slot's master address.
     fn routes(t: &SlotTable) -> Vec<Option<String>> {
