@@ -72,6 +72,21 @@ async fn scan_across_a_failover_of_the_master_being_scanned() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_for_generation(&mut con, generation).await;
+    // ... until slotgate routes to the promoted replica.
+    let promoted = format!("addr=127.0.0.1:{replica},");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("slotgate")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if info.contains(&promoted) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     while cursor != 0 {
         cursor = step(&mut con, cursor, &mut seen).await;
     }
@@ -107,7 +122,8 @@ fn move_slots(from: u16, to: u16, count: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_across_a_master_added_mid_walk() {
     let cluster = Cluster::start_with(4, 0);
-    let spare = cluster.master_ports[3];
+    // The master with the lowest address (first in any address order) joins mid-walk.
+    let spare = cluster.master_ports[0];
     // The fourth master starts empty, as an added one does (and stays a master without
     // slots, instead of turning into a replica of the node that took them).
     let mut node = cluster.node(spare).await;
@@ -116,7 +132,7 @@ async fn scan_across_a_master_added_mid_walk() {
         .query_async(&mut node)
         .await
         .unwrap();
-    move_slots(spare, cluster.master_ports[0], 4096);
+    move_slots(spare, cluster.master_ports[1], 4096);
     let proxy = Proxy::start(&cluster).await;
     let mut con = proxy.client(2).await;
     let all = fill(&mut con).await;
@@ -127,7 +143,7 @@ async fn scan_across_a_master_added_mid_walk() {
     // Now it takes slots (and their keys) from the other masters, some behind the walk and
     // some ahead of it.
     let generation = slotgate_counter(&mut con, "topology_generation").await;
-    for from in &cluster.master_ports[..3] {
+    for from in &cluster.master_ports[1..] {
         move_slots(*from, spare, 300);
     }
     wait_for_generation(&mut con, generation).await;
