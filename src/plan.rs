@@ -89,6 +89,9 @@ pub enum Post {
     RememberEval(Bytes),
 }
 
+/// Most script bodies remembered from EVAL (beyond it, EVAL bodies are not remembered).
+const MAX_REMEMBERED_EVAL_SCRIPTS: usize = 10_000;
+
 fn ready(reply: Bytes) -> (Step, bool) {
     (Step::Ready(reply), false)
 }
@@ -160,13 +163,13 @@ pub async fn handle(
         return ready(unknown_command(&req));
     };
     let opts = client_opts(shared, state, spec);
-    let learned = crate::command::learned::has_any();
+    let described = crate::command::learned::has_any;
     match spec.route {
         // Until a server described its commands, COMMAND is the server's own answer.
-        Route::Local if matches!(cmd, Cmd::CommandCount | Cmd::CommandInfo) && !learned => {
+        Route::Local if matches!(cmd, Cmd::CommandCount | Cmd::CommandInfo) && !described() => {
             forward(shared, state, spec, req, opts).await
         }
-        Route::Container if cmd == Cmd::Command && req.len() == 1 && !learned => {
+        Route::Container if cmd == Cmd::Command && req.len() == 1 && !described() => {
             forward(shared, state, spec, req, opts).await
         }
         Route::Container if cmd == Cmd::Command && req.len() == 1 => {
@@ -502,9 +505,16 @@ async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes
         Post::FilterCommandNames => crate::command::answer::filter_names(reply, proto),
         Post::FilterCommandDocs => crate::command::answer::filter_docs(reply, proto),
         Post::RememberEval(body) => {
-            if !reply.starts_with(b"-ERR Error compiling script") {
+            // Bounded: an application that sends ever new EVAL bodies must not grow
+            // slotgate without limit (SCRIPT LOAD bodies are always remembered).
+            if !reply.starts_with(b"-ERR Error compiling script")
+                && shared.scripts.len() < MAX_REMEMBERED_EVAL_SCRIPTS
+            {
                 let sha = crate::scripts::sha1_hex(&body);
-                shared.scripts.insert(Bytes::from(sha.into_bytes()), body);
+                shared
+                    .scripts
+                    .entry(Bytes::from(sha.into_bytes()))
+                    .or_insert(body);
             }
             reply
         }

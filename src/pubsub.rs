@@ -457,11 +457,6 @@ impl Subscriptions {
         }
     }
 
-    /// True while shard channels are subscribed, whose slots may move.
-    pub fn has_shard_channels(&self) -> bool {
-        !self.shard_channels.is_empty()
-    }
-
     /// Moves the channel and pattern subscriptions to the pub/sub home master when the home
     /// changed (a failover of the master of slot 0, a resharding of slot 0): PUBLISH
     /// through slotgate goes to the home, and its count must include this subscriber.

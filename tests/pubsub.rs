@@ -214,49 +214,13 @@ async fn publish_counts_follow_the_home_master_through_a_failover() {
         s.expect(&msg("message", "home", "before")).await;
     }
     // The home master (slot 0's) fails over to its replica, which now owns slot 0.
-    let home = {
-        let mut node = cluster.node(cluster.master_ports[0]).await;
-        let nodes: String = redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query_async(&mut node)
-            .await
-            .unwrap();
-        let line = nodes
-            .lines()
-            .find(|l| l.contains("master") && l.split(' ').skip(8).any(|r| r.starts_with("0-")))
-            .unwrap()
-            .to_string();
-        let addr = line.split(' ').nth(1).unwrap();
-        addr.split('@')
-            .next()
-            .unwrap()
-            .rsplit_once(':')
-            .unwrap()
-            .1
-            .parse::<u16>()
-            .unwrap()
-    };
+    let home = cluster.owner_of(0).await;
     let replica = cluster.replica_of(home);
     cluster.fault(&["failover", &replica.to_string()]);
     // Once slotgate's table has the new home, PUBLISH reaches it, where the subscribers
     // moved.
+    support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let new_home = format!("addr=127.0.0.1:{replica},");
-    loop {
-        let info: String = redis::cmd("INFO")
-            .arg("slotgate")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        if info.contains(&new_home) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no failover: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     loop {
         let n: i64 = con.publish("home", "probe").await.unwrap();
         if n == 2 {

@@ -37,6 +37,16 @@ async fn step(con: &mut MultiplexedConnection, cursor: u64, seen: &mut HashSet<S
     next
 }
 
+fn assert_every_key_seen(all: &HashSet<String>, seen: &HashSet<String>) {
+    let missing: Vec<&String> = all.difference(seen).collect();
+    assert!(
+        missing.is_empty(),
+        "{} keys skipped: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
 async fn wait_for_generation(con: &mut MultiplexedConnection, after: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while slotgate_counter(con, "topology_generation").await <= after {
@@ -73,30 +83,11 @@ async fn scan_across_a_failover_of_the_master_being_scanned() {
     }
     wait_for_generation(&mut con, generation).await;
     // ... until slotgate routes to the promoted replica.
-    let promoted = format!("addr=127.0.0.1:{replica},");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let info: String = redis::cmd("INFO")
-            .arg("slotgate")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        if info.contains(&promoted) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{info}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;
     while cursor != 0 {
         cursor = step(&mut con, cursor, &mut seen).await;
     }
-    let missing: Vec<&String> = all.difference(&seen).collect();
-    assert!(
-        missing.is_empty(),
-        "{} keys skipped: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
+    assert_every_key_seen(&all, &seen);
 }
 
 /// Moves slots between masters, retrying while the nodes still disagree about the last
@@ -150,11 +141,5 @@ async fn scan_across_a_master_added_mid_walk() {
     while cursor != 0 {
         cursor = step(&mut con, cursor, &mut seen).await;
     }
-    let missing: Vec<&String> = all.difference(&seen).collect();
-    assert!(
-        missing.is_empty(),
-        "{} keys skipped: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
+    assert_every_key_seen(&all, &seen);
 }

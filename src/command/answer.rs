@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::learned::{self, RawEntry};
-use super::{Route, lookup};
+use super::{CmdSpec, Route, lookup};
 use crate::resp::reply::{elements, pair_elements};
 use crate::resp::request::read_line_int;
 use crate::resp::{Encoder, Proto, ReplyScanner};
@@ -13,13 +13,17 @@ use crate::resp::{Encoder, Proto, ReplyScanner};
 /// Whether slotgate accepts the command (or `parent|sub` subcommand) named `name`: it is
 /// known and neither refused nor answered with a fixed error.
 pub fn accepts(name: &[u8]) -> bool {
-    // A subcommand is reached only through its parent, which must route by subcommand.
-    if let Some(bar) = name.iter().position(|&b| b == b'|')
-        && !lookup(&name[..bar]).is_some_and(|p| p.route == Route::Container)
-    {
-        return false;
+    let routed = |s: &CmdSpec| !matches!(s.route, Route::Refused(_) | Route::Error(_));
+    // A subcommand is reached through its parent: by its own entry when the parent routes
+    // by subcommand, else as the parent is (XINFO STREAM goes where XINFO goes).
+    if let Some(bar) = name.iter().position(|&b| b == b'|') {
+        return match lookup(&name[..bar]) {
+            Some(parent) if parent.route == Route::Container => lookup(name).is_some_and(routed),
+            Some(parent) => routed(parent),
+            None => false,
+        };
     }
-    lookup(name).is_some_and(|s| !matches!(s.route, Route::Refused(_) | Route::Error(_)))
+    lookup(name).is_some_and(routed)
 }
 
 /// `COMMAND` (and `COMMAND INFO` without names): every accepted command's description;
@@ -195,6 +199,12 @@ mod tests {
                 .collect();
             assert!(subs.contains(&"config|get".to_string()));
             assert!(!subs.contains(&"config|set".to_string()), "{subs:?}");
+            // XINFO routes all its subcommands by its keys: they are all listed.
+            let xinfo = listed
+                .iter()
+                .find(|c| c.as_array().unwrap()[0].text().as_deref() == Some("xinfo"))
+                .unwrap();
+            assert!(xinfo.as_array().unwrap()[9].as_array().unwrap().len() >= 3);
         }
         let one = info(
             [&b"get"[..], b"monitor", b"nosuch"].into_iter(),

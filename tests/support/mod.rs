@@ -594,3 +594,43 @@ impl Cluster {
         }
     }
 }
+
+/// Waits (up to 20 s) until slotgate's `INFO slotgate` contains `needle`, such as
+/// `addr=127.0.0.1:PORT,` once it routes to a promoted replica.
+pub async fn wait_for_slotgate_info(con: &mut MultiplexedConnection, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("slotgate")
+            .query_async(con)
+            .await
+            .unwrap();
+        if info.contains(needle) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "INFO slotgate never showed {needle:?}: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Cluster {
+    /// The port of the master serving `slot`, as the first master sees it.
+    pub async fn owner_of(&self, slot: u16) -> u16 {
+        let mut node = self.node(self.master_ports[0]).await;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        let (view, _) = slotgate::topology::nodes::parse_nodes(&nodes, "127.0.0.1");
+        let owner = view
+            .iter()
+            .find(|n| n.flags.master && n.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
+            .and_then(|n| n.addr.clone())
+            .unwrap();
+        owner.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+}
