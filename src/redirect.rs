@@ -153,10 +153,11 @@ fn redirect(
     Decision::Redirect { slot, addr, asking }
 }
 
-/// The address a MOVED or ASK names, as `host:port`: an empty host (`:6380`) means the host
-/// of `from`, the node that answered.
+/// The address a MOVED or ASK names, as `host:port`: an empty host (`:6380`) or an unknown
+/// one (`?:6380`, `cluster-preferred-endpoint-type unknown-endpoint`) means the host of
+/// `from`, the node that answered.
 pub fn redirect_addr(addr: &str, from: &str) -> String {
-    match addr.strip_prefix(':') {
+    match addr.strip_prefix(':').or_else(|| addr.strip_prefix("?:")) {
         Some(port) => {
             let host = from.rsplit_once(':').map_or(from, |(h, _)| h);
             format!("{host}:{port}")
@@ -234,6 +235,12 @@ mod tests {
                 asking: true
             }
         );
+    }
+
+    #[test]
+    fn unknown_host_means_the_sender() {
+        assert_eq!(redirect_addr("?:6390", "10.0.0.1:7000"), "10.0.0.1:6390");
+        assert_eq!(redirect_addr("h:1", "10.0.0.1:7000"), "h:1");
     }
 
     #[test]
