@@ -46,6 +46,17 @@ pub enum MultiWriteMode {
     Async,
 }
 
+/// What `first_resource_only` does with a mirror write when the client's backlog is full.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Drop it: counted per resource and its key logged, so an operator can repair it.
+    #[default]
+    Drop,
+    /// Wait for room: the client slows down to the mirrors' pace.
+    Block,
+}
+
 impl std::str::FromStr for MultiWriteMode {
     type Err = String;
 
@@ -69,8 +80,10 @@ impl std::str::FromStr for MultiWriteMode {
 pub struct MirrorConfig {
     pub mode: MultiWriteMode,
     /// Mirror writes of one client connection waiting to be sent (first_resource_only);
-    /// beyond it they are dropped, counted and logged.
+    /// beyond it `on_full` decides.
     pub backlog: Option<usize>,
+    /// A full backlog drops the write (counted, its key logged) or makes the client wait.
+    pub on_full: OnFull,
     /// Period of the double-write delay probe, in milliseconds; 0 turns it off.
     pub probe_interval_ms: u64,
     /// Differing keys logged per mirror in compare mode.

@@ -124,7 +124,8 @@ pub async fn handle(
     if let Some(spec) = spec
         && let Some(step) = try_batch(shared, state, spec, &req)
     {
-        return (step, false);
+        // A mirrored write is handed to the mirrors as it is sent to the primary.
+        return mirror(shared, state, spec, &req, (step, false)).await;
     }
     // Anything else may send on the connections the open batches are for: send those first,
     // so the node sees this client's commands in order.
@@ -239,8 +240,13 @@ pub async fn handle(
                 .peek()
                 .pubsub_home()
                 .map_or(Target::Any, |m| Target::Node(m.addr.clone()));
+            let copy = (shared.mirrors.is_some() && mirror::mirrored(spec)).then(|| req.clone());
             let flight = shared.primary.start(req.raw, target, opts).await;
-            remote(flight, Post::None)
+            let step = remote(flight, Post::None);
+            match copy {
+                Some(req) => mirror(shared, state, spec, &req, step).await,
+                None => step,
+            }
         }
         Route::Slot | Route::Split(_) | Route::Transaction | Route::Subscription => {
             let mirrored = shared.mirrors.is_some() && mirror::mirrored(spec);
@@ -335,8 +341,6 @@ fn try_batch(
 ) -> Option<Step> {
     let plain = state.batch.enabled
         && state.authenticated
-        // Reads are never mirrored: with mirrors configured they are batched all the same.
-        && (shared.mirrors.is_none() || !mirror::mirrored(spec))
         && matches!(spec.route, Route::Slot | Route::Split(_))
         && !adjusts_reply(spec.cmd)
         && !state.txn.takes(Some(spec))

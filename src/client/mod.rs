@@ -62,7 +62,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     // Set once the replies due now waited a scheduler turn for more to join them.
     let mut gathered = false;
 
-    loop {
+    // Set when the client is dropped before every reply was written (it left, or reads too
+    // slowly): what is in flight still completes for the mirrors' sake.
+    let mut abandoned = false;
+    'serve: loop {
         let mut parsed = 0u64;
         while !closing && inflight.len() < window && inflight.bytes() < window_bytes {
             let req = match deferred.take() {
@@ -149,7 +152,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                 subscriber = subscribed,
                 "client reads too slowly: output buffer limit reached, closing"
             );
-            return;
+            abandoned = true;
+            break 'serve;
         }
         if inflight.is_empty() && (closing || (eof && deferred.is_none())) {
             break;
@@ -169,7 +173,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
             biased;
             written = out.write_some(&mut wr), if !out.is_empty() => {
                 if written.is_err() {
-                    return;
+                    abandoned = true;
+                    break 'serve;
                 }
                 gathered = false;
             }
@@ -213,7 +218,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                             return;
                         }
                     }
-                    Err(_) => return,
+                    Err(_) => {
+                        abandoned = true;
+                        break 'serve;
+                    }
                     Ok(_) => {
                         if inbuf.capacity() - inbuf.len() < 4096 {
                             inbuf.reserve(16 * 1024);
@@ -223,9 +231,33 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
             }
         }
     }
+    if abandoned {
+        if shared.mirrors.is_some() {
+            finish_unanswered(&shared, &mut inflight, &mut state.batch).await;
+        }
+        return;
+    }
     if out.flush(&mut wr).await.is_ok() {
         let _ = wr.shutdown().await;
     }
+}
+
+/// Lets the requests of a client that left complete without answering it, so that mirrored
+/// writes waiting for the primary's reply (`XADD *`, `SPOP`, pops) still reach the mirrors;
+/// bounded by the command deadline.
+async fn finish_unanswered<'a>(
+    shared: &'a Shared,
+    inflight: &mut ReplyQueue<'a>,
+    batch: &mut crate::batch::Batcher,
+) {
+    let limit = shared.config.command_timeout() + std::time::Duration::from_secs(1);
+    let _ = tokio::time::timeout(limit, async {
+        while !inflight.is_empty() {
+            inflight.advance(shared, batch).await;
+            while inflight.pop_ready().is_some() {}
+        }
+    })
+    .await;
 }
 
 /// How often a subscriber's nodes are checked against the slot table.

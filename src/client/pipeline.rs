@@ -27,6 +27,7 @@ use crate::backend::conn::ReplyResult;
 use crate::batch::{BatchedCommand, Batcher, Resolved};
 use crate::command::CmdSpec;
 use crate::dispatch::Flight;
+use crate::mirror::Ticket;
 use crate::multikey::{self, Merge};
 use crate::plan::{Post, Step, complete};
 use crate::resp::{Proto, Request};
@@ -47,8 +48,21 @@ pub enum Entry<'a> {
     Split(Vec<Part<'a>>, Merge),
     /// A command being redirected or retried, or waiting to be.
     FollowUp(FollowUp<'a>),
-    /// Anything else (mirrored writes, transactions, merges with post-processing).
+    /// A mirrored write: the primary's part advances as any entry does; its reply then
+    /// settles the mirrors' ticket (which may wait for the mirrors, as the mode says).
+    Mirrored(Box<Mirrored<'a>>),
+    /// Anything else (transactions, merges with post-processing).
     Boxed(ReplyFuture<'a>),
+}
+
+/// A mirrored write in flight.
+pub struct Mirrored<'a> {
+    /// The primary's part.
+    primary: Entry<'a>,
+    /// Taken when the primary's reply is in.
+    ticket: Option<Ticket>,
+    /// What the client gets, once the mirrors were handed the primary's reply.
+    settling: Option<ReplyFuture<'a>>,
 }
 
 impl<'a> Entry<'a> {
@@ -63,6 +77,11 @@ impl<'a> Entry<'a> {
             Step::BatchedSplit { parts, merge } => {
                 Entry::Split(parts.into_iter().map(Part::Batched).collect(), merge)
             }
+            Step::Mirrored { inner, ticket } => Entry::Mirrored(Box::new(Mirrored {
+                primary: Entry::new(shared, *inner, proto),
+                ticket: Some(ticket),
+                settling: None,
+            })),
             other => Entry::Boxed(Box::pin(complete(shared, other, proto))),
         }
     }
@@ -76,6 +95,7 @@ impl<'a> Entry<'a> {
             Entry::Waiting(f) => f.slot().is_none_or(|s| s == slot),
             Entry::Batched(c) => c.slot().is_none_or(|s| s == slot),
             Entry::FollowUp(f) => f.slot().is_none_or(|s| s == slot),
+            Entry::Mirrored(m) => m.primary.may_touch(slot),
             Entry::Split(..) | Entry::Boxed(_) => true,
         }
     }
@@ -136,6 +156,22 @@ impl<'a> Entry<'a> {
                         })
                         .collect();
                     Entry::Ready(multikey::merge(merge, &replies))
+                }
+                Entry::Mirrored(m) => {
+                    if m.settling.is_none() {
+                        m.primary.advance(cx, shared, batch, busy);
+                        let Entry::Ready(reply) = &m.primary else {
+                            return;
+                        };
+                        let Some(ticket) = m.ticket.take() else {
+                            return;
+                        };
+                        m.settling = Some(Box::pin(ticket.settle(reply.clone())));
+                    }
+                    match m.settling.as_mut().map(|f| f.as_mut().poll(cx)) {
+                        Some(Poll::Ready(reply)) => Entry::Ready(reply),
+                        _ => return,
+                    }
                 }
                 Entry::Boxed(fut) => match fut.as_mut().poll(cx) {
                     Poll::Pending => return,

@@ -90,6 +90,8 @@ fn flags(spec: &CmdSpec) -> String {
         (Flags::READONLY, "readonly"),
         (Flags::BLOCKING, "blocking"),
         (Flags::MIRROR_NEEDS_REPLY, "mirrored from reply"),
+        (Flags::MIRROR_ABSOLUTE_TIME, "mirrored with absolute time"),
+        (Flags::MIRRORED, "mirrored"),
         (Flags::CONNECTION_STATE, "connection state"),
         (Flags::NO_AUTH, "before AUTH"),
         (Flags::NO_MULTI, "not in MULTI"),

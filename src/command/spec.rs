@@ -88,7 +88,11 @@ pub enum Cmd {
     BZPopMax,
     BLMove,
     BRPopLPush,
+    BLMPop,
+    BZMPop,
     XAdd,
+    XReadGroup,
+    Restore,
 }
 
 /// Command flags, as a small bit set (`Flags::WRITE | Flags::BLOCKING`).
@@ -103,8 +107,15 @@ impl Flags {
     pub const READONLY: Flags = Flags(1 << 1);
     /// Always blocks its connection (BLPOP ...): runs on a session connection.
     pub const BLOCKING: Flags = Flags(1 << 2);
-    /// The mirror copy is made from the primary's reply (`mirror::effects`).
+    /// The mirror copy is made from the primary's reply (`mirror::effects`): the server
+    /// chooses something (an XADD id, SPOP's members) or the command blocks.
     pub const MIRROR_NEEDS_REPLY: Flags = Flags(1 << 3);
+    /// A relative expiry: the mirrors get the absolute time slotgate computes when it sends
+    /// the write (`mirror::effects`).
+    pub const MIRROR_ABSOLUTE_TIME: Flags = Flags(1 << 11);
+    /// Sent to the mirrors too although it writes no data (PUBLISH, SPUBLISH: subscribers
+    /// of every resource hear it, as Camellia does).
+    pub const MIRRORED: Flags = Flags(1 << 12);
     /// Changes the client connection's state (protocol, user, name, database, all of it
     /// with RESET): it acts exactly between the commands before and after it.
     pub const CONNECTION_STATE: Flags = Flags(1 << 4);

@@ -37,9 +37,18 @@ const fn read(name: &'static str, keys: Keys) -> CmdSpec {
 const fn write(name: &'static str, keys: Keys) -> CmdSpec {
     CmdSpec::new(name, keys).flag(Flags::WRITE)
 }
-/// A write whose mirror copy is made from the primary's reply.
-const fn effect(name: &'static str, keys: Keys, cmd: Cmd) -> CmdSpec {
+/// A write sent to the mirrors as it is, with an identity the async mode's rewrite needs.
+const fn typed_write(name: &'static str, keys: Keys, cmd: Cmd) -> CmdSpec {
+    write(name, keys).cmd(cmd)
+}
+/// A write whose mirror copy is made from the primary's reply (the server chose an id or
+/// a random member).
+const fn from_reply(name: &'static str, keys: Keys, cmd: Cmd) -> CmdSpec {
     write(name, keys).cmd(cmd).flag(Flags::MIRROR_NEEDS_REPLY)
+}
+/// A write with a relative expiry: sent to the mirrors with the absolute time.
+const fn timed(name: &'static str, keys: Keys, cmd: Cmd) -> CmdSpec {
+    write(name, keys).cmd(cmd).flag(Flags::MIRROR_ABSOLUTE_TIME)
 }
 /// A blocking write (BLPOP ...), its timeout in seconds in the last argument.
 const fn blocking(name: &'static str, keys: Keys) -> CmdSpec {
@@ -138,23 +147,23 @@ pub static COMMANDS: &[CmdSpec] = &[
     read("LOLWUT", NONE),
     // Strings.
     read("GET", K1),
-    effect("SET", K1, Cmd::Set),
-    effect("SETNX", K1, Cmd::SetNx),
-    effect("SETEX", K1, Cmd::SetEx),
-    effect("PSETEX", K1, Cmd::PSetEx),
+    timed("SET", K1, Cmd::Set),
+    typed_write("SETNX", K1, Cmd::SetNx),
+    timed("SETEX", K1, Cmd::SetEx),
+    timed("PSETEX", K1, Cmd::PSetEx),
     write("GETSET", K1),
     write("GETDEL", K1),
-    effect("GETEX", K1, Cmd::GetEx),
+    timed("GETEX", K1, Cmd::GetEx),
     read("GETRANGE", K1),
     read("SUBSTR", K1),
     write("SETRANGE", K1),
     write("APPEND", K1),
     read("STRLEN", K1),
-    effect("INCR", K1, Cmd::Incr),
-    effect("DECR", K1, Cmd::Decr),
-    effect("INCRBY", K1, Cmd::IncrBy),
-    effect("DECRBY", K1, Cmd::DecrBy),
-    effect("INCRBYFLOAT", K1, Cmd::IncrByFloat),
+    typed_write("INCR", K1, Cmd::Incr),
+    typed_write("DECR", K1, Cmd::Decr),
+    typed_write("INCRBY", K1, Cmd::IncrBy),
+    typed_write("DECRBY", K1, Cmd::DecrBy),
+    typed_write("INCRBYFLOAT", K1, Cmd::IncrByFloat),
     read("MGET", ALL)
         .route(Route::Split(Shape::Keys))
         .policy(ResponsePolicy::CombineArrays),
@@ -162,7 +171,7 @@ pub static COMMANDS: &[CmdSpec] = &[
         .route(Route::Split(Shape::Pairs))
         .policy(ResponsePolicy::AllSucceeded),
     // Atomic across its keys: never split, one slot or CROSSSLOT.
-    effect("MSETNX", PAIRS, Cmd::MSetNx),
+    typed_write("MSETNX", PAIRS, Cmd::MSetNx),
     read("LCS", K12),
     // Generic keyspace.
     write("DEL", ALL)
@@ -177,10 +186,10 @@ pub static COMMANDS: &[CmdSpec] = &[
     read("TOUCH", ALL)
         .route(Route::Split(Shape::Keys))
         .policy(ResponsePolicy::AggSum),
-    effect("EXPIRE", K1, Cmd::Expire),
-    effect("PEXPIRE", K1, Cmd::PExpire),
-    effect("EXPIREAT", K1, Cmd::ExpireAt),
-    effect("PEXPIREAT", K1, Cmd::PExpireAt),
+    timed("EXPIRE", K1, Cmd::Expire),
+    timed("PEXPIRE", K1, Cmd::PExpire),
+    typed_write("EXPIREAT", K1, Cmd::ExpireAt),
+    typed_write("PEXPIREAT", K1, Cmd::PExpireAt),
     read("EXPIRETIME", K1),
     read("PEXPIRETIME", K1),
     read("TTL", K1),
@@ -191,22 +200,22 @@ pub static COMMANDS: &[CmdSpec] = &[
     write("RENAMENX", K12),
     write("COPY", K12),
     read("DUMP", K1),
-    write("RESTORE", K1),
+    timed("RESTORE", K1, Cmd::Restore),
     read("OBJECT", K2),
     write("SORT", K1),
     read("SORT_RO", K1),
     read("MEMORY", K2),
     // Hashes.
     write("HSET", K1),
-    effect("HSETNX", K1, Cmd::HSetNx),
+    typed_write("HSETNX", K1, Cmd::HSetNx),
     write("HMSET", K1),
     read("HGET", K1),
     read("HMGET", K1),
     write("HDEL", K1),
     read("HLEN", K1),
     read("HSTRLEN", K1),
-    effect("HINCRBY", K1, Cmd::HIncrBy),
-    effect("HINCRBYFLOAT", K1, Cmd::HIncrByFloat),
+    typed_write("HINCRBY", K1, Cmd::HIncrBy),
+    typed_write("HINCRBYFLOAT", K1, Cmd::HIncrByFloat),
     read("HKEYS", K1),
     read("HVALS", K1),
     read("HGETALL", K1),
@@ -255,7 +264,10 @@ pub static COMMANDS: &[CmdSpec] = &[
     blocking("BRPOPLPUSH", K12)
         .cmd(Cmd::BRPopLPush)
         .flag(Flags::MIRROR_NEEDS_REPLY),
-    write("BLMPOP", NK2).blocks(Timeout::ArgSecs(1)),
+    write("BLMPOP", NK2)
+        .blocks(Timeout::ArgSecs(1))
+        .cmd(Cmd::BLMPop)
+        .flag(Flags::MIRROR_NEEDS_REPLY),
     // Sets.
     write("SADD", K1),
     write("SREM", K1),
@@ -263,7 +275,7 @@ pub static COMMANDS: &[CmdSpec] = &[
     read("SISMEMBER", K1),
     read("SMISMEMBER", K1),
     read("SCARD", K1),
-    effect("SPOP", K1, Cmd::SPop),
+    from_reply("SPOP", K1, Cmd::SPop),
     read("SRANDMEMBER", K1),
     write("SMOVE", K12),
     read("SINTER", ALL),
@@ -276,7 +288,7 @@ pub static COMMANDS: &[CmdSpec] = &[
     read("SSCAN", K1),
     // Sorted sets.
     write("ZADD", K1),
-    effect("ZINCRBY", K1, Cmd::ZIncrBy),
+    typed_write("ZINCRBY", K1, Cmd::ZIncrBy),
     write("ZREM", K1),
     read("ZCARD", K1),
     read("ZCOUNT", K1),
@@ -313,7 +325,10 @@ pub static COMMANDS: &[CmdSpec] = &[
     blocking("BZPOPMAX", r(1, -2, 1))
         .cmd(Cmd::BZPopMax)
         .flag(Flags::MIRROR_NEEDS_REPLY),
-    write("BZMPOP", NK2).blocks(Timeout::ArgSecs(1)),
+    write("BZMPOP", NK2)
+        .blocks(Timeout::ArgSecs(1))
+        .cmd(Cmd::BZMPop)
+        .flag(Flags::MIRROR_NEEDS_REPLY),
     // HyperLogLog, geo, bitmaps.
     write("PFADD", K1),
     read("PFCOUNT", ALL),
@@ -336,7 +351,7 @@ pub static COMMANDS: &[CmdSpec] = &[
     read("BITFIELD_RO", K1),
     write("BITOP", r(2, -1, 1)),
     // Streams.
-    effect("XADD", K1, Cmd::XAdd),
+    from_reply("XADD", K1, Cmd::XAdd),
     read("XLEN", K1),
     read("XRANGE", K1),
     read("XREVRANGE", K1),
@@ -350,7 +365,11 @@ pub static COMMANDS: &[CmdSpec] = &[
     write("XGROUP", K2),
     read("XINFO", K2),
     read("XREAD", Keys::Streams).blocks(Timeout::BlockOption),
-    write("XREADGROUP", Keys::Streams).blocks(Timeout::BlockOption),
+    // Mirrored from the primary's reply when it blocks (BLOCK), as it is otherwise.
+    write("XREADGROUP", Keys::Streams)
+        .blocks(Timeout::BlockOption)
+        .cmd(Cmd::XReadGroup)
+        .flag(Flags::MIRROR_NEEDS_REPLY),
     // Scripts and functions.
     write("EVAL", NK2).cmd(Cmd::Eval),
     write("EVALSHA", NK2).cmd(Cmd::EvalSha),
@@ -378,8 +397,9 @@ pub static COMMANDS: &[CmdSpec] = &[
     // Pub/sub.
     CmdSpec::new("PUBLISH", NONE)
         .cmd(Cmd::Publish)
-        .route(Route::PubSubHome),
-    CmdSpec::new("SPUBLISH", K1),
+        .route(Route::PubSubHome)
+        .flag(Flags::MIRRORED),
+    CmdSpec::new("SPUBLISH", K1).flag(Flags::MIRRORED),
     subscription("SUBSCRIBE", Cmd::Subscribe),
     subscription("PSUBSCRIBE", Cmd::Psubscribe),
     subscription("SSUBSCRIBE", Cmd::Ssubscribe),

@@ -1,14 +1,20 @@
-//! What a mirror is sent for a write: the command itself, or the effect the primary
-//! reported, where the command's outcome depends on time or on the data already there.
+//! What a mirror is sent for a write.
 //!
-//! Relative expirations become absolute ones computed when the primary accepted the write
-//! (as Redis replication does); counters become the value the primary returned; pops become
-//! removals of what the primary popped; conditional writes are sent only when they took
-//! effect. A mirror that started with different data therefore converges instead of drifting.
+//! In the direct modes (`plan`), the command itself, at once, in parallel with the primary,
+//! except where replaying it verbatim diverges even from identical data: a relative expiry
+//! is sent with the absolute time slotgate computes when it sends it (`PEXPIREAT`, `PXAT`,
+//! `RESTORE ... ABSTTL`); an id or member the server chooses (`XADD *`, `SPOP`) and a
+//! blocking command (never sent blocking to a mirror) wait for the primary's reply and send
+//! its effect. Counters and set, hash, list and sorted-set writes go verbatim: they commute,
+//! so concurrent writers converge exactly.
+//!
+//! The async mode replays from a queue later, so it records effects (`effect`): counters
+//! become the value the primary returned, conditional writes are recorded only when they
+//! took effect, expiries are absolute.
 
 use bytes::Bytes;
 
-use crate::command::Cmd;
+use crate::command::{Cmd, CmdSpec, Flags};
 use crate::resp::Request;
 use crate::resp::reply::bulk_body;
 use crate::resp::reply::{elements, integer};
@@ -42,6 +48,105 @@ fn upper(req: &Request, i: usize) -> Vec<u8> {
 
 fn parse_u64(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// How a direct mode sends one write to the mirrors.
+#[derive(Debug)]
+pub enum Plan {
+    /// The client's command, at once.
+    Verbatim,
+    /// This command instead, at once (a relative expiry made absolute).
+    Rewritten(Request),
+    /// The effect of the primary's reply (`effect`), once it arrives.
+    AfterReply,
+}
+
+/// How `req` goes to the mirrors in a direct mode, `now_ms` being when slotgate sends it.
+pub fn plan(spec: &CmdSpec, req: &Request, now_ms: u64) -> Plan {
+    let n = req.len();
+    if spec.flags.contains(Flags::MIRROR_NEEDS_REPLY) {
+        return match spec.cmd {
+            // An explicit id replays as it is; `*` and `<ms>-*` are the server's choice.
+            Cmd::XAdd => {
+                let auto = (2..n).any(|i| req.arg(i) == b"*" || req.arg(i).ends_with(b"-*"));
+                if auto {
+                    Plan::AfterReply
+                } else {
+                    Plan::Verbatim
+                }
+            }
+            // Without BLOCK it does not block: as it is.
+            Cmd::XReadGroup if !spec.is_blocking(req) => Plan::Verbatim,
+            _ => Plan::AfterReply,
+        };
+    }
+    if !spec.flags.contains(Flags::MIRROR_ABSOLUTE_TIME) {
+        return Plan::Verbatim;
+    }
+    let at = |i: usize, unit_ms: u64| {
+        let t: i64 = std::str::from_utf8(req.arg(i)).ok()?.parse().ok()?;
+        Some(
+            (now_ms as i64)
+                .saturating_add(t.saturating_mul(unit_ms as i64))
+                .to_string(),
+        )
+    };
+    let rewritten = match spec.cmd {
+        // EXPIRE key seconds [NX|XX|GT|LT] -> PEXPIREAT key ms [NX|XX|GT|LT]
+        Cmd::Expire | Cmd::PExpire if n >= 3 => {
+            let unit = if spec.cmd == Cmd::Expire { 1000 } else { 1 };
+            at(2, unit).map(|t| {
+                let mut parts: Vec<&[u8]> = vec![b"PEXPIREAT", req.arg(1), t.as_bytes()];
+                parts.extend((3..n).map(|i| req.arg(i)));
+                cmd(&parts)
+            })
+        }
+        // SETEX key seconds value -> SET key value PXAT ms
+        Cmd::SetEx | Cmd::PSetEx if n == 4 => {
+            let unit = if spec.cmd == Cmd::SetEx { 1000 } else { 1 };
+            at(2, unit).map(|t| cmd(&[b"SET", req.arg(1), req.arg(3), b"PXAT", t.as_bytes()]))
+        }
+        // SET key value [...] EX s | PX ms -> PXAT; GETEX key EX s | PX ms -> PXAT.
+        Cmd::Set | Cmd::GetEx => {
+            let first = if spec.cmd == Cmd::Set { 3 } else { 2 };
+            let opt = (first..n).find(|&i| {
+                req.arg(i).eq_ignore_ascii_case(b"EX") || req.arg(i).eq_ignore_ascii_case(b"PX")
+            });
+            match opt {
+                None => return Plan::Verbatim,
+                Some(i) if i + 1 < n => {
+                    let unit = if req.arg(i).eq_ignore_ascii_case(b"EX") {
+                        1000
+                    } else {
+                        1
+                    };
+                    at(i + 1, unit).map(|t| {
+                        let mut parts: Vec<&[u8]> = (0..n).map(|j| req.arg(j)).collect();
+                        parts[i] = b"PXAT";
+                        parts[i + 1] = t.as_bytes();
+                        cmd(&parts)
+                    })
+                }
+                Some(_) => None,
+            }
+        }
+        // RESTORE key ttl payload [REPLACE] [ABSTTL] ...: a relative ttl made absolute.
+        Cmd::Restore if n >= 4 => {
+            let absolute = (4..n).any(|i| req.arg(i).eq_ignore_ascii_case(b"ABSTTL"));
+            if absolute || req.arg(2) == b"0" {
+                return Plan::Verbatim;
+            }
+            at(2, 1).map(|t| {
+                let mut parts: Vec<&[u8]> = (0..n).map(|j| req.arg(j)).collect();
+                parts[2] = t.as_bytes();
+                parts.push(b"ABSTTL");
+                cmd(&parts)
+            })
+        }
+        _ => None,
+    };
+    // Arguments the server will refuse anyway go as they are, for the same error.
+    rewritten.map_or(Plan::Verbatim, Plan::Rewritten)
 }
 
 /// The commands to send the mirrors for `req` (whose command is `id`), given the primary's reply
@@ -208,12 +313,59 @@ pub fn effect(id: Cmd, req: &Request, reply: &[u8], now_ms: u64) -> Vec<Request>
             }
             vec![cmd(&[b"RPOPLPUSH", req.arg(1), req.arg(2)])]
         }
+        // [key, [elements]] -> LPOP/RPOP key count
+        Cmd::BLMPop => {
+            let Some(parts) = elements(reply).filter(|e| e.len() == 2) else {
+                return Vec::new();
+            };
+            let (Some(key), Some(items)) = (bulk_body(parts[0]), elements(parts[1])) else {
+                return Vec::new();
+            };
+            let left = (1..n).any(|i| req.arg(i).eq_ignore_ascii_case(b"LEFT"));
+            let count = items.len().to_string();
+            let pop: &[u8] = if left { b"LPOP" } else { b"RPOP" };
+            vec![cmd(&[pop, key, count.as_bytes()])]
+        }
+        // [key, [[member, score], ...]] -> ZREM key member ...
+        Cmd::BZMPop => {
+            let Some(parts) = elements(reply).filter(|e| e.len() == 2) else {
+                return Vec::new();
+            };
+            let (Some(key), Some(items)) = (bulk_body(parts[0]), elements(parts[1])) else {
+                return Vec::new();
+            };
+            let members: Vec<&[u8]> = items
+                .iter()
+                .filter_map(|pair| bulk_body(elements(pair)?.first()?))
+                .collect();
+            if members.is_empty() {
+                return Vec::new();
+            }
+            let mut parts: Vec<&[u8]> = vec![b"ZREM", key];
+            parts.extend(members);
+            vec![cmd(&parts)]
+        }
+        // The same read without BLOCK, once the primary delivered entries: the mirror's
+        // group records them as delivered too.
+        Cmd::XReadGroup => {
+            if is_null(reply) || reply.starts_with(b"*0") || reply.starts_with(b"%0") {
+                return Vec::new();
+            }
+            let Some(block) = (1..n).find(|&i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) else {
+                return same();
+            };
+            let parts: Vec<&[u8]> = (0..n)
+                .filter(|&i| i != block && i != block + 1)
+                .map(|i| req.arg(i))
+                .collect();
+            vec![cmd(&parts)]
+        }
         Cmd::XAdd => {
             // An auto-generated id is replaced by the id the primary chose.
             let Some(id) = scalar(reply) else {
                 return same();
             };
-            let star = (2..n).find(|&i| req.arg(i) == b"*");
+            let star = (2..n).find(|&i| req.arg(i) == b"*" || req.arg(i).ends_with(b"-*"));
             match star {
                 Some(i) => {
                     let mut parts: Vec<&[u8]> = (0..n).map(|j| req.arg(j)).collect();
@@ -391,6 +543,92 @@ mod tests {
                 .flags
                 .contains(crate::command::Flags::MIRROR_NEEDS_REPLY)
         };
-        assert!(needs("INCR") && !needs("LPUSH"));
+        assert!(needs("SPOP") && needs("XADD") && !needs("INCR") && !needs("LPUSH"));
+    }
+
+    fn planned(command: &str, now: u64) -> String {
+        let r = req(command);
+        let spec = crate::command::resolve(&r).unwrap();
+        match plan(spec, &r, now) {
+            Plan::Verbatim => "verbatim".into(),
+            Plan::AfterReply => "after reply".into(),
+            Plan::Rewritten(c) => (0..c.len())
+                .map(|i| String::from_utf8_lossy(c.arg(i)).into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+
+    #[test]
+    fn direct_modes_send_verbatim_except_where_replay_diverges() {
+        let now = 1_000_000;
+        for verbatim in [
+            "INCR k",
+            "HINCRBY h f 2",
+            "RPUSH l a",
+            "SADD s m",
+            "SETNX k v",
+            "SET k v",
+            "SET k v NX GET",
+            "EXPIREAT k 5",
+            "XADD s 1-1 f v",
+            "XREADGROUP GROUP g c STREAMS s >",
+            "RESTORE k 0 payload",
+            "EXPIRE k x",
+        ] {
+            assert_eq!(planned(verbatim, now), "verbatim", "{verbatim}");
+        }
+        assert_eq!(planned("EXPIRE k 10", now), "PEXPIREAT k 1010000");
+        assert_eq!(planned("PEXPIRE k 10 NX", now), "PEXPIREAT k 1000010 NX");
+        assert_eq!(planned("SETEX k 2 v", now), "SET k v PXAT 1002000");
+        assert_eq!(planned("PSETEX k 2 v", now), "SET k v PXAT 1000002");
+        assert_eq!(planned("SET k v XX EX 3", now), "SET k v XX PXAT 1003000");
+        assert_eq!(planned("SET k v px 3 GET", now), "SET k v PXAT 1000003 GET");
+        assert_eq!(planned("GETEX k EX 1", now), "GETEX k PXAT 1001000");
+        assert_eq!(
+            planned("RESTORE k 50 payload REPLACE", now),
+            "RESTORE k 1000050 payload REPLACE ABSTTL"
+        );
+        for after in [
+            "XADD s * f v",
+            "XADD s MAXLEN ~ 10 5-* f v",
+            "SPOP s",
+            "BLPOP l 0",
+            "BLMPOP 1 1 l LEFT",
+            "BZMPOP 1 1 z MIN",
+            "XREADGROUP GROUP g c BLOCK 10 STREAMS s >",
+        ] {
+            assert_eq!(planned(after, now), "after reply", "{after}");
+        }
+    }
+
+    #[test]
+    fn blocking_pops_become_their_effect() {
+        assert_eq!(
+            eff(
+                "BLMPOP 0 1 l LEFT COUNT 2",
+                "*2\r\n$1\r\nl\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+            ),
+            ["LPOP l 2"]
+        );
+        assert_eq!(eff("BLMPOP 0 1 l RIGHT", "*-1\r\n"), Vec::<String>::new());
+        assert_eq!(
+            eff(
+                "BZMPOP 0 1 z MIN",
+                "*2\r\n$1\r\nz\r\n*1\r\n*2\r\n$1\r\nm\r\n$1\r\n1\r\n"
+            ),
+            ["ZREM z m"]
+        );
+        assert_eq!(
+            eff(
+                "XREADGROUP GROUP g c BLOCK 5 STREAMS s >",
+                "*1\r\n*2\r\n$1\r\ns\r\n*0\r\n"
+            ),
+            ["XREADGROUP GROUP g c STREAMS s >"]
+        );
+        assert_eq!(
+            eff("XREADGROUP GROUP g c BLOCK 5 STREAMS s >", "*-1\r\n"),
+            Vec::<String>::new()
+        );
     }
 }

@@ -2,11 +2,13 @@
 //! (clusters or standalone servers), as operators need while migrating between clusters.
 //!
 //! Each client connection that writes gets a feed: a task that takes its mirrored writes in
-//! the order the client sent them and queues them on every mirror (so one client's writes
-//! keep their order on each mirror too). Writes whose effect depends on time or existing data
-//! wait for the primary's reply and are rewritten (`effects`). The mode decides whom the
-//! client waits for; in `first_resource_only` the feed's backlog is bounded and overflow is
-//! dropped, counted and logged, so a slow or dead mirror never slows the client.
+//! the order the client sent them and queues them on every mirror at once, in parallel with
+//! the primary (so one client's writes keep their order on each mirror too). A write is
+//! handed to the feed when slotgate sends it to the primary, so whether the client stays or
+//! reads its replies changes nothing. Only writes whose replay would diverge are rewritten
+//! (`effects`). The mode decides whom the client waits for; in `first_resource_only` the
+//! feed's backlog is bounded and overflow is dropped, counted and logged, so a slow or dead
+//! mirror never slows the client.
 
 pub mod consumer;
 pub mod effects;
@@ -25,8 +27,8 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::command::{CmdSpec, Flags, Route, Shape, resolve};
-use crate::config::{Config, MultiWriteMode};
+use crate::command::{CmdSpec, Route, Shape, resolve};
+use crate::config::{Config, MultiWriteMode, OnFull};
 use crate::dispatch::{Cluster, ClusterAccess, SendOptions};
 use crate::histogram::Histogram;
 use crate::resp::Request;
@@ -44,6 +46,9 @@ pub struct Resource {
     pub compare: bool,
     /// Mirror writes dropped because the client's feed was full.
     pub dropped: AtomicU64,
+    /// Writes handed to this mirror and not answered yet, plus those still in the
+    /// clients' feeds (the backlog depth).
+    pub backlog: AtomicU64,
     /// Replies that differed from the primary's, by command.
     pub mismatches: DashMap<&'static str, u64>,
     /// Differing keys logged so far (up to the configured limit).
@@ -61,6 +66,7 @@ pub struct Mirrors {
     /// The durable queue of the async mode.
     pub queue: Option<Arc<dyn WriteQueue>>,
     backlog: usize,
+    on_full: OnFull,
     compare_log_limit: usize,
 }
 
@@ -92,9 +98,9 @@ pub struct Ticket {
     mirrors: Arc<Mirrors>,
 }
 
-/// Whether writes of this kind are mirrored.
+/// Whether commands of this kind are mirrored: writes, and PUBLISH/SPUBLISH.
 pub fn mirrored(spec: &CmdSpec) -> bool {
-    spec.is_write()
+    spec.is_write() || spec.flags.contains(crate::command::Flags::MIRRORED)
 }
 
 impl Mirrors {
@@ -125,6 +131,7 @@ impl Mirrors {
                 rules: KeyRules::new(&r.keys),
                 compare: r.compare,
                 dropped: AtomicU64::new(0),
+                backlog: AtomicU64::new(0),
                 mismatches: DashMap::new(),
                 mismatch_logged: AtomicUsize::new(0),
                 delay: Histogram::default(),
@@ -145,6 +152,7 @@ impl Mirrors {
                 .backlog
                 .unwrap_or(10_000)
                 .max(config.limits.pipeline_window + 1),
+            on_full: m.on_full,
             compare_log_limit: m.compare_log_limit.unwrap_or(20),
         }))
     }
@@ -180,24 +188,43 @@ impl Mirrors {
             primary: primary_rx,
             done: done_tx,
         };
-        if waits {
+        let wanted = |job: &Job| {
+            self.resources
+                .iter()
+                .filter(move |r| r.wants(job.spec, &job.req))
+                .collect::<Vec<_>>()
+        };
+        let takers = wanted(&job);
+        if waits || self.on_full == OnFull::Block {
             if tx.send(job).await.is_err() {
                 return None;
             }
         } else if let Err(e) = tx.try_send(job) {
             if let mpsc::error::TrySendError::Full(job) = e {
-                for r in self
-                    .resources
-                    .iter()
-                    .filter(|r| r.wants(job.spec, &job.req))
-                {
+                let key = job
+                    .spec
+                    .key_indices(&job.req)
+                    .next()
+                    .map(|i| String::from_utf8_lossy(job.req.arg(i)).into_owned());
+                for r in &takers {
                     let n = r.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Logged at 1, 2, 4, 8, ... drops: every key for a short burst, a sample
+                    // of them for a long one.
                     if n.is_power_of_two() {
-                        warn!(mirror = %r.name, dropped = n, "mirror backlog full: mirror writes dropped");
+                        warn!(
+                            mirror = %r.name,
+                            dropped = n,
+                            command = job.spec.name,
+                            key = key.as_deref().unwrap_or(""),
+                            "mirror backlog full: mirror write dropped"
+                        );
                     }
                 }
             }
             return None;
+        }
+        for r in takers {
+            r.backlog.fetch_add(1, Ordering::Relaxed);
         }
         Some(Ticket {
             mode: self.mode,
@@ -353,67 +380,70 @@ async fn run_feed(mirrors: Arc<Mirrors>, mut rx: mpsc::Receiver<Job>) {
 type Completion = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Queues one job on the mirrors (or the durable queue); returns the future that collects
-/// the replies.
+/// the replies. In the direct modes the write goes out at once, in parallel with the
+/// primary, unless it needs the primary's reply (`effects::plan`); the async mode always
+/// records the primary's effect.
 async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
     let Job {
         spec,
         req,
-        primary,
+        mut primary,
         done,
     } = job;
+    // Counts this write out of the backlog of the mirrors that took it, however it ends.
+    let backlog = BacklogShare {
+        mirrors: mirrors.clone(),
+        takers: (0..mirrors.resources.len())
+            .filter(|&i| mirrors.resources[i].wants(spec, &req))
+            .collect(),
+    };
     let opts = SendOptions::internal();
-    let rewrite =
-        mirrors.mode == MultiWriteMode::Async || spec.flags.contains(Flags::MIRROR_NEEDS_REPLY);
-    if rewrite {
-        // The effect is known only from the primary's reply; later writes wait behind it.
-        let Ok(reply) = primary.await else {
-            debug!("client left before the primary answered; mirror write skipped");
-            return None;
-        };
-        let commands = effects::effect(spec.cmd, &req, &reply, crate::clock::now_ms());
-        if let Some(queue) = &mirrors.queue {
-            let mut outcome = MirrorReply {
-                resource: usize::MAX,
-                reply: crate::resp::encode::OK,
+    let plan = if mirrors.mode == MultiWriteMode::Async {
+        effects::Plan::AfterReply
+    } else {
+        effects::plan(spec, &req, crate::clock::now_ms())
+    };
+    // The primary's reply, when this write had to wait for it.
+    let mut primary_reply = None;
+    let commands = match plan {
+        effects::Plan::Verbatim => vec![req.clone()],
+        effects::Plan::Rewritten(r) => vec![r],
+        effects::Plan::AfterReply => {
+            // The effect is known only from the primary's reply; later writes of this
+            // client wait behind it, so they keep their order on the mirrors.
+            let Ok(reply) = (&mut primary).await else {
+                debug!("the primary's reply never came; mirror write skipped");
+                return None;
             };
-            for c in &commands {
-                if let Err(e) = queue.push(c.raw.clone()).await {
-                    outcome.reply = error(&format!("ERR queue: {e}"));
-                }
-            }
-            if let Some(done) = done {
-                let _ = done.send(vec![outcome]);
-            }
-            return None;
-        }
-        let mut started = Vec::new();
-        for (i, r) in mirrors.resources.iter().enumerate() {
-            for c in &commands {
-                let Some(spec) = resolve(c) else {
-                    continue;
+            let commands = effects::effect(spec.cmd, &req, &reply, crate::clock::now_ms());
+            if let Some(queue) = &mirrors.queue {
+                let mut outcome = MirrorReply {
+                    resource: usize::MAX,
+                    reply: crate::resp::encode::OK,
                 };
-                if let Some(filtered) = r.filter(spec, c) {
-                    started.push((i, r.cluster.submit(spec, &filtered, opts).await));
+                for c in &commands {
+                    if let Err(e) = queue.push(c.raw.clone()).await {
+                        outcome.reply = error(&format!("ERR queue: {e}"));
+                    }
                 }
+                if let Some(done) = done {
+                    let _ = done.send(vec![outcome]);
+                }
+                return None;
             }
+            primary_reply = Some(reply);
+            commands
         }
-        let mirrors = mirrors.clone();
-        return Some(Box::pin(async move {
-            let mut replies = Vec::with_capacity(started.len());
-            for (i, s) in started {
-                let reply = mirrors.resources[i].cluster.wait(s).await;
-                replies.push(MirrorReply { resource: i, reply });
-            }
-            if let Some(done) = done {
-                let _ = done.send(replies);
-            }
-        }));
-    }
-    // Sent at once, in parallel with the primary.
+    };
     let mut started = Vec::new();
     for (i, r) in mirrors.resources.iter().enumerate() {
-        if let Some(filtered) = r.filter(spec, &req) {
-            started.push((i, r.cluster.submit(spec, &filtered, opts).await));
+        for c in &commands {
+            let Some(spec) = resolve(c) else {
+                continue;
+            };
+            if let Some(filtered) = r.filter(spec, c) {
+                started.push((i, r.cluster.submit(spec, &filtered, opts).await));
+            }
         }
     }
     let mirrors = mirrors.clone();
@@ -424,16 +454,24 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
             let reply = mirrors.resources[i].cluster.wait(s).await;
             replies.push(MirrorReply { resource: i, reply });
         }
-        if replies
-            .iter()
-            .any(|r| mirrors.resources[r.resource].compare)
-            && let Ok(primary) = tokio::time::timeout(Duration::from_secs(30), primary).await
-            && let Ok(primary) = primary
+        drop(backlog);
+        // Compared only where the mirror ran the client's command (verbatim, or with its
+        // expiry made absolute): an effect's reply (SREM for SPOP) says something else.
+        if primary_reply.is_none()
+            && replies
+                .iter()
+                .any(|r| mirrors.resources[r.resource].compare)
         {
-            for r in &replies {
-                let res = &mirrors.resources[r.resource];
-                if res.compare {
-                    res.compare(spec.name, &req, &primary, &r.reply, limit);
+            let primary = tokio::time::timeout(Duration::from_secs(30), primary)
+                .await
+                .ok()
+                .and_then(Result::ok);
+            if let Some(primary) = primary {
+                for r in &replies {
+                    let res = &mirrors.resources[r.resource];
+                    if res.compare {
+                        res.compare(spec.name, &req, &primary, &r.reply, limit);
+                    }
                 }
             }
         }
@@ -441,6 +479,22 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
             let _ = done.send(replies);
         }
     }))
+}
+
+/// One write's place in the backlog of the mirrors that took it; released on drop.
+struct BacklogShare {
+    mirrors: Arc<Mirrors>,
+    takers: Vec<usize>,
+}
+
+impl Drop for BacklogShare {
+    fn drop(&mut self) {
+        for &i in &self.takers {
+            self.mirrors.resources[i]
+                .backlog
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The `# Multiwrite` INFO section.
@@ -478,8 +532,9 @@ pub fn info_section(mirrors: &Mirrors, primary: &Cluster, lag: Option<queue::Lag
             &r.name,
             &r.cluster,
             format!(
-                ",dropped={},mismatches={}{}{},delay_last_us={},delay_p50_us={},delay_max_us={},delay_probes={}",
+                ",dropped={},backlog={},mismatches={}{}{},delay_last_us={},delay_p50_us={},delay_max_us={},delay_probes={}",
                 r.dropped.load(Ordering::Relaxed),
+                r.backlog.load(Ordering::Relaxed),
                 mismatches,
                 if by_cmd.is_empty() {
                     ""
