@@ -558,6 +558,15 @@ mod tests {
     }
 
     #[test]
+    fn mirror_on_full_reads_drop_or_block() {
+        let seeds = "cluster:\n  seeds: [127.0.0.1:7000]\n";
+        let c = check(&format!("{seeds}mirror:\n  on_full: block\n")).unwrap();
+        assert_eq!(c.mirror.on_full, OnFull::Block);
+        assert_eq!(check(seeds).unwrap().mirror.on_full, OnFull::Drop);
+        assert!(Config::from_yaml(&format!("{seeds}mirror:\n  on_full: wait\n")).is_err());
+    }
+
+    #[test]
     fn the_shipped_config_file_is_valid() {
         let c = Config::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/config/slotgate.yaml"))
             .unwrap()

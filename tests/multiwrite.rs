@@ -396,3 +396,283 @@ async fn async_mode_survives_a_consumer_restart() {
     let _ = std::fs::remove_dir_all(&dir);
     let _: Value = redis::cmd("PING").query_async(&mut q).await.unwrap();
 }
+
+/// A proxy in front of `cluster` without mirrors: writes that only that cluster gets.
+async fn direct(cluster: &Cluster) -> (Proxy, MultiplexedConnection) {
+    let proxy = Proxy::start(cluster).await;
+    let con = proxy.client(2).await;
+    (proxy, con)
+}
+
+async fn wait_for_value(con: &mut MultiplexedConnection, key: &str, want: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v: Option<String> = con.get(key).await.unwrap();
+        if v.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {key} is {v:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_modes_write_every_resource_verbatim_and_at_once() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    let (_p, mut only_primary) = direct(&primary).await;
+    let (_m, mut only_mirror) = direct(&mirror).await;
+    for mode in DIRECT_MODES {
+        let proxy = Proxy::start_with(&primary, |c| {
+            c.mirror.mode = mode;
+            c.mirror.resources = vec![mirror_of(&mirror, "b")];
+        })
+        .await;
+        let mut con = proxy.client(2).await;
+
+        // A write the primary refuses (WRONGTYPE) still reaches the mirror.
+        let wt = format!("{mode:?}:wt");
+        let _: () = only_primary.rpush(&wt, "x").await.unwrap();
+        let e = con.incr::<_, _, i64>(&wt, 1).await.unwrap_err();
+        assert_eq!(e.code(), Some("WRONGTYPE"), "{mode:?}");
+        wait_for_value(&mut only_mirror, &wt, "1", "refused on the primary").await;
+
+        // Only the mirror holds another type: check_error says so, naming it.
+        let ml = format!("{mode:?}:ml");
+        let _: () = only_mirror.rpush(&ml, "x").await.unwrap();
+        let r = con.incr::<_, _, i64>(&ml, 1).await;
+        match mode {
+            MultiWriteMode::AllResourcesCheckError => {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("mirror 'b'") && e.contains("WRONGTYPE"), "{e}");
+            }
+            _ => assert_eq!(r.unwrap(), 1),
+        }
+
+        // At once: with the primary's writes paused, the mirror already has the write
+        // (one round trip in the waiting modes, not two in series).
+        for port in &primary.master_ports {
+            let mut node = primary.node(*port).await;
+            let _: () = redis::cmd("CLIENT")
+                .arg(&["PAUSE", "1500", "WRITE"])
+                .query_async(&mut node)
+                .await
+                .unwrap();
+        }
+        let rt = format!("{mode:?}:rt");
+        let mut writer = proxy.client(2).await;
+        let key = rt.clone();
+        let write = tokio::spawn(async move { writer.set::<_, _, ()>(key, "v").await });
+        wait_for_value(&mut only_mirror, &rt, "v", "while the primary is paused").await;
+        assert!(!write.is_finished(), "{mode:?}: the primary was paused");
+        write.await.unwrap().unwrap();
+        // Relative expiries reach the mirror as absolute times: the same deadline.
+        let ttl = format!("{mode:?}:ttl");
+        let _: () = redis::cmd("SET")
+            .arg(&[&ttl, "v", "EX", "1000"])
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (p, m) = loop {
+            let p: i64 = redis::cmd("PEXPIRETIME")
+                .arg(&ttl)
+                .query_async(&mut only_primary)
+                .await
+                .unwrap();
+            let m: i64 = redis::cmd("PEXPIRETIME")
+                .arg(&ttl)
+                .query_async(&mut only_mirror)
+                .await
+                .unwrap();
+            if m > 0 || Instant::now() > deadline {
+                break (p, m);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!((p - m).abs() < 1000, "{mode:?}: expiries {p} and {m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_counters_and_collections_converge_in_every_mode() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    let (_p, mut on_primary) = direct(&primary).await;
+    let (_m, mut on_mirror) = direct(&mirror).await;
+    for mode in DIRECT_MODES {
+        let proxy = Proxy::start_with(&primary, |c| {
+            c.mirror.mode = mode;
+            c.mirror.resources = vec![mirror_of(&mirror, "b")];
+        })
+        .await;
+        let p = format!("{mode:?}");
+        let mut clients = Vec::new();
+        for c in 0..16 {
+            let mut con = proxy.client(2).await;
+            let p = p.clone();
+            clients.push(tokio::spawn(async move {
+                for round in 0..20 {
+                    let mut pipe = redis::pipe();
+                    for i in 0..10 {
+                        let k = format!("{p}:{}", i % 5);
+                        pipe.incr(format!("{k}:n"), 1).ignore();
+                        pipe.cmd("HINCRBY")
+                            .arg(format!("{k}:h"))
+                            .arg("f")
+                            .arg(2)
+                            .ignore();
+                        pipe.rpush(format!("{k}:l"), format!("{c}-{round}-{i}"))
+                            .ignore();
+                        pipe.sadd(format!("{k}:s"), (c * round + i) % 13).ignore();
+                    }
+                    let _: () = pipe.query_async(&mut con).await.unwrap();
+                }
+            }));
+        }
+        for c in clients {
+            c.await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for i in 0..5 {
+            let k = format!("{p}:{i}");
+            loop {
+                let n_p: i64 = on_primary.get(format!("{k}:n")).await.unwrap();
+                let n_m: Option<i64> = on_mirror.get(format!("{k}:n")).await.unwrap();
+                let h_p: i64 = on_primary.hget(format!("{k}:h"), "f").await.unwrap();
+                let h_m: Option<i64> = on_mirror.hget(format!("{k}:h"), "f").await.unwrap();
+                let mut l_p: Vec<String> =
+                    on_primary.lrange(format!("{k}:l"), 0, -1).await.unwrap();
+                let mut l_m: Vec<String> = on_mirror.lrange(format!("{k}:l"), 0, -1).await.unwrap();
+                let mut s_p: Vec<String> = on_primary.smembers(format!("{k}:s")).await.unwrap();
+                let mut s_m: Vec<String> = on_mirror.smembers(format!("{k}:s")).await.unwrap();
+                // Concurrent clients interleave differently on two clusters: the lists hold
+                // the same elements, each client's in its own order.
+                l_p.sort();
+                l_m.sort();
+                s_p.sort();
+                s_m.sort();
+                let same = Some(n_p) == n_m && Some(h_p) == h_m && l_p == l_m && s_p == s_m;
+                if same {
+                    assert_eq!(n_p, 16 * 20 * 2, "{mode:?}");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{mode:?} {k}: counter {n_p}/{n_m:?}, hash {h_p}/{h_m:?}, lists {}/{}, sets {s_p:?}/{s_m:?}",
+                    l_p.len(),
+                    l_m.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_without_reading_loses_no_mirror_write() {
+    use tokio::io::AsyncWriteExt;
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&primary, |c| {
+        c.mirror.resources = vec![mirror_of(&mirror, "b")];
+    })
+    .await;
+    // 200 writes in one go, among them ids the primary chooses, then gone.
+    let mut raw = Vec::new();
+    for i in 0..200 {
+        let (k, v) = (format!("left:{i}"), i.to_string());
+        raw.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n",
+                k.len(),
+                v.len()
+            )
+            .as_bytes(),
+        );
+        raw.extend_from_slice(
+            b"*5\r\n$4\r\nXADD\r\n$9\r\nleft:{st}\r\n$1\r\n*\r\n$1\r\nf\r\n$1\r\nv\r\n",
+        );
+    }
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    s.write_all(&raw).await.unwrap();
+    drop(s);
+    let (_m, mut on_mirror) = direct(&mirror).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut missing = 0;
+        for i in 0..200 {
+            let v: Option<String> = on_mirror.get(format!("left:{i}")).await.unwrap();
+            missing += usize::from(v.is_none());
+        }
+        let entries: i64 = redis::cmd("XLEN")
+            .arg("left:{st}")
+            .query_async(&mut on_mirror)
+            .await
+            .unwrap();
+        let (_p, mut on_primary) = direct(&primary).await;
+        let on_p: i64 = redis::cmd("XLEN")
+            .arg("left:{st}")
+            .query_async(&mut on_primary)
+            .await
+            .unwrap();
+        if missing == 0 && entries == on_p {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} keys and {} of {on_p} stream entries missing on the mirror",
+            on_p - entries
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_blocking_command_never_blocks_a_mirror_connection() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    // One worker: every client's mirror writes share its connection to each mirror node.
+    let proxy = Proxy::start_with(&primary, |c| {
+        c.threads = 1;
+        c.mirror.mode = MultiWriteMode::AllResourcesNoCheck;
+        c.mirror.resources = vec![mirror_of(&mirror, "b")];
+    })
+    .await;
+    let mut blocker = proxy.client(2).await;
+    let blocked = tokio::spawn(async move {
+        redis::cmd("BLMPOP")
+            .arg(&["3", "1", "{bl}list", "LEFT"])
+            .query_async::<Value>(&mut blocker)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut con = proxy.client(2).await;
+    // Writes to the same mirror nodes as the blocked command's key, and to others.
+    let started = Instant::now();
+    for i in 0..20 {
+        let _: () = con.set(format!("{{bl}}k{i}"), i).await.unwrap();
+        let _: () = con.set(format!("other{i}"), i).await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "mirrored writes waited {took:?} behind a blocked BLMPOP"
+    );
+    // The blocked pop ends with its timeout and mirrors nothing; a pop that gets an element
+    // mirrors its effect.
+    assert_eq!(blocked.await.unwrap().unwrap(), Value::Nil);
+    let _: () = con.rpush("{bl}list", &["a", "b"]).await.unwrap();
+    let popped: Value = redis::cmd("BLMPOP")
+        .arg(&["1", "1", "{bl}list", "LEFT"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(format!("{popped:?}").contains('a'), "{popped:?}");
+    wait_until_equal(&primary, &mirror).await;
+}
