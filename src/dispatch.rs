@@ -320,6 +320,39 @@ impl Cluster {
         Some(f(&master.addr))
     }
 
+    /// Queues `count` requests, back to back in `raw`, for the master of `slot` (any master
+    /// without one), contiguously on one connection, as a MULTI/EXEC block must go; the
+    /// returned future gives their replies together. No redirect is followed: a block that
+    /// meets one fails whole.
+    pub async fn send_block(
+        &self,
+        slot: Option<u16>,
+        raw: Bytes,
+        count: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<Bytes>, String>> + Send + 'static {
+        let opts = SendOptions::internal();
+        let target = slot.map_or(Target::Any, Target::Slot);
+        let addr = self.route(&target, &opts);
+        let rx = match &addr {
+            Some(addr) => Some(
+                self.backends
+                    .send_many(addr, opts.proto, opts.session, raw, count)
+                    .await,
+            ),
+            None => None,
+        };
+        async move {
+            let (Some(addr), Some(rx)) = (addr, rx) else {
+                return Err(crate::replies::CLUSTER_DOWN.to_string());
+            };
+            match rx.await {
+                Ok(Ok(replies)) => Ok(replies),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("connection to {addr} lost")),
+            }
+        }
+    }
+
     /// Queues a command routed by its table entry: by the keys' slot (split per slot when
     /// the keys span slots and the command can be split), or to every master.
     pub async fn submit(&self, spec: &CmdSpec, req: &Request, opts: SendOptions) -> Submitted {

@@ -157,8 +157,27 @@ pub async fn handle(
     }
     if in_multi && !matches!(cmd, Cmd::Quit | Cmd::Reset) {
         state.barrier = matches!(cmd, Cmd::Exec | Cmd::Discard);
+        // A transaction's writes reach the mirrors as one transaction, once EXEC succeeded.
+        let writes = match (&shared.mirrors, cmd) {
+            (Some(_), Cmd::Exec) => state.txn.take_writes(),
+            _ => Vec::new(),
+        };
         let reply = state.txn.handle(shared, state.proto, spec, req).await;
-        return (Step::Tx(reply), false);
+        let step = Step::Tx(reply);
+        if let Some(mirrors) = &shared.mirrors
+            && let Some(ticket) = mirrors
+                .submit_transaction(&mut state.mirror_feed, writes)
+                .await
+        {
+            return (
+                Step::Mirrored {
+                    inner: Box::new(step),
+                    ticket,
+                },
+                false,
+            );
+        }
+        return (step, false);
     }
     let Some(spec) = spec else {
         return ready(unknown_command(&req));

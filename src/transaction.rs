@@ -42,6 +42,10 @@ pub struct Transaction {
     buffered: Vec<Bytes>,
     /// Why EXEC must fail (a refused command while queuing).
     failed: Option<String>,
+    /// Commands queued since MULTI (the place of the next one's reply in EXEC's).
+    queued: usize,
+    /// The mirrored writes among them, for the mirrors once EXEC succeeded.
+    writes: Vec<crate::mirror::TxWrite>,
 }
 
 /// A reply to come from the pinned connection, or one known already.
@@ -73,6 +77,11 @@ impl TxReply {
 const QUEUED: Bytes = Bytes::from_static(b"+QUEUED\r\n");
 
 impl Transaction {
+    /// The mirrored writes queued in the open transaction, taken before EXEC.
+    pub fn take_writes(&mut self) -> Vec<crate::mirror::TxWrite> {
+        std::mem::take(&mut self.writes)
+    }
+
     /// Whether this request belongs to the transaction machinery: a transaction command, or
     /// any command while MULTI is open.
     pub fn takes(&self, spec: Option<&CmdSpec>) -> bool {
@@ -93,6 +102,8 @@ impl Transaction {
                     return TxReply::Ready(error("ERR MULTI calls can not be nested"));
                 }
                 self.in_multi = true;
+                self.queued = 0;
+                self.writes.clear();
                 if self.pin.is_some() {
                     self.send(req.raw, false).await
                 } else {
@@ -217,6 +228,14 @@ impl Transaction {
             self.failed.get_or_insert(reason);
             return TxReply::Ready(reply);
         }
+        if crate::mirror::mirrored(spec) {
+            self.writes.push(crate::mirror::TxWrite {
+                position: self.queued,
+                spec,
+                req: req.clone(),
+            });
+        }
+        self.queued += 1;
         match spec.slot(&req) {
             Err(RouteError::CrossSlot) => {
                 let reason = crate::replies::CROSSSLOT;

@@ -676,3 +676,127 @@ async fn a_mirrored_blocking_command_never_blocks_a_mirror_connection() {
     assert!(format!("{popped:?}").contains('a'), "{popped:?}");
     wait_until_equal(&primary, &mirror).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_mirrored_as_one_transaction_once_exec_succeeded() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    let (_p, mut on_primary) = direct(&primary).await;
+    let (_m, mut on_mirror) = direct(&mirror).await;
+    let execs = || async {
+        let mut n = 0;
+        for port in &mirror.master_ports {
+            n += support::command_calls(*port, "exec").await;
+        }
+        n
+    };
+    for mode in DIRECT_MODES {
+        let proxy = Proxy::start_with(&primary, |c| {
+            c.mirror.mode = mode;
+            c.mirror.resources = vec![mirror_of(&mirror, "b")];
+        })
+        .await;
+        let mut con = proxy.client(2).await;
+        let t = format!("{{t{mode:?}}}");
+        let before = execs().await;
+        // Committed: the mirror runs the writes as one MULTI/EXEC, XADD with the same id.
+        let ((), _, id): ((), i64, String) = redis::pipe()
+            .atomic()
+            .set(format!("{t}a"), "1")
+            .incr(format!("{t}n"), 5)
+            .cmd("XADD")
+            .arg(format!("{t}s"))
+            .arg("*")
+            .arg("f")
+            .arg("v")
+            .get(format!("{t}a"))
+            .ignore()
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let n: Option<i64> = on_mirror.get(format!("{t}n")).await.unwrap();
+            if n == Some(5) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}: transaction not mirrored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let a: String = on_mirror.get(format!("{t}a")).await.unwrap();
+        assert_eq!(a, "1");
+        let ids: Value = redis::cmd("XRANGE")
+            .arg(format!("{t}s"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut on_mirror)
+            .await
+            .unwrap();
+        assert!(
+            format!("{ids:?}").contains(&id),
+            "{mode:?}: {ids:?} lacks {id}"
+        );
+        assert_eq!(
+            execs().await,
+            before + 1,
+            "{mode:?}: one EXEC on the mirror"
+        );
+
+        // Discarded: nothing mirrored.
+        let _: () = redis::cmd("MULTI").query_async(&mut con).await.unwrap();
+        let _: () = con.set(format!("{t}discarded"), 1).await.unwrap();
+        let _: () = redis::cmd("DISCARD").query_async(&mut con).await.unwrap();
+        // Aborted by WATCH: nothing mirrored.
+        let _: () = redis::cmd("WATCH")
+            .arg(format!("{t}w"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let _: () = on_primary.set(format!("{t}w"), "changed").await.unwrap();
+        let _: () = redis::cmd("MULTI").query_async(&mut con).await.unwrap();
+        let _: () = con.set(format!("{t}watched"), 1).await.unwrap();
+        let aborted: Value = redis::cmd("EXEC").query_async(&mut con).await.unwrap();
+        assert_eq!(aborted, Value::Nil);
+        // A marker written after both proves the mirror has seen everything before it.
+        let _: () = con.set(format!("{t}marker"), 1).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while on_mirror
+            .get::<_, Option<String>>(format!("{t}marker"))
+            .await
+            .unwrap()
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "{mode:?}: marker not mirrored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for k in ["discarded", "watched"] {
+            let v: Option<String> = on_mirror.get(format!("{t}{k}")).await.unwrap();
+            assert_eq!(v, None, "{mode:?}: {k} transaction mirrored");
+        }
+        assert_eq!(execs().await, before + 1, "{mode:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reaches_subscribers_of_every_resource() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&primary, |c| {
+        c.mirror.resources = vec![mirror_of(&mirror, "b")];
+    })
+    .await;
+    // Subscribers of the mirror cluster (any node: classic pub/sub is cluster-wide).
+    let mut on_mirror = support::RawClient::connect(mirror.master_ports[1]).await;
+    on_mirror.send(b"SUBSCRIBE news\r\n").await;
+    on_mirror
+        .expect(b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n")
+        .await;
+    let mut con = proxy.client(2).await;
+    let _: i64 = con.publish("news", "hello").await.unwrap();
+    on_mirror
+        .expect(b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n")
+        .await;
+}

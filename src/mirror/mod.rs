@@ -77,11 +77,32 @@ pub struct MirrorReply {
     pub reply: Bytes,
 }
 
+/// What one job mirrors.
+#[derive(Debug)]
+enum Work {
+    /// One command.
+    Write {
+        spec: &'static CmdSpec,
+        req: Request,
+    },
+    /// The writes of a MULTI/EXEC, replayed on each mirror as one MULTI/EXEC once the
+    /// primary's EXEC succeeded.
+    Transaction(Vec<TxWrite>),
+}
+
+/// A write queued in a transaction.
+#[derive(Debug, Clone)]
+pub struct TxWrite {
+    /// Its place among the transaction's queued commands (its reply's place in EXEC's).
+    pub position: usize,
+    pub spec: &'static CmdSpec,
+    pub req: Request,
+}
+
 /// One write handed to a client's feed.
 #[derive(Debug)]
 pub struct Job {
-    spec: &'static CmdSpec,
-    req: Request,
+    work: Work,
     /// The primary's reply, sent by the client's reply path.
     primary: oneshot::Receiver<Bytes>,
     /// Where the mirrors' replies go when the client waits for them.
@@ -165,7 +186,36 @@ impl Mirrors {
         spec: &'static CmdSpec,
         req: &Request,
     ) -> Option<Ticket> {
-        if self.mode != MultiWriteMode::Async && !self.resources.iter().any(|r| r.wants(spec, req))
+        self.hand_over(
+            feed,
+            Work::Write {
+                spec,
+                req: req.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Hands the writes of a transaction to the client's feed: once the primary's EXEC
+    /// succeeded, each mirror gets them as one MULTI/EXEC. `None` when none is mirrored.
+    pub async fn submit_transaction(
+        self: &Arc<Self>,
+        feed: &mut Option<mpsc::Sender<Job>>,
+        writes: Vec<TxWrite>,
+    ) -> Option<Ticket> {
+        if writes.is_empty() {
+            return None;
+        }
+        self.hand_over(feed, Work::Transaction(writes)).await
+    }
+
+    /// Queues `work` on the client's feed (opening it on first use), as the mode says.
+    async fn hand_over(
+        self: &Arc<Self>,
+        feed: &mut Option<mpsc::Sender<Job>>,
+        work: Work,
+    ) -> Option<Ticket> {
+        if self.mode != MultiWriteMode::Async && !self.resources.iter().any(|r| r.wants_work(&work))
         {
             return None;
         }
@@ -183,29 +233,22 @@ impl Mirrors {
             (None, None)
         };
         let job = Job {
-            spec,
-            req: req.clone(),
+            work,
             primary: primary_rx,
             done: done_tx,
         };
-        let wanted = |job: &Job| {
-            self.resources
-                .iter()
-                .filter(move |r| r.wants(job.spec, &job.req))
-                .collect::<Vec<_>>()
-        };
-        let takers = wanted(&job);
+        let takers: Vec<&Resource> = self
+            .resources
+            .iter()
+            .filter(|r| r.wants_work(&job.work))
+            .collect();
         if waits || self.on_full == OnFull::Block {
             if tx.send(job).await.is_err() {
                 return None;
             }
         } else if let Err(e) = tx.try_send(job) {
             if let mpsc::error::TrySendError::Full(job) = e {
-                let key = job
-                    .spec
-                    .key_indices(&job.req)
-                    .next()
-                    .map(|i| String::from_utf8_lossy(job.req.arg(i)).into_owned());
+                let (command, key) = job.work.first_key();
                 for r in &takers {
                     let n = r.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     // Logged at 1, 2, 4, 8, ... drops: every key for a short burst, a sample
@@ -214,7 +257,7 @@ impl Mirrors {
                         warn!(
                             mirror = %r.name,
                             dropped = n,
-                            command = job.spec.name,
+                            command,
                             key = key.as_deref().unwrap_or(""),
                             "mirror backlog full: mirror write dropped"
                         );
@@ -235,7 +278,33 @@ impl Mirrors {
     }
 }
 
+impl Work {
+    /// The command and first key, for logs.
+    fn first_key(&self) -> (&'static str, Option<String>) {
+        let (spec, req) = match self {
+            Work::Write { spec, req } => (*spec, req),
+            Work::Transaction(writes) => match writes.first() {
+                Some(w) => (w.spec, &w.req),
+                None => return ("EXEC", None),
+            },
+        };
+        let key = spec
+            .key_indices(req)
+            .next()
+            .map(|i| String::from_utf8_lossy(req.arg(i)).into_owned());
+        (spec.name, key)
+    }
+}
+
 impl Resource {
+    /// Whether this mirror receives (part of) a job.
+    fn wants_work(&self, work: &Work) -> bool {
+        match work {
+            Work::Write { spec, req } => self.wants(spec, req),
+            Work::Transaction(writes) => writes.iter().any(|w| self.wants(w.spec, &w.req)),
+        }
+    }
+
     /// Whether this mirror receives (part of) the write.
     fn wants(&self, spec: &CmdSpec, req: &Request) -> bool {
         self.rules.all()
@@ -385,8 +454,7 @@ type Completion = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>
 /// records the primary's effect.
 async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
     let Job {
-        spec,
-        req,
+        work,
         mut primary,
         done,
     } = job;
@@ -394,8 +462,14 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
     let backlog = BacklogShare {
         mirrors: mirrors.clone(),
         takers: (0..mirrors.resources.len())
-            .filter(|&i| mirrors.resources[i].wants(spec, &req))
+            .filter(|&i| mirrors.resources[i].wants_work(&work))
             .collect(),
+    };
+    let (spec, req) = match work {
+        Work::Write { spec, req } => (spec, req),
+        Work::Transaction(writes) => {
+            return dispatch_transaction(mirrors, writes, primary, done, backlog).await;
+        }
     };
     let opts = SendOptions::internal();
     let plan = if mirrors.mode == MultiWriteMode::Async {
@@ -475,6 +549,111 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
                 }
             }
         }
+        if let Some(done) = done {
+            let _ = done.send(replies);
+        }
+    }))
+}
+
+/// Replays a transaction's writes on each mirror as one MULTI/EXEC, once the primary's EXEC
+/// succeeded (a discarded, aborted or WATCH-failed transaction mirrors nothing). Effects
+/// that need the primary's reply take it from the EXEC reply. The async mode records each
+/// write's effect in the queue.
+async fn dispatch_transaction(
+    mirrors: &Arc<Mirrors>,
+    writes: Vec<TxWrite>,
+    primary: oneshot::Receiver<Bytes>,
+    done: Option<oneshot::Sender<Vec<MirrorReply>>>,
+    backlog: BacklogShare,
+) -> Option<Completion> {
+    let Ok(reply) = primary.await else {
+        debug!("the primary's EXEC reply never came; transaction not mirrored");
+        return None;
+    };
+    // EXEC's replies, one per queued command; anything else (nil, an error) applied nothing.
+    let Some(results) = crate::resp::reply::elements(&reply) else {
+        if let Some(done) = done {
+            let _ = done.send(Vec::new());
+        }
+        return None;
+    };
+    let now = crate::clock::now_ms();
+    let effect_of = |w: &TxWrite, req: &Request| -> Vec<Request> {
+        let plan = if mirrors.mode == MultiWriteMode::Async {
+            effects::Plan::AfterReply
+        } else {
+            effects::plan(w.spec, req, now)
+        };
+        match plan {
+            effects::Plan::Verbatim => vec![req.clone()],
+            effects::Plan::Rewritten(c) => vec![c],
+            effects::Plan::AfterReply => match results.get(w.position) {
+                Some(r) => effects::effect(w.spec.cmd, req, r, now),
+                None => Vec::new(),
+            },
+        }
+    };
+    if let Some(queue) = &mirrors.queue {
+        let mut outcome = MirrorReply {
+            resource: usize::MAX,
+            reply: crate::resp::encode::OK,
+        };
+        for w in &writes {
+            for c in effect_of(w, &w.req) {
+                if let Err(e) = queue.push(c.raw.clone()).await {
+                    outcome.reply = error(&format!("ERR queue: {e}"));
+                }
+            }
+        }
+        if let Some(done) = done {
+            let _ = done.send(vec![outcome]);
+        }
+        return None;
+    }
+    let mut started = Vec::new();
+    for (i, r) in mirrors.resources.iter().enumerate() {
+        let mut commands = Vec::new();
+        for w in &writes {
+            if let Some(filtered) = r.filter(w.spec, &w.req) {
+                commands.extend(effect_of(w, &filtered));
+            }
+        }
+        // Every key of a transaction is in one slot: the mirror's master of that slot runs it.
+        let slot = commands
+            .iter()
+            .find_map(|c| resolve(c)?.slot(c).ok().flatten());
+        if commands.is_empty() {
+            continue;
+        }
+        let mut raw = bytes::BytesMut::new();
+        raw.extend_from_slice(&Request::from_args(&["MULTI"]).raw);
+        for c in &commands {
+            raw.extend_from_slice(&c.raw);
+        }
+        raw.extend_from_slice(&Request::from_args(&["EXEC"]).raw);
+        let block = r
+            .cluster
+            .send_block(slot, raw.freeze(), commands.len() + 2)
+            .await;
+        started.push((i, block));
+    }
+    let mirrors = mirrors.clone();
+    Some(Box::pin(async move {
+        let mut replies = Vec::with_capacity(started.len());
+        for (i, block) in started {
+            let reply = match block.await {
+                // EXEC's reply is the last one.
+                Ok(mut all) => all.pop().unwrap_or_else(|| error("ERR no reply")),
+                Err(e) => error(&format!("ERR {e}")),
+            };
+            let counters = &mirrors.resources[i].cluster.counters;
+            counters.requests.add(1);
+            if reply.first() == Some(&b'-') {
+                counters.errors.add(1);
+            }
+            replies.push(MirrorReply { resource: i, reply });
+        }
+        drop(backlog);
         if let Some(done) = done {
             let _ = done.send(replies);
         }
