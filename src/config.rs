@@ -124,12 +124,18 @@ pub struct QueueConfig {
     pub group: String,
     /// This consumer's name within the group (consumer mode).
     pub consumer: String,
-    /// Approximate cap on the stream's length (`XADD MAXLEN ~`).
+    /// Most entries the stream holds: beyond it (the consumers are that far behind) writes
+    /// are refused with an error rather than trimming entries no consumer has applied.
+    /// Consumers trim only what every consumer acknowledged.
     pub maxlen: u64,
-    /// Where entries the mirror keeps rejecting go.
+    /// Where entries a mirror rejects for good (`WRONGTYPE`, a syntax error) go.
     pub dead_letter: String,
-    /// Attempts before an entry goes to the dead-letter stream.
+    /// Attempts before such an entry goes to the dead-letter stream. A mirror that cannot
+    /// be reached is retried, with backoff, for as long as it takes.
     pub max_attempts: u32,
+    /// A consumer claims entries another consumer has left pending this long, in
+    /// milliseconds (that consumer died).
+    pub claim_idle_ms: u64,
     /// Entries read per batch by the consumer.
     pub batch: usize,
 }
@@ -145,6 +151,7 @@ impl Default for QueueConfig {
             maxlen: 1_000_000,
             dead_letter: "slotgate:mirror:dead".into(),
             max_attempts: 5,
+            claim_idle_ms: 30_000,
             batch: 100,
         }
     }

@@ -800,3 +800,109 @@ async fn publish_reaches_subscribers_of_every_resource() {
         .expect(b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n")
         .await;
 }
+
+/// A consumer config for `mirror` and the queue on `queue_port`.
+fn consumer_config(
+    dir: &std::path::Path,
+    mirror: &Cluster,
+    queue_port: u16,
+    name: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "mirror:\n  resources:\n    - name: b\n      cluster: [{}]\n  queue:\n    redis: 127.0.0.1:{queue_port}\n    consumer: {name}\n    max_attempts: 2\n    claim_idle_ms: 1000\n",
+            mirror.seeds
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn stream_len(q: &mut MultiplexedConnection, stream: &str) -> i64 {
+    redis::cmd("XLEN").arg(stream).query_async(q).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_loses_nothing_across_a_dead_consumer_and_a_mirror_outage() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    let queue = Standalone::start().await;
+    let proxy = Proxy::start_with(&primary, |c| {
+        c.mirror.mode = MultiWriteMode::Async;
+        c.mirror.resources = vec![mirror_of(&mirror, "b")];
+        c.mirror.queue = Some(QueueConfig {
+            redis: format!("127.0.0.1:{}", queue.port),
+            ..QueueConfig::default()
+        });
+    })
+    .await;
+    let mut con = proxy.client(2).await;
+    for batch in 0..5 {
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            pipe.set(format!("q:{}", batch * 100 + i), i).ignore();
+        }
+        let _: () = pipe.query_async(&mut con).await.unwrap();
+    }
+    // Nothing applied yet: nothing trimmed.
+    let mut q = queue.con().await;
+    assert_eq!(stream_len(&mut q, "slotgate:mirror").await, 500);
+
+    // A mirror master goes down; a consumer starts, meets the outage, and dies.
+    let victim = mirror.master_ports[1];
+    mirror.fault(&["kill", mirror.dir.to_str().unwrap(), &victim.to_string()]);
+    let dir = std::env::temp_dir().join(format!("slotgate-consumers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = Consumer::start(&consumer_config(&dir, &mirror, queue.port, "consumer-1"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(first);
+    // The mirror comes back; another consumer claims what the dead one left pending.
+    mirror.fault(&["restart", mirror.dir.to_str().unwrap(), &victim.to_string()]);
+    let _second = Consumer::start(&consumer_config(&dir, &mirror, queue.port, "consumer-2"));
+    wait_until_equal(&primary, &mirror).await;
+    assert_eq!(dump(&mirror).await.len(), 500);
+    // The outage was retried, never dead-lettered; applied entries are trimmed.
+    assert_eq!(stream_len(&mut q, "slotgate:mirror:dead").await, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stream_len(&mut q, "slotgate:mirror").await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged entries never trimmed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_writes_instead_of_trimming_unapplied_ones() {
+    let primary = Cluster::start_with(3, 0);
+    let queue = Standalone::start().await;
+    let proxy = Proxy::start_with(&primary, |c| {
+        c.mirror.mode = MultiWriteMode::Async;
+        c.mirror.queue = Some(QueueConfig {
+            redis: format!("127.0.0.1:{}", queue.port),
+            maxlen: 20,
+            ..QueueConfig::default()
+        });
+    })
+    .await;
+    let mut con = proxy.client(2).await;
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..60 {
+        match con.set::<_, _, ()>(format!("full:{i}"), i).await {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("maxlen"), "{e}");
+                refused += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused > 0, "a full queue refuses writes");
+    // Every accepted write is in the stream: none was trimmed to make room.
+    let mut q = queue.con().await;
+    assert_eq!(stream_len(&mut q, "slotgate:mirror").await, accepted);
+}

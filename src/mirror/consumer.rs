@@ -1,8 +1,12 @@
 //! Consumer mode (`slotgate consume`): reads the durable queue of the async multi-write mode
 //! and applies each command to the mirrors, in order, acknowledging an entry only after every
-//! mirror accepted it. A crash of either side loses nothing (delivery is at least once: after
-//! a restart the consumer first re-applies what it had read but not acknowledged). An entry a
-//! mirror keeps rejecting goes to the dead-letter stream after `max_attempts`.
+//! mirror accepted it. Delivery is at least once: after a restart a consumer first re-applies
+//! what it had read but not acknowledged, and a consumer claims the entries another left
+//! pending for `claim_idle_ms` (that one died). A mirror that cannot be reached (or answers
+//! a transient error: CLUSTERDOWN, TRYAGAIN, LOADING, ...) is retried with backoff for as
+//! long as it takes; only an entry a mirror rejects for good (WRONGTYPE, a syntax error)
+//! goes to the dead-letter stream, after `max_attempts`. The stream is trimmed only below the
+//! oldest entry not acknowledged (`XTRIM MINID`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -87,8 +91,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     info!(stream = %settings.stream, group = %settings.group, consumer = %settings.consumer, "consumer started");
     let batch = settings.batch.to_string();
+    let claim_idle = settings.claim_idle_ms.to_string();
     let mut attempts: HashMap<Bytes, u32> = HashMap::new();
     let mut last_report = Instant::now();
+    let mut last_trim = Instant::now();
+    // Wait before retrying after a transient failure; doubles up to a cap.
+    let mut backoff = RETRY_FIRST;
     tokio::pin!(shutdown);
     loop {
         // First what this consumer read before but did not acknowledge, then new entries.
@@ -109,6 +117,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             )
             .await;
         let mut todo = entries(&pending);
+        if todo.is_empty() {
+            // Entries another consumer left pending too long (it died) become ours.
+            let claimed = queue
+                .call(
+                    &[
+                        b"XAUTOCLAIM",
+                        stream,
+                        group,
+                        consumer,
+                        claim_idle.as_bytes(),
+                        b"0-0",
+                        b"COUNT",
+                        batch.as_bytes(),
+                    ],
+                    false,
+                )
+                .await;
+            let taken = elements(&claimed)
+                .and_then(|parts| parts.get(1).and_then(|l| elements(l)).map(|l| l.len()))
+                .unwrap_or(0);
+            if taken > 0 {
+                info!(entries = taken, "claimed entries a consumer left pending");
+                continue;
+            }
+        }
         if todo.is_empty() {
             let args: [&[u8]; 11] = [
                 b"XREADGROUP",
@@ -138,11 +171,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         for entry in todo {
             let outcome = match &entry.command {
                 Some(c) => apply(&mirrors, c).await,
-                None => Err("entry without a command".to_string()),
+                None => Err(Failure::Permanent("entry without a command".to_string())),
             };
             let ack = match outcome {
-                Ok(()) => true,
-                Err(e) => {
+                Ok(()) => {
+                    backoff = RETRY_FIRST;
+                    true
+                }
+                Err(Failure::Transient(e)) => {
+                    // Never dead-lettered: the mirror will be back; later entries wait, so
+                    // order holds.
+                    warn!(id = %String::from_utf8_lossy(&entry.id), error = %e, retry_in_ms = backoff.as_millis() as u64, "mirror unavailable; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut shutdown => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    break;
+                }
+                Err(Failure::Permanent(e)) => {
                     let n = attempts.entry(entry.id.clone()).or_insert(0);
                     *n += 1;
                     if *n >= settings.max_attempts {
@@ -180,6 +227,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     .await;
             }
         }
+        if last_trim.elapsed() > TRIM_EVERY {
+            last_trim = Instant::now();
+            trim_acknowledged(&queue, stream, group).await;
+        }
         if last_report.elapsed() > Duration::from_secs(5) {
             last_report = Instant::now();
             if let Some(lag) = queue.lag().await {
@@ -194,15 +245,100 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 }
 
+/// First wait after a transient failure, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often acknowledged entries are trimmed from the stream.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// Why an entry could not be applied.
+#[derive(Debug)]
+enum Failure {
+    /// The mirror cannot take it now (unreachable, CLUSTERDOWN, LOADING, ...): retry.
+    Transient(String),
+    /// The mirror will never take it (WRONGTYPE, a syntax error): dead-letter it.
+    Permanent(String),
+}
+
+/// Whether a mirror's error reply may go away by itself.
+fn transient(reply: &[u8]) -> bool {
+    const PASSING: &[&[u8]] = &[
+        // slotgate's own: the node could not be reached or did not answer in time.
+        b"-ERR slotgate",
+        b"-CLUSTERDOWN",
+        b"-TRYAGAIN",
+        b"-LOADING",
+        b"-MASTERDOWN",
+        b"-BUSY",
+        b"-NOREPLICAS",
+        b"-READONLY",
+        b"-OOM",
+        b"-MOVED",
+        b"-ASK",
+    ];
+    PASSING.iter().any(|p| reply.starts_with(p))
+}
+
+/// Removes the entries every consumer acknowledged: those below the oldest pending entry,
+/// or, with none pending, up to the last one delivered. Never an entry not yet applied.
+async fn trim_acknowledged(queue: &StreamQueue, stream: &[u8], group: &[u8]) {
+    let summary = queue.call(&[b"XPENDING", stream, group], false).await;
+    let oldest_pending = elements(&summary).and_then(|p| {
+        p.get(1)
+            .and_then(|id| bulk_body(id))
+            .map(Bytes::copy_from_slice)
+    });
+    let minid = match oldest_pending {
+        Some(id) => id,
+        None => {
+            let groups = queue.call(&[b"XINFO", b"GROUPS", stream], false).await;
+            let mut last = None;
+            for g in elements(&groups).unwrap_or_default() {
+                let Some(fields) = elements(g) else { continue };
+                let get = |name: &str| {
+                    fields
+                        .chunks(2)
+                        .find(|kv| bulk_body(kv[0]) == Some(name.as_bytes()))
+                        .and_then(|kv| bulk_body(kv[1]))
+                };
+                if get("name") == Some(group) {
+                    last = get("last-delivered-id").map(Bytes::copy_from_slice);
+                }
+            }
+            // Everything up to and including the last delivered entry: MINID is exclusive
+            // of what it keeps, so the next possible id.
+            let Some(next) = last.as_deref().and_then(next_id) else {
+                return;
+            };
+            Bytes::from(next)
+        }
+    };
+    let _ = queue
+        .call(&[b"XTRIM", stream, b"MINID", &minid], false)
+        .await;
+}
+
+/// The smallest stream id after `id` (`ms-seq` to `ms-(seq+1)`).
+fn next_id(id: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(id).ok()?;
+    let (ms, seq) = text.split_once('-')?;
+    let ms: u64 = ms.parse().ok()?;
+    let seq: u64 = seq.parse().ok()?;
+    Some(match seq.checked_add(1) {
+        Some(s) => format!("{ms}-{s}"),
+        None => format!("{}-0", ms + 1),
+    })
+}
+
 /// Applies one queued command to every mirror whose rules take it.
-async fn apply(mirrors: &Mirrors, command: &Bytes) -> Result<(), String> {
+async fn apply(mirrors: &Mirrors, command: &Bytes) -> Result<(), Failure> {
     let mut scanner = RequestScanner::new(Limits::default());
     let mut buf = BytesMut::from(&command[..]);
     let req = scanner
         .next(&mut buf, true)
-        .map_err(|e| e.to_string())?
-        .ok_or("truncated command")?;
-    let spec = resolve(&req).ok_or("unknown command")?;
+        .map_err(|e| Failure::Permanent(e.to_string()))?
+        .ok_or_else(|| Failure::Permanent("truncated command".into()))?;
+    let spec = resolve(&req).ok_or_else(|| Failure::Permanent("unknown command".into()))?;
     let opts = SendOptions::internal();
     for r in &mirrors.resources {
         let Some(filtered) = r.filter(spec, &req) else {
@@ -211,11 +347,16 @@ async fn apply(mirrors: &Mirrors, command: &Bytes) -> Result<(), String> {
         let submitted = r.cluster.submit(spec, &filtered, opts).await;
         let reply = r.cluster.wait(submitted).await;
         if reply.first() == Some(&b'-') {
-            return Err(format!(
+            let text = format!(
                 "mirror '{}' answered {}",
                 r.name,
                 String::from_utf8_lossy(&reply).trim_end()
-            ));
+            );
+            return Err(if transient(&reply) {
+                Failure::Transient(text)
+            } else {
+                Failure::Permanent(text)
+            });
         }
     }
     Ok(())
@@ -234,5 +375,21 @@ mod tests {
         assert_eq!(e[0].command.as_deref(), Some(&b"PING"[..]));
         assert_eq!(e[1].command, None);
         assert!(entries(b"*-1\r\n").is_empty());
+    }
+
+    #[test]
+    fn ids_and_failures() {
+        assert_eq!(next_id(b"1700-3").as_deref(), Some("1700-4"));
+        assert_eq!(
+            next_id(format!("5-{}", u64::MAX).as_bytes()).as_deref(),
+            Some("6-0")
+        );
+        assert_eq!(next_id(b"x"), None);
+        assert!(transient(b"-CLUSTERDOWN The cluster is down\r\n"));
+        assert!(transient(
+            b"-ERR slotgate: connection to 127.0.0.1:1 refused\r\n"
+        ));
+        assert!(!transient(b"-WRONGTYPE Operation against a key\r\n"));
+        assert!(!transient(b"-ERR syntax error\r\n"));
     }
 }

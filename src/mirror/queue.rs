@@ -1,8 +1,11 @@
 //! The durable queue of the async multi-write mode, behind a small trait so other engines
 //! (Kafka, NATS JetStream) can be added. The engine here is Redis Streams on a Redis the
-//! operator names: `XADD` with an approximate `MAXLEN`, read by consumers of one group.
+//! operator names: `XADD`, read by consumers of one group, trimmed by the consumers only
+//! below the oldest entry not acknowledged (`XTRIM MINID`). A stream as long as `maxlen`
+//! refuses writes instead of dropping entries.
 
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -39,7 +42,14 @@ pub trait WriteQueue: Send + Sync + Debug {
 pub struct StreamQueue {
     pub redis: Cluster,
     pub settings: QueueConfig,
+    /// The stream was at `maxlen` at the last check: writes are refused.
+    full: AtomicBool,
+    /// When the length was last checked (Unix ms).
+    checked_ms: AtomicU64,
 }
+
+/// How often a producer checks the stream's length against `maxlen`.
+const LENGTH_CHECK_MS: u64 = 500;
 
 /// Field name of the command in each stream entry.
 pub const FIELD: &str = "c";
@@ -58,7 +68,32 @@ impl StreamQueue {
                 config,
             ),
             settings: settings.clone(),
+            full: AtomicBool::new(false),
+            checked_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the stream is at `maxlen` (checked at most every `LENGTH_CHECK_MS`).
+    async fn is_full(&self) -> bool {
+        let now = crate::clock::now_ms();
+        let last = self.checked_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= LENGTH_CHECK_MS
+            && self
+                .checked_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let length = integer(
+                &self
+                    .call(&[b"XLEN", self.settings.stream.as_bytes()], false)
+                    .await,
+            );
+            if let Some(n) = length {
+                self.full
+                    .store(n as u64 >= self.settings.maxlen, Ordering::Relaxed);
+            }
+        }
+        self.full.load(Ordering::Relaxed)
     }
 
     /// Sends one command to the queue's Redis and returns the reply.
@@ -89,15 +124,17 @@ pub fn id_ms(id: &[u8]) -> Option<u64> {
 impl WriteQueue for StreamQueue {
     fn push(&self, command: Bytes) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let maxlen = self.settings.maxlen.to_string();
+            if self.is_full().await {
+                return Err(format!(
+                    "the queue holds maxlen ({}) entries: the consumers are behind",
+                    self.settings.maxlen
+                ));
+            }
             let reply = self
                 .call(
                     &[
                         b"XADD",
                         self.settings.stream.as_bytes(),
-                        b"MAXLEN",
-                        b"~",
-                        maxlen.as_bytes(),
                         b"*",
                         FIELD.as_bytes(),
                         &command,
