@@ -276,6 +276,12 @@ async fn mixed_workload_ends_identical_and_reads_stay_on_the_primary() {
     assert!(line.contains(",mismatches=0,"), "{line}");
     assert!(resource_field(&stats, "b", "delay_probes") > 0, "{line}");
     assert!(stats.contains("resource_primary:requests="), "{stats}");
+    // Every write handed over was answered: the backlog drains to zero.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while resource_field(&info(&mut con, "multiwrite").await, "b", "backlog") != 0 {
+        assert!(Instant::now() < deadline, "the mirror backlog never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,8 @@ pub struct TxWrite {
 #[derive(Debug)]
 pub struct Job {
     work: Work,
+    /// Its place in the backlog of the mirrors that take it, released however it ends.
+    backlog: BacklogShare,
     /// The primary's reply, sent by the client's reply path.
     primary: oneshot::Receiver<Bytes>,
     /// Where the mirrors' replies go when the client waits for them.
@@ -215,8 +217,10 @@ impl Mirrors {
         feed: &mut Option<mpsc::Sender<Job>>,
         work: Work,
     ) -> Option<Ticket> {
-        if self.mode != MultiWriteMode::Async && !self.resources.iter().any(|r| r.wants_work(&work))
-        {
+        let takers: Vec<usize> = (0..self.resources.len())
+            .filter(|&i| self.resources[i].wants_work(&work))
+            .collect();
+        if self.mode != MultiWriteMode::Async && takers.is_empty() {
             return None;
         }
         let tx = feed.get_or_insert_with(|| {
@@ -234,14 +238,10 @@ impl Mirrors {
         };
         let job = Job {
             work,
+            backlog: BacklogShare::new(self, takers),
             primary: primary_rx,
             done: done_tx,
         };
-        let takers: Vec<&Resource> = self
-            .resources
-            .iter()
-            .filter(|r| r.wants_work(&job.work))
-            .collect();
         if waits || self.on_full == OnFull::Block {
             if tx.send(job).await.is_err() {
                 return None;
@@ -249,7 +249,7 @@ impl Mirrors {
         } else if let Err(e) = tx.try_send(job) {
             if let mpsc::error::TrySendError::Full(job) = e {
                 let (command, key) = job.work.first_key();
-                for r in &takers {
+                for r in job.backlog.takers.iter().map(|&i| &self.resources[i]) {
                     let n = r.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     // Logged at 1, 2, 4, 8, ... drops: every key for a short burst, a sample
                     // of them for a long one.
@@ -265,9 +265,6 @@ impl Mirrors {
                 }
             }
             return None;
-        }
-        for r in takers {
-            r.backlog.fetch_add(1, Ordering::Relaxed);
         }
         Some(Ticket {
             mode: self.mode,
@@ -455,16 +452,10 @@ type Completion = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>
 async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
     let Job {
         work,
+        backlog,
         mut primary,
         done,
     } = job;
-    // Counts this write out of the backlog of the mirrors that took it, however it ends.
-    let backlog = BacklogShare {
-        mirrors: mirrors.clone(),
-        takers: (0..mirrors.resources.len())
-            .filter(|&i| mirrors.resources[i].wants_work(&work))
-            .collect(),
-    };
     let (spec, req) = match work {
         Work::Write { spec, req } => (spec, req),
         Work::Transaction(writes) => {
@@ -477,8 +468,8 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
     } else {
         effects::plan(spec, &req, crate::clock::now_ms())
     };
-    // The primary's reply, when this write had to wait for it.
-    let mut primary_reply = None;
+    // Whether this write waited for the primary's reply (then the mirror ran its effect).
+    let mut waited = false;
     let commands = match plan {
         effects::Plan::Verbatim => vec![req.clone()],
         effects::Plan::Rewritten(r) => vec![r],
@@ -505,7 +496,7 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
                 }
                 return None;
             }
-            primary_reply = Some(reply);
+            waited = true;
             commands
         }
     };
@@ -531,7 +522,7 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
         drop(backlog);
         // Compared only where the mirror ran the client's command (verbatim, or with its
         // expiry made absolute): an effect's reply (SREM for SPOP) says something else.
-        if primary_reply.is_none()
+        if !waited
             && replies
                 .iter()
                 .any(|r| mirrors.resources[r.resource].compare)
@@ -660,10 +651,24 @@ async fn dispatch_transaction(
     }))
 }
 
-/// One write's place in the backlog of the mirrors that took it; released on drop.
+/// One write's place in the backlog of the mirrors that took it: counted when the write is
+/// handed over, released on drop (answered, skipped or dropped).
+#[derive(Debug)]
 struct BacklogShare {
     mirrors: Arc<Mirrors>,
     takers: Vec<usize>,
+}
+
+impl BacklogShare {
+    fn new(mirrors: &Arc<Mirrors>, takers: Vec<usize>) -> BacklogShare {
+        for &i in &takers {
+            mirrors.resources[i].backlog.fetch_add(1, Ordering::Relaxed);
+        }
+        BacklogShare {
+            mirrors: mirrors.clone(),
+            takers,
+        }
+    }
 }
 
 impl Drop for BacklogShare {
