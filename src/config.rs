@@ -133,9 +133,13 @@ pub struct QueueConfig {
     /// Attempts before such an entry goes to the dead-letter stream. A mirror that cannot
     /// be reached is retried, with backoff, for as long as it takes.
     pub max_attempts: u32,
-    /// A consumer claims entries another consumer has left pending this long, in
-    /// milliseconds (that consumer died).
+    /// How long a consumer's lease on a partition lasts without renewal, in milliseconds:
+    /// a consumer that died is replaced after this long, and its pending entries claimed.
     pub claim_idle_ms: u64,
+    /// Streams the queue is split into by hash slot (`STREAM:N` when more than one). Each
+    /// is applied in order by one consumer at a time, so writes to one slot keep their order
+    /// with several consumers; with more partitions, more consumers work at once.
+    pub partitions: u32,
     /// Entries read per batch by the consumer.
     pub batch: usize,
 }
@@ -152,6 +156,7 @@ impl Default for QueueConfig {
             dead_letter: "slotgate:mirror:dead".into(),
             max_attempts: 5,
             claim_idle_ms: 30_000,
+            partitions: 1,
             batch: 100,
         }
     }

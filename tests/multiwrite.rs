@@ -279,7 +279,10 @@ async fn mixed_workload_ends_identical_and_reads_stay_on_the_primary() {
     // Every write handed over was answered: the backlog drains to zero.
     let deadline = Instant::now() + Duration::from_secs(5);
     while resource_field(&info(&mut con, "multiwrite").await, "b", "backlog") != 0 {
-        assert!(Instant::now() < deadline, "the mirror backlog never drained");
+        assert!(
+            Instant::now() < deadline,
+            "the mirror backlog never drained"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -911,4 +914,68 @@ async fn a_full_queue_refuses_writes_instead_of_trimming_unapplied_ones() {
     // Every accepted write is in the stream: none was trimmed to make room.
     let mut q = queue.con().await;
     assert_eq!(stream_len(&mut q, "slotgate:mirror").await, accepted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_consumers_share_partitions_and_keep_each_slot_in_order() {
+    let primary = Cluster::start_with(3, 0);
+    let mirror = Cluster::start_with(3, 0);
+    let queue = Standalone::start().await;
+    let queue_config = QueueConfig {
+        redis: format!("127.0.0.1:{}", queue.port),
+        partitions: 4,
+        ..QueueConfig::default()
+    };
+    let proxy = Proxy::start_with(&primary, |c| {
+        c.mirror.mode = MultiWriteMode::Async;
+        c.mirror.resources = vec![mirror_of(&mirror, "b")];
+        c.mirror.queue = Some(queue_config.clone());
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("slotgate-partitions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = |name: &str| {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "mirror:\n  resources:\n    - name: b\n      cluster: [{}]\n  queue:\n    redis: 127.0.0.1:{}\n    consumer: {name}\n    partitions: 4\n    claim_idle_ms: 1500\n",
+                mirror.seeds, queue.port
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let _one = Consumer::start(&config("consumer-1"));
+    let _two = Consumer::start(&config("consumer-2"));
+    // Both consumers end up holding partitions.
+    let mut q = queue.con().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut holders = std::collections::HashSet::new();
+        for p in 0..4 {
+            let h: Option<String> = q.get(format!("slotgate:mirror:{p}:lease")).await.unwrap();
+            holders.extend(h);
+        }
+        if holders.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions not shared: {holders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Writes to the same keys, in order: each key's last value must win on the mirror.
+    let mut con = proxy.client(2).await;
+    for round in 0..50 {
+        let mut pipe = redis::pipe();
+        for k in 0..40 {
+            pipe.set(format!("part:{k}"), round).ignore();
+            pipe.rpush(format!("part:{k}:l"), round).ignore();
+        }
+        let _: () = pipe.query_async(&mut con).await.unwrap();
+    }
+    wait_until_equal(&primary, &mirror).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -23,20 +23,24 @@ use crate::mirror::Mirrors;
 use crate::mirror::queue::{FIELD, StreamQueue, WriteQueue};
 use crate::resp::reply::bulk_body;
 use crate::resp::reply::elements;
-use crate::resp::{Limits, RequestScanner};
+use crate::resp::{Limits, Request, RequestScanner};
 
-/// One stream entry: its id and the command it carries.
+/// One stream entry: its stream, its id and the command it carries.
 #[derive(Debug)]
 struct Entry {
+    stream: Bytes,
     id: Bytes,
     command: Option<Bytes>,
 }
 
-/// Parses an `XREADGROUP` reply (RESP2) into entries.
+/// Parses an `XREADGROUP` reply (RESP2) into entries, stream by stream in reply order.
 fn entries(reply: &[u8]) -> Vec<Entry> {
     let mut out = Vec::new();
     for stream in elements(reply).unwrap_or_default() {
         let Some(parts) = elements(stream) else {
+            continue;
+        };
+        let Some(name) = parts.first().and_then(|n| bulk_body(n)) else {
             continue;
         };
         let Some(list) = parts.get(1).and_then(|l| elements(l)) else {
@@ -54,12 +58,185 @@ fn entries(reply: &[u8]) -> Vec<Entry> {
                     .map(Bytes::copy_from_slice)
             });
             out.push(Entry {
+                stream: Bytes::copy_from_slice(name),
                 id: Bytes::copy_from_slice(id),
                 command,
             });
         }
     }
     out
+}
+
+/// Renews a lease this consumer holds: 1 when renewed, 0 when another consumer has it.
+const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end return 0";
+/// Gives a lease up, if this consumer holds it.
+const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('DEL', KEYS[1]) end return 0";
+
+/// The partitions this consumer applies: one lease per partition stream, held by one
+/// consumer at a time, so each partition (and each slot) is applied in order. Live
+/// consumers announce themselves in a sorted set; each holds at most its fair share of the
+/// partitions, so a consumer that joins gets some and one that dies leaves its share to
+/// the others.
+struct Leases {
+    /// Where live consumers announce themselves (score: last announcement, Unix ms).
+    roster: String,
+    streams: Vec<String>,
+    owned: Vec<bool>,
+    lease_ms: u64,
+    renewed: Option<Instant>,
+}
+
+impl Leases {
+    fn key(stream: &str) -> String {
+        format!("{stream}:lease")
+    }
+
+    /// Renews the held leases and takes the free ones, when a third of the lease time
+    /// passed; returns the partitions newly taken (their pending entries are claimed).
+    async fn refresh(&mut self, queue: &StreamQueue, consumer: &[u8]) -> Vec<usize> {
+        if self
+            .renewed
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(self.lease_ms / 3))
+        {
+            return Vec::new();
+        }
+        self.renewed = Some(Instant::now());
+        let ms = self.lease_ms.to_string();
+        // Announce this consumer, forget the silent ones, and work out the fair share.
+        let now = crate::clock::now_ms();
+        let roster = self.roster.as_bytes();
+        let _ = queue
+            .call(
+                &[b"ZADD", roster, now.to_string().as_bytes(), consumer],
+                false,
+            )
+            .await;
+        let stale = now.saturating_sub(self.lease_ms).to_string();
+        let _ = queue
+            .call(
+                &[b"ZREMRANGEBYSCORE", roster, b"-inf", stale.as_bytes()],
+                false,
+            )
+            .await;
+        let live = crate::resp::reply::integer(&queue.call(&[b"ZCARD", roster], false).await)
+            .unwrap_or(1)
+            .max(1) as usize;
+        let share = self.streams.len().div_ceil(live);
+        let mut held_count = 0;
+        let mut taken = Vec::new();
+        for (p, stream) in self.streams.iter().enumerate() {
+            let key = Leases::key(stream);
+            let renewed = queue
+                .call(
+                    &[
+                        b"EVAL",
+                        RENEW.as_bytes(),
+                        b"1",
+                        key.as_bytes(),
+                        consumer,
+                        ms.as_bytes(),
+                    ],
+                    false,
+                )
+                .await;
+            let mut held = renewed.starts_with(b":1");
+            if held && held_count >= share {
+                // More than a fair share: leave this one to a consumer that has fewer.
+                let _ = queue
+                    .call(
+                        &[b"EVAL", RELEASE.as_bytes(), b"1", key.as_bytes(), consumer],
+                        false,
+                    )
+                    .await;
+                held = false;
+            } else if !held && held_count < share {
+                let set = queue
+                    .call(
+                        &[
+                            b"SET",
+                            key.as_bytes(),
+                            consumer,
+                            b"NX",
+                            b"PX",
+                            ms.as_bytes(),
+                        ],
+                        false,
+                    )
+                    .await;
+                held = set.starts_with(b"+OK");
+                if held {
+                    taken.push(p);
+                }
+            }
+            if self.owned[p] && !held {
+                info!(stream = %stream, "gave a partition up (lease lost or rebalanced)");
+            }
+            held_count += usize::from(held);
+            self.owned[p] = held;
+        }
+        taken
+    }
+
+    fn owned_streams(&self) -> Vec<&str> {
+        self.streams
+            .iter()
+            .zip(&self.owned)
+            .filter(|(_, o)| **o)
+            .map(|(s, _)| s.as_str())
+            .collect()
+    }
+
+    async fn release(&self, queue: &StreamQueue, consumer: &[u8]) {
+        let _ = queue
+            .call(&[b"ZREM", self.roster.as_bytes(), consumer], false)
+            .await;
+        for stream in self.owned_streams() {
+            let key = Leases::key(stream);
+            let _ = queue
+                .call(
+                    &[b"EVAL", RELEASE.as_bytes(), b"1", key.as_bytes(), consumer],
+                    false,
+                )
+                .await;
+        }
+    }
+}
+
+/// Makes every entry pending in `stream` this consumer's: taken over from a consumer whose
+/// lease ran out (it died or stalled).
+async fn claim_all(queue: &StreamQueue, stream: &[u8], group: &[u8], consumer: &[u8]) -> usize {
+    let mut start = Bytes::from_static(b"0-0");
+    let mut claimed = 0;
+    loop {
+        let reply = queue
+            .call(
+                &[
+                    b"XAUTOCLAIM",
+                    stream,
+                    group,
+                    consumer,
+                    b"0",
+                    &start,
+                    b"COUNT",
+                    b"1000",
+                ],
+                false,
+            )
+            .await;
+        let Some(parts) = elements(&reply) else {
+            return claimed;
+        };
+        claimed += parts
+            .get(1)
+            .and_then(|l| elements(l))
+            .map_or(0, |l| l.len());
+        match parts.first().and_then(|n| bulk_body(n)) {
+            Some(next) if next != b"0-0" => start = Bytes::copy_from_slice(next),
+            _ => return claimed,
+        }
+    }
 }
 
 /// Runs the consumer until `shutdown` completes.
@@ -74,24 +251,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let mirrors = Mirrors::build(&config).ok_or("no mirrors configured")?;
     let queue = Arc::new(StreamQueue::connect(&settings, &config));
-    let stream = settings.stream.as_bytes();
     let group = settings.group.as_bytes();
     let consumer = settings.consumer.as_bytes();
-    let reply = queue
-        .call(
-            &[b"XGROUP", b"CREATE", stream, group, b"0", b"MKSTREAM"],
-            false,
-        )
-        .await;
-    if reply.first() == Some(&b'-') && !reply.starts_with(b"-BUSYGROUP") {
-        return Err(format!(
-            "cannot create the consumer group: {}",
-            String::from_utf8_lossy(&reply).trim_end()
-        ));
+    for stream in settings.streams() {
+        let reply = queue
+            .call(
+                &[
+                    b"XGROUP",
+                    b"CREATE",
+                    stream.as_bytes(),
+                    group,
+                    b"0",
+                    b"MKSTREAM",
+                ],
+                false,
+            )
+            .await;
+        if reply.first() == Some(&b'-') && !reply.starts_with(b"-BUSYGROUP") {
+            return Err(format!(
+                "cannot create the consumer group: {}",
+                String::from_utf8_lossy(&reply).trim_end()
+            ));
+        }
     }
-    info!(stream = %settings.stream, group = %settings.group, consumer = %settings.consumer, "consumer started");
+    info!(stream = %settings.stream, partitions = settings.partitions, group = %settings.group, consumer = %settings.consumer, "consumer started");
     let batch = settings.batch.to_string();
-    let claim_idle = settings.claim_idle_ms.to_string();
+    let lease_ms = settings.claim_idle_ms.max(300);
+    let mut leases = Leases {
+        roster: format!("{}:consumers", settings.stream),
+        streams: settings.streams(),
+        owned: vec![false; settings.streams().len()],
+        lease_ms,
+        renewed: None,
+    };
+    // A read blocks at most a third of the lease, so leases are renewed in time.
+    let block_ms = (lease_ms / 3).clamp(100, 1000).to_string();
+    let retry_max = RETRY_MAX.min(Duration::from_millis(lease_ms / 3));
     let mut attempts: HashMap<Bytes, u32> = HashMap::new();
     let mut last_report = Instant::now();
     let mut last_trim = Instant::now();
@@ -99,67 +294,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut backoff = RETRY_FIRST;
     tokio::pin!(shutdown);
     loop {
-        // First what this consumer read before but did not acknowledge, then new entries.
-        let pending = queue
-            .call(
-                &[
-                    b"XREADGROUP",
-                    b"GROUP",
-                    group,
-                    consumer,
-                    b"COUNT",
-                    batch.as_bytes(),
-                    b"STREAMS",
-                    stream,
-                    b"0",
-                ],
-                false,
-            )
-            .await;
-        let mut todo = entries(&pending);
-        if todo.is_empty() {
-            // Entries another consumer left pending too long (it died) become ours.
-            let claimed = queue
-                .call(
-                    &[
-                        b"XAUTOCLAIM",
-                        stream,
-                        group,
-                        consumer,
-                        claim_idle.as_bytes(),
-                        b"0-0",
-                        b"COUNT",
-                        batch.as_bytes(),
-                    ],
-                    false,
-                )
-                .await;
-            let taken = elements(&claimed)
-                .and_then(|parts| parts.get(1).and_then(|l| elements(l)).map(|l| l.len()))
-                .unwrap_or(0);
-            if taken > 0 {
-                info!(entries = taken, "claimed entries a consumer left pending");
-                continue;
+        for p in leases.refresh(&queue, consumer).await {
+            let stream = leases.streams[p].clone();
+            let n = claim_all(&queue, stream.as_bytes(), group, consumer).await;
+            info!(stream = %stream, claimed = n, "took a partition over");
+        }
+        let owned: Vec<String> = leases
+            .owned_streams()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        if owned.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(lease_ms / 3)) => continue,
+                _ = &mut shutdown => return Ok(()),
             }
         }
+        // First what this consumer read before but did not acknowledge, then new entries.
+        let read = |from: &'static [u8], block: Option<&str>| {
+            let mut args: Vec<&[u8]> = vec![b"XREADGROUP", b"GROUP", group, consumer];
+            args.extend([&b"COUNT"[..], batch.as_bytes()]);
+            if let Some(ms) = block {
+                args.extend([&b"BLOCK"[..], ms.as_bytes()]);
+            }
+            args.push(b"STREAMS");
+            args.extend(owned.iter().map(|s| s.as_bytes()));
+            args.extend(owned.iter().map(|_| from));
+            Request::from_args(&args)
+        };
+        let pending = queue.call_request(read(b"0", None), false).await;
+        let mut todo = entries(&pending);
         if todo.is_empty() {
-            let args: [&[u8]; 11] = [
-                b"XREADGROUP",
-                b"GROUP",
-                group,
-                consumer,
-                b"COUNT",
-                batch.as_bytes(),
-                b"BLOCK",
-                b"1000",
-                b"STREAMS",
-                stream,
-                b">",
-            ];
-            let read = queue.call(&args, true);
+            let read_new = queue.call_request(read(b">", Some(&block_ms)), true);
             let reply = tokio::select! {
-                r = read => r,
-                _ = &mut shutdown => return Ok(()),
+                r = read_new => r,
+                _ = &mut shutdown => {
+                    leases.release(&queue, consumer).await;
+                    return Ok(());
+                }
             };
             if reply.first() == Some(&b'-') {
                 warn!(reply = %String::from_utf8_lossy(&reply).trim_end(), "queue read failed");
@@ -184,9 +356,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     warn!(id = %String::from_utf8_lossy(&entry.id), error = %e, retry_in_ms = backoff.as_millis() as u64, "mirror unavailable; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = &mut shutdown => return Ok(()),
+                        _ = &mut shutdown => {
+                            leases.release(&queue, consumer).await;
+                            return Ok(());
+                        }
                     }
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    backoff = (backoff * 2).min(retry_max);
                     break;
                 }
                 Err(Failure::Permanent(e)) => {
@@ -223,13 +398,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             if ack {
                 attempts.remove(&entry.id);
                 let _ = queue
-                    .call(&[b"XACK", stream, group, &entry.id], false)
+                    .call(&[b"XACK", &entry.stream, group, &entry.id], false)
                     .await;
             }
         }
         if last_trim.elapsed() > TRIM_EVERY {
             last_trim = Instant::now();
-            trim_acknowledged(&queue, stream, group).await;
+            for stream in &owned {
+                trim_acknowledged(&queue, stream.as_bytes(), group).await;
+            }
         }
         if last_report.elapsed() > Duration::from_secs(5) {
             last_report = Instant::now();
@@ -238,6 +415,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     undelivered = lag.undelivered,
                     pending = lag.pending,
                     lag_seconds = lag.seconds,
+                    partitions_owned = owned.len(),
                     "consumer lag"
                 );
             }

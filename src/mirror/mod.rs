@@ -487,7 +487,7 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
                     reply: crate::resp::encode::OK,
                 };
                 for c in &commands {
-                    if let Err(e) = queue.push(c.raw.clone()).await {
+                    if let Err(e) = queue.push(slot_of_command(c), c.raw.clone()).await {
                         outcome.reply = error(&format!("ERR queue: {e}"));
                     }
                 }
@@ -591,7 +591,7 @@ async fn dispatch_transaction(
         };
         for w in &writes {
             for c in effect_of(w, &w.req) {
-                if let Err(e) = queue.push(c.raw.clone()).await {
+                if let Err(e) = queue.push(slot_of_command(&c), c.raw.clone()).await {
                     outcome.reply = error(&format!("ERR queue: {e}"));
                 }
             }
@@ -649,6 +649,11 @@ async fn dispatch_transaction(
             let _ = done.send(replies);
         }
     }))
+}
+
+/// The hash slot of a command's keys, for the queue's partitions.
+fn slot_of_command(c: &Request) -> Option<u16> {
+    resolve(c)?.slot(c).ok().flatten()
 }
 
 /// One write's place in the backlog of the mirrors that took it: counted when the write is

@@ -31,8 +31,9 @@ pub struct Lag {
 
 /// A durable, ordered queue of write commands.
 pub trait WriteQueue: Send + Sync + Debug {
-    /// Appends one command (RESP bytes); resolves once the queue has stored it.
-    fn push(&self, command: Bytes) -> BoxFuture<'_, Result<(), String>>;
+    /// Appends one command (RESP bytes) of hash slot `slot` (none: keyless); resolves once
+    /// the queue has stored it. Commands of one slot keep their order.
+    fn push(&self, slot: Option<u16>, command: Bytes) -> BoxFuture<'_, Result<(), String>>;
     /// How far the consumers are behind.
     fn lag(&self) -> BoxFuture<'_, Option<Lag>>;
 }
@@ -53,6 +54,29 @@ const LENGTH_CHECK_MS: u64 = 500;
 
 /// Field name of the command in each stream entry.
 pub const FIELD: &str = "c";
+
+impl QueueConfig {
+    /// The stream holding partition `p`.
+    pub fn partition_stream(&self, p: u32) -> String {
+        if self.partitions <= 1 {
+            self.stream.clone()
+        } else {
+            format!("{}:{p}", self.stream)
+        }
+    }
+
+    /// Every partition's stream.
+    pub fn streams(&self) -> Vec<String> {
+        (0..self.partitions.max(1))
+            .map(|p| self.partition_stream(p))
+            .collect()
+    }
+
+    /// The partition of a command of `slot`.
+    pub fn partition_of(&self, slot: Option<u16>) -> u32 {
+        slot.map_or(0, |s| u32::from(s) % self.partitions.max(1))
+    }
+}
 
 impl StreamQueue {
     pub fn connect(settings: &QueueConfig, config: &Config) -> StreamQueue {
@@ -83,29 +107,29 @@ impl StreamQueue {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let length = integer(
-                &self
-                    .call(&[b"XLEN", self.settings.stream.as_bytes()], false)
-                    .await,
-            );
-            if let Some(n) = length {
-                self.full
-                    .store(n as u64 >= self.settings.maxlen, Ordering::Relaxed);
+            let mut total = 0u64;
+            for stream in self.settings.streams() {
+                let n = integer(&self.call(&[b"XLEN", stream.as_bytes()], false).await);
+                total += n.unwrap_or(0).max(0) as u64;
             }
+            self.full
+                .store(total >= self.settings.maxlen, Ordering::Relaxed);
         }
         self.full.load(Ordering::Relaxed)
     }
 
     /// Sends one command to the queue's Redis and returns the reply.
     pub async fn call(&self, args: &[&[u8]], dedicated: bool) -> Bytes {
+        self.call_request(Request::from_args(args), dedicated).await
+    }
+
+    /// As `call`, for a request already built.
+    pub async fn call_request(&self, req: Request, dedicated: bool) -> Bytes {
         let opts = SendOptions {
             dedicated,
             ..SendOptions::internal()
         };
-        let flight = self
-            .redis
-            .start(Request::from_args(args).raw, Target::Any, opts)
-            .await;
+        let flight = self.redis.start(req.raw, Target::Any, opts).await;
         self.redis.finish(flight).await
     }
 }
@@ -122,7 +146,7 @@ pub fn id_ms(id: &[u8]) -> Option<u64> {
 }
 
 impl WriteQueue for StreamQueue {
-    fn push(&self, command: Bytes) -> BoxFuture<'_, Result<(), String>> {
+    fn push(&self, slot: Option<u16>, command: Bytes) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             if self.is_full().await {
                 return Err(format!(
@@ -130,15 +154,12 @@ impl WriteQueue for StreamQueue {
                     self.settings.maxlen
                 ));
             }
+            let stream = self
+                .settings
+                .partition_stream(self.settings.partition_of(slot));
             let reply = self
                 .call(
-                    &[
-                        b"XADD",
-                        self.settings.stream.as_bytes(),
-                        b"*",
-                        FIELD.as_bytes(),
-                        &command,
-                    ],
+                    &[b"XADD", stream.as_bytes(), b"*", FIELD.as_bytes(), &command],
                     false,
                 )
                 .await;
@@ -151,7 +172,27 @@ impl WriteQueue for StreamQueue {
 
     fn lag(&self) -> BoxFuture<'_, Option<Lag>> {
         Box::pin(async move {
-            let stream = self.settings.stream.as_bytes();
+            // Summed over the partitions; the age is the oldest partition's.
+            let mut total: Option<Lag> = None;
+            for stream in self.settings.streams() {
+                let Some(lag) = self.stream_lag(stream.as_bytes()).await else {
+                    continue;
+                };
+                let t = total.get_or_insert_with(Lag::default);
+                t.length += lag.length;
+                t.undelivered += lag.undelivered;
+                t.pending += lag.pending;
+                t.seconds = t.seconds.max(lag.seconds);
+            }
+            total
+        })
+    }
+}
+
+impl StreamQueue {
+    /// How far the consumers are behind on one stream.
+    async fn stream_lag(&self, stream: &[u8]) -> Option<Lag> {
+        {
             let length = integer(&self.call(&[b"XLEN", stream], false).await)?;
             let groups = self.call(&[b"XINFO", b"GROUPS", stream], false).await;
             let mut lag = Lag {
@@ -212,7 +253,7 @@ impl WriteQueue for StreamQueue {
                 lag.seconds = now.saturating_sub(ms) as f64 / 1000.0;
             }
             Some(lag)
-        })
+        }
     }
 }
 
