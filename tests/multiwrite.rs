@@ -863,17 +863,24 @@ async fn async_mode_loses_nothing_across_a_dead_consumer_and_a_mirror_outage() {
     let mut q = queue.con().await;
     assert_eq!(stream_len(&mut q, "slotgate:mirror").await, 500);
 
-    // A mirror master goes down; a consumer starts, meets the outage, and dies.
+    // A mirror master goes down for 30 s; a consumer starts, meets the outage, and dies.
     let victim = mirror.master_ports[1];
     mirror.fault(&["kill", mirror.dir.to_str().unwrap(), &victim.to_string()]);
     let dir = std::env::temp_dir().join(format!("slotgate-consumers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let down = Instant::now();
     let first = Consumer::start(&consumer_config(&dir, &mirror, queue.port, "consumer-1"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(first);
-    // The mirror comes back; another consumer claims what the dead one left pending.
-    mirror.fault(&["restart", mirror.dir.to_str().unwrap(), &victim.to_string()]);
+    // Another consumer takes over and keeps retrying while the mirror stays down 30 s.
     let _second = Consumer::start(&consumer_config(&dir, &mirror, queue.port, "consumer-2"));
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
+    assert_eq!(
+        stream_len(&mut q, "slotgate:mirror:dead").await,
+        0,
+        "an outage dead-letters nothing"
+    );
+    mirror.fault(&["restart", mirror.dir.to_str().unwrap(), &victim.to_string()]);
     wait_until_equal(&primary, &mirror).await;
     assert_eq!(dump(&mirror).await.len(), 500);
     // The outage was retried, never dead-lettered; applied entries are trimmed.
