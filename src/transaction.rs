@@ -228,7 +228,9 @@ impl Transaction {
             self.failed.get_or_insert(reason);
             return TxReply::Ready(reply);
         }
-        if crate::mirror::mirrored(spec) {
+        // Kept for the mirrors only when there are any: no copy of every queued write
+        // otherwise.
+        if shared.mirrors.is_some() && crate::mirror::mirrored(spec) {
             self.writes.push(crate::mirror::TxWrite {
                 position: self.queued,
                 spec,

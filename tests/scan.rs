@@ -37,6 +37,17 @@ async fn step(con: &mut MultiplexedConnection, cursor: u64, seen: &mut HashSet<S
     next
 }
 
+/// Fills the cluster, then makes the first two SCAN calls of a walk: the keys written, the
+/// keys seen so far and the cursor (the walk is not over).
+async fn begin_walk(con: &mut MultiplexedConnection) -> (HashSet<String>, HashSet<String>, u64) {
+    let all = fill(con).await;
+    let mut seen = HashSet::new();
+    let mut cursor = step(con, 0, &mut seen).await;
+    cursor = step(con, cursor, &mut seen).await;
+    assert_ne!(cursor, 0);
+    (all, seen, cursor)
+}
+
 fn assert_every_key_seen(all: &HashSet<String>, seen: &HashSet<String>) {
     let missing: Vec<&String> = all.difference(seen).collect();
     assert!(
@@ -63,12 +74,8 @@ async fn scan_across_a_failover_of_the_master_being_scanned() {
     let cluster = Cluster::start();
     let proxy = Proxy::start(&cluster).await;
     let mut con = proxy.client(2).await;
-    let all = fill(&mut con).await;
-    let mut seen = HashSet::new();
     // The walk starts at slot 0: its master is being scanned after two calls.
-    let mut cursor = step(&mut con, 0, &mut seen).await;
-    cursor = step(&mut con, cursor, &mut seen).await;
-    assert_ne!(cursor, 0);
+    let (all, mut seen, mut cursor) = begin_walk(&mut con).await;
     let first = cluster.master_ports[0];
     let replica = cluster.replica_of(first);
     let generation = slotgate_counter(&mut con, "topology_generation").await;
@@ -126,11 +133,7 @@ async fn scan_across_a_master_added_mid_walk() {
     move_slots(spare, cluster.master_ports[1], 4096);
     let proxy = Proxy::start(&cluster).await;
     let mut con = proxy.client(2).await;
-    let all = fill(&mut con).await;
-    let mut seen = HashSet::new();
-    let mut cursor = step(&mut con, 0, &mut seen).await;
-    cursor = step(&mut con, cursor, &mut seen).await;
-    assert_ne!(cursor, 0);
+    let (all, mut seen, mut cursor) = begin_walk(&mut con).await;
     // Now it takes slots (and their keys) from the other masters, some behind the walk and
     // some ahead of it.
     let generation = slotgate_counter(&mut con, "topology_generation").await;

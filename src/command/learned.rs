@@ -93,11 +93,7 @@ pub fn install(version: &str, resp2: &[u8], resp3: Option<&[u8]>) -> Result<usiz
     };
     let mut added = 0;
     for (name, spec) in parsed.specs {
-        if super::table::COMMANDS
-            .iter()
-            .any(|c| c.name.as_bytes() == &name[..])
-            && !super::routed_from_server(&name)
-        {
+        if super::builtin(&name).is_some() {
             continue;
         }
         if next.specs.insert(name, Box::leak(Box::new(spec))).is_none() {

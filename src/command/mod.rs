@@ -49,15 +49,6 @@ pub fn route_from_server(names: &[String]) -> bool {
     *set == wanted
 }
 
-/// Whether `upper` (a command or `PARENT|SUB`) is routed from the servers' descriptions
-/// although the built-in table has it.
-pub fn routed_from_server(upper: &[u8]) -> bool {
-    let parent = upper.split(|&b| b == b'|').next().unwrap_or(upper);
-    ROUTE_FROM_SERVER
-        .get()
-        .is_some_and(|s| s.iter().any(|n| n.as_bytes() == parent))
-}
-
 /// Longest name (`PARENT|SUB` for subcommands) looked up, for the stack buffer.
 const MAX_NAME: usize = 64;
 
@@ -72,7 +63,13 @@ pub fn lookup(name: &[u8]) -> Option<&'static CmdSpec> {
         *d = s.to_ascii_uppercase();
     }
     let upper = &upper[..name.len()];
-    INDEX.get(upper).copied().or_else(|| learned::lookup(upper))
+    builtin(upper).or_else(|| learned::lookup(upper))
+}
+
+/// The built-in entry for an upper-case name, unless `cluster.route_from_server` hands
+/// that command to the servers' descriptions.
+fn builtin(upper: &[u8]) -> Option<&'static CmdSpec> {
+    INDEX.get(upper).copied()
 }
 
 /// The entry that decides what happens to `req`: its command's, or for a container

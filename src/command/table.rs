@@ -50,9 +50,13 @@ const fn from_reply(name: &'static str, keys: Keys, cmd: Cmd) -> CmdSpec {
 const fn timed(name: &'static str, keys: Keys, cmd: Cmd) -> CmdSpec {
     write(name, keys).cmd(cmd).flag(Flags::MIRROR_ABSOLUTE_TIME)
 }
-/// A blocking write (BLPOP ...), its timeout in seconds in the last argument.
-const fn blocking(name: &'static str, keys: Keys) -> CmdSpec {
-    write(name, keys).blocks(Timeout::LastSecs)
+/// A blocking write (BLPOP ...), its timeout where `timeout` says. It is never sent
+/// blocking to a mirror: its effect is mirrored from the primary's reply.
+const fn blocking(name: &'static str, keys: Keys, cmd: Cmd, timeout: Timeout) -> CmdSpec {
+    write(name, keys)
+        .blocks(timeout)
+        .cmd(cmd)
+        .flag(Flags::MIRROR_NEEDS_REPLY)
 }
 /// Answered by slotgate; changes the connection's state unless said otherwise.
 const fn local(name: &'static str, cmd: Cmd) -> CmdSpec {
@@ -252,22 +256,11 @@ pub static COMMANDS: &[CmdSpec] = &[
     write("LMOVE", K12),
     write("RPOPLPUSH", K12),
     write("LMPOP", NK1),
-    blocking("BLPOP", r(1, -2, 1))
-        .cmd(Cmd::BLPop)
-        .flag(Flags::MIRROR_NEEDS_REPLY),
-    blocking("BRPOP", r(1, -2, 1))
-        .cmd(Cmd::BRPop)
-        .flag(Flags::MIRROR_NEEDS_REPLY),
-    blocking("BLMOVE", K12)
-        .cmd(Cmd::BLMove)
-        .flag(Flags::MIRROR_NEEDS_REPLY),
-    blocking("BRPOPLPUSH", K12)
-        .cmd(Cmd::BRPopLPush)
-        .flag(Flags::MIRROR_NEEDS_REPLY),
-    write("BLMPOP", NK2)
-        .blocks(Timeout::ArgSecs(1))
-        .cmd(Cmd::BLMPop)
-        .flag(Flags::MIRROR_NEEDS_REPLY),
+    blocking("BLPOP", r(1, -2, 1), Cmd::BLPop, Timeout::LastSecs),
+    blocking("BRPOP", r(1, -2, 1), Cmd::BRPop, Timeout::LastSecs),
+    blocking("BLMOVE", K12, Cmd::BLMove, Timeout::LastSecs),
+    blocking("BRPOPLPUSH", K12, Cmd::BRPopLPush, Timeout::LastSecs),
+    blocking("BLMPOP", NK2, Cmd::BLMPop, Timeout::ArgSecs(1)),
     // Sets.
     write("SADD", K1),
     write("SREM", K1),
@@ -319,16 +312,9 @@ pub static COMMANDS: &[CmdSpec] = &[
     read("ZDIFF", NK1),
     read("ZINTERCARD", NK1),
     write("ZMPOP", NK1),
-    blocking("BZPOPMIN", r(1, -2, 1))
-        .cmd(Cmd::BZPopMin)
-        .flag(Flags::MIRROR_NEEDS_REPLY),
-    blocking("BZPOPMAX", r(1, -2, 1))
-        .cmd(Cmd::BZPopMax)
-        .flag(Flags::MIRROR_NEEDS_REPLY),
-    write("BZMPOP", NK2)
-        .blocks(Timeout::ArgSecs(1))
-        .cmd(Cmd::BZMPop)
-        .flag(Flags::MIRROR_NEEDS_REPLY),
+    blocking("BZPOPMIN", r(1, -2, 1), Cmd::BZPopMin, Timeout::LastSecs),
+    blocking("BZPOPMAX", r(1, -2, 1), Cmd::BZPopMax, Timeout::LastSecs),
+    blocking("BZMPOP", NK2, Cmd::BZMPop, Timeout::ArgSecs(1)),
     // HyperLogLog, geo, bitmaps.
     write("PFADD", K1),
     read("PFCOUNT", ALL),
@@ -366,10 +352,12 @@ pub static COMMANDS: &[CmdSpec] = &[
     read("XINFO", K2),
     read("XREAD", Keys::Streams).blocks(Timeout::BlockOption),
     // Mirrored from the primary's reply when it blocks (BLOCK), as it is otherwise.
-    write("XREADGROUP", Keys::Streams)
-        .blocks(Timeout::BlockOption)
-        .cmd(Cmd::XReadGroup)
-        .flag(Flags::MIRROR_NEEDS_REPLY),
+    blocking(
+        "XREADGROUP",
+        Keys::Streams,
+        Cmd::XReadGroup,
+        Timeout::BlockOption,
+    ),
     // Scripts and functions.
     write("EVAL", NK2).cmd(Cmd::Eval),
     write("EVALSHA", NK2).cmd(Cmd::EvalSha),

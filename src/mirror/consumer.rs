@@ -20,7 +20,7 @@ use crate::command::resolve;
 use crate::config::Config;
 use crate::dispatch::SendOptions;
 use crate::mirror::Mirrors;
-use crate::mirror::queue::{FIELD, StreamQueue, WriteQueue};
+use crate::mirror::queue::{FIELD, StreamQueue, WriteQueue, field, group_fields};
 use crate::resp::reply::bulk_body;
 use crate::resp::reply::elements;
 use crate::resp::{Limits, Request, RequestScanner};
@@ -51,12 +51,11 @@ fn entries(reply: &[u8]) -> Vec<Entry> {
             let Some(id) = fields.first().and_then(|i| bulk_body(i)) else {
                 continue;
             };
-            let command = fields.get(1).and_then(|f| elements(f)).and_then(|kv| {
-                kv.chunks(2)
-                    .find(|c| bulk_body(c[0]) == Some(FIELD.as_bytes()))
-                    .and_then(|c| c.get(1).and_then(|v| bulk_body(v)))
-                    .map(Bytes::copy_from_slice)
-            });
+            let command = fields
+                .get(1)
+                .and_then(|f| elements(f))
+                .and_then(|kv| field(&kv, FIELD).and_then(bulk_body))
+                .map(Bytes::copy_from_slice);
             out.push(Entry {
                 stream: Bytes::copy_from_slice(name),
                 id: Bytes::copy_from_slice(id),
@@ -470,22 +469,11 @@ async fn trim_acknowledged(queue: &StreamQueue, stream: &[u8], group: &[u8]) {
         Some(id) => id,
         None => {
             let groups = queue.call(&[b"XINFO", b"GROUPS", stream], false).await;
-            let mut last = None;
-            for g in elements(&groups).unwrap_or_default() {
-                let Some(fields) = elements(g) else { continue };
-                let get = |name: &str| {
-                    fields
-                        .chunks(2)
-                        .find(|kv| bulk_body(kv[0]) == Some(name.as_bytes()))
-                        .and_then(|kv| bulk_body(kv[1]))
-                };
-                if get("name") == Some(group) {
-                    last = get("last-delivered-id").map(Bytes::copy_from_slice);
-                }
-            }
+            let last = group_fields(&groups, group)
+                .and_then(|fields| field(&fields, "last-delivered-id").and_then(bulk_body));
             // Everything up to and including the last delivered entry: MINID is exclusive
             // of what it keeps, so the next possible id.
-            let Some(next) = last.as_deref().and_then(next_id) else {
+            let Some(next) = last.and_then(next_id) else {
                 return;
             };
             Bytes::from(next)

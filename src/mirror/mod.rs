@@ -482,18 +482,7 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
             };
             let commands = effects::effect(spec.cmd, &req, &reply, crate::clock::now_ms());
             if let Some(queue) = &mirrors.queue {
-                let mut outcome = MirrorReply {
-                    resource: usize::MAX,
-                    reply: crate::resp::encode::OK,
-                };
-                for c in &commands {
-                    if let Err(e) = queue.push(slot_of_command(c), c.raw.clone()).await {
-                        outcome.reply = error(&format!("ERR queue: {e}"));
-                    }
-                }
-                if let Some(done) = done {
-                    let _ = done.send(vec![outcome]);
-                }
+                enqueue(queue.as_ref(), &commands, done).await;
                 return None;
             }
             waited = true;
@@ -585,20 +574,8 @@ async fn dispatch_transaction(
         }
     };
     if let Some(queue) = &mirrors.queue {
-        let mut outcome = MirrorReply {
-            resource: usize::MAX,
-            reply: crate::resp::encode::OK,
-        };
-        for w in &writes {
-            for c in effect_of(w, &w.req) {
-                if let Err(e) = queue.push(slot_of_command(&c), c.raw.clone()).await {
-                    outcome.reply = error(&format!("ERR queue: {e}"));
-                }
-            }
-        }
-        if let Some(done) = done {
-            let _ = done.send(vec![outcome]);
-        }
+        let commands: Vec<Request> = writes.iter().flat_map(|w| effect_of(w, &w.req)).collect();
+        enqueue(queue.as_ref(), &commands, done).await;
         return None;
     }
     let mut started = Vec::new();
@@ -649,6 +626,27 @@ async fn dispatch_transaction(
             let _ = done.send(replies);
         }
     }))
+}
+
+/// Records the async mode's commands in the durable queue and reports the outcome (an
+/// error naming the queue when it refused one) to a client that waits for it.
+async fn enqueue(
+    queue: &dyn WriteQueue,
+    commands: &[Request],
+    done: Option<oneshot::Sender<Vec<MirrorReply>>>,
+) {
+    let mut outcome = MirrorReply {
+        resource: usize::MAX,
+        reply: crate::resp::encode::OK,
+    };
+    for c in commands {
+        if let Err(e) = queue.push(slot_of_command(c), c.raw.clone()).await {
+            outcome.reply = error(&format!("ERR queue: {e}"));
+        }
+    }
+    if let Some(done) = done {
+        let _ = done.send(vec![outcome]);
+    }
 }
 
 /// The hash slot of a command's keys, for the queue's partitions.

@@ -139,6 +139,22 @@ fn reply_error(reply: &[u8]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&reply[1..]).trim_end().to_string())
 }
 
+/// The fields of `group` in an `XINFO GROUPS` reply (name/value pairs).
+pub fn group_fields<'a>(groups: &'a [u8], group: &[u8]) -> Option<Vec<&'a [u8]>> {
+    elements(groups)?
+        .into_iter()
+        .filter_map(elements)
+        .find(|fields| field(fields, "name").and_then(bulk_body) == Some(group))
+}
+
+/// A field's raw value among name/value pairs.
+pub fn field<'a>(fields: &[&'a [u8]], name: &str) -> Option<&'a [u8]> {
+    fields
+        .chunks(2)
+        .find(|kv| bulk_body(kv[0]) == Some(name.as_bytes()))
+        .and_then(|kv| kv.get(1).copied())
+}
+
 /// The millisecond part of a stream entry id.
 pub fn id_ms(id: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(id).ok()?;
@@ -200,17 +216,8 @@ impl StreamQueue {
                 ..Lag::default()
             };
             let mut last_delivered = None;
-            for g in elements(&groups).unwrap_or_default() {
-                let fields = elements(g)?;
-                let get = |name: &str| {
-                    fields
-                        .chunks(2)
-                        .find(|kv| bulk_body(kv[0]) == Some(name.as_bytes()))
-                        .map(|kv| kv[1])
-                };
-                if get("name").and_then(bulk_body) != Some(self.settings.group.as_bytes()) {
-                    continue;
-                }
+            if let Some(fields) = group_fields(&groups, self.settings.group.as_bytes()) {
+                let get = |name: &str| field(&fields, name);
                 lag.pending = get("pending").and_then(integer).unwrap_or(0) as u64;
                 lag.undelivered = get("lag").and_then(integer).unwrap_or(length) as u64;
                 last_delivered = get("last-delivered-id")
