@@ -28,7 +28,83 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Multi-write: extra clusters that receive the writes too.
     pub mirror: MirrorConfig,
+    /// The TLS listener for clients.
+    pub tls: TlsListenConfig,
 }
+
+/// A TLS listener beside the plain one (`tls.*`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsListenConfig {
+    /// Address of the TLS listener, `HOST:PORT`; empty: no TLS listener.
+    pub listen: String,
+    /// The server certificate chain (PEM); reloaded from disk on SIGHUP.
+    pub cert_file: String,
+    /// The certificate's private key (PEM); reloaded on SIGHUP.
+    pub key_file: String,
+    /// CA (PEM) client certificates must be signed by: mutual TLS. None: no client
+    /// certificate asked.
+    pub client_ca_file: Option<String>,
+}
+
+impl TlsListenConfig {
+    /// The listener's files, when a TLS listener is configured.
+    pub fn files(&self) -> Option<crate::tls::ServerFiles> {
+        (!self.listen.is_empty()).then(|| crate::tls::ServerFiles {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+        })
+    }
+}
+
+/// The TLS fields of a cluster entry (`cluster.tls*` or a mirror resource's), read as one.
+macro_rules! backend_tls_files {
+    ($t:ty) => {
+        impl $t {
+            /// The TLS settings of connections to this cluster, when `tls` is on.
+            pub fn tls_files(&self) -> Option<crate::tls::BackendFiles> {
+                self.tls.then(|| crate::tls::BackendFiles {
+                    ca_file: self.tls_ca_file.clone(),
+                    cert_file: self.tls_cert_file.clone(),
+                    key_file: self.tls_key_file.clone(),
+                    server_name: self.tls_server_name.clone(),
+                    insecure_skip_verify: self.tls_insecure_skip_verify,
+                })
+            }
+
+            /// Checks the TLS fields; `prefix` is where they are in the file.
+            fn validate_tls(&self, prefix: &str) -> Result<(), ConfigError> {
+                let set = self.tls_ca_file.is_some()
+                    || self.tls_cert_file.is_some()
+                    || self.tls_key_file.is_some()
+                    || self.tls_server_name.is_some()
+                    || self.tls_insecure_skip_verify;
+                let fail = |message: &str| {
+                    Err(ConfigError::InvalidAt {
+                        field: format!("{prefix}tls"),
+                        message: message.to_string(),
+                    })
+                };
+                if set && !self.tls {
+                    return fail("tls_* fields are set but tls is not true");
+                }
+                if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+                    return fail("tls_cert_file and tls_key_file go together");
+                }
+                if self.tls && self.tls_ca_file.is_none() && !self.tls_insecure_skip_verify {
+                    return fail(
+                        "needs tls_ca_file (the CA of the nodes' certificates; a system \
+                         bundle such as /etc/ssl/certs/ca-certificates.crt for public CAs)",
+                    );
+                }
+                Ok(())
+            }
+        }
+    };
+}
+backend_tls_files!(ClusterConfig);
+backend_tls_files!(MirrorResourceConfig);
 
 /// Whom the client waits for when writes are mirrored.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -110,6 +186,18 @@ pub struct MirrorResourceConfig {
     pub keys: Vec<String>,
     /// Compare this mirror's replies with the primary's and count mismatches.
     pub compare: bool,
+    /// Connect to the nodes with TLS.
+    pub tls: bool,
+    /// PEM file of the CA(s) that signed the nodes' certificates.
+    pub tls_ca_file: Option<String>,
+    /// Client certificate and key (PEM) for nodes that ask for one.
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    /// The name checked in the nodes' certificates; by default the host each node is reached
+    /// at (an IP address is checked against the certificate's IP addresses).
+    pub tls_server_name: Option<String>,
+    /// Accept any certificate (logs a warning at start): only for tests and trusted paths.
+    pub tls_insecure_skip_verify: bool,
 }
 
 /// The Redis Streams queue of the async mode.
@@ -173,6 +261,18 @@ pub struct ClusterConfig {
     pub username: Option<String>,
     /// Password for AUTH on backend connections.
     pub password: Option<String>,
+    /// Connect to the nodes with TLS.
+    pub tls: bool,
+    /// PEM file of the CA(s) that signed the nodes' certificates.
+    pub tls_ca_file: Option<String>,
+    /// Client certificate and key (PEM) for nodes that ask for one.
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    /// The name checked in the nodes' certificates; by default the host each node is reached
+    /// at (an IP address is checked against the certificate's IP addresses).
+    pub tls_server_name: Option<String>,
+    /// Accept any certificate (logs a warning at start): only for tests and trusted paths.
+    pub tls_insecure_skip_verify: bool,
     /// Period of the `CLUSTER NODES` poll, in milliseconds.
     pub refresh_interval_ms: u64,
     /// Shared connections per node, per protocol and per worker thread.
@@ -237,6 +337,17 @@ pub struct LimitsConfig {
     /// Most bytes of pub/sub messages waiting to be written to one subscriber; a client that
     /// reads slower is disconnected (Redis: the pubsub client-output-buffer-limit).
     pub pubsub_output_buffer: usize,
+    /// Seconds a client may stay idle (nothing sent, nothing in flight) before it is
+    /// disconnected, as Redis's `timeout`; 0 disables it. Subscribers and clients blocked in
+    /// a command are never idle.
+    pub client_idle_timeout_s: u64,
+    /// Milliseconds a client may take to send the rest of a request it started: a client
+    /// that trickles a request (slow loris) is disconnected. Counts only while a request is
+    /// incomplete; 0 disables it.
+    pub request_read_timeout_ms: u64,
+    /// Failed AUTH attempts allowed per client address in a minute; further attempts from
+    /// that address are refused without checking until the minute is over. 0: no limit.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for Config {
@@ -249,6 +360,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             limits: LimitsConfig::default(),
             mirror: MirrorConfig::default(),
+            tls: TlsListenConfig::default(),
         }
     }
 }
@@ -269,6 +381,12 @@ impl Default for ClusterConfig {
             max_blocking_per_node: 256,
             read_from: ReadFrom::Master,
             route_from_server: Vec::new(),
+            tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
+            tls_insecure_skip_verify: false,
         }
     }
 }
@@ -285,6 +403,9 @@ impl Default for LimitsConfig {
             pipeline_window_bytes: 64 * 1024 * 1024,
             client_output_buffer: 256 * 1024 * 1024,
             pubsub_output_buffer: 32 * 1024 * 1024,
+            client_idle_timeout_s: 0,
+            request_read_timeout_ms: 30_000,
+            auth_failures_per_minute: 20,
         }
     }
 }
@@ -376,6 +497,21 @@ impl Config {
         }
         if let Some(bad) = self.cluster.seeds.iter().find(|s| !is_host_port(s)) {
             return invalid("cluster.seeds", &format!("{bad:?} is not HOST:PORT"));
+        }
+        self.cluster.validate_tls("cluster.")?;
+        for (i, r) in self.mirror.resources.iter().enumerate() {
+            r.validate_tls(&format!("mirror.resources[{i}]."))?;
+        }
+        if !self.tls.listen.is_empty() {
+            if !is_host_port(&self.tls.listen) {
+                return invalid(
+                    "tls.listen",
+                    &format!("{:?} is not HOST:PORT", self.tls.listen),
+                );
+            }
+            if self.tls.cert_file.is_empty() || self.tls.key_file.is_empty() {
+                return invalid("tls.listen", "needs tls.cert_file and tls.key_file");
+            }
         }
         if self.cluster.username.is_some() && self.cluster.password.is_none() {
             return invalid("cluster.username", "needs cluster.password as well");

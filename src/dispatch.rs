@@ -209,6 +209,8 @@ pub struct ClusterAccess {
     pub standalone: bool,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS on every connection to the cluster.
+    pub tls: Option<crate::tls::BackendTls>,
 }
 
 impl Cluster {
@@ -229,6 +231,7 @@ impl Cluster {
             readonly: c.read_from != ReadFrom::Master,
             command_timeout: config.command_timeout(),
             workers: config.worker_threads(),
+            tls: access.tls.clone(),
         };
         // Topology queries: one connection per node of their own, with the query timeout as
         // deadline, so a stopped node cannot hold a refresh or queue it behind clients.
@@ -247,6 +250,7 @@ impl Cluster {
                 refresh_interval: config.refresh_interval(),
                 min_refresh_gap: Duration::from_millis(50),
                 query_timeout: config.connect_timeout(),
+                tls: access.tls.is_some(),
             },
             control,
             backends.clone(),

@@ -33,6 +33,15 @@ pub enum ProtocolError {
     InvalidReplyLength,
 }
 
+/// A TLS certificate, key or CA that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
 /// Why a request sent to a backend node got no reply.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
@@ -75,4 +84,18 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    /// As `Invalid`, for a field inside a list (`mirror.resources[1].tls`).
+    #[error("invalid value for `{field}`: {message}")]
+    InvalidAt { field: String, message: String },
+}
+
+/// Why slotgate could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+    #[error("cannot start the worker threads: {0}")]
+    Workers(io::Error),
 }

@@ -250,6 +250,11 @@ pub fn slotgate_section(shared: &Shared) -> String {
          connected_clients:{}\r\n\
          total_connections_received:{}\r\n\
          rejected_connections:{}\r\n\
+         idle_timeouts:{}\r\n\
+         read_timeouts:{}\r\n\
+         auth_failures:{}\r\n\
+         auth_rate_limited:{}\r\n\
+         tls_handshake_failures:{}\r\n\
          total_commands_processed:{}\r\n\
          redirects_moved:{}\r\n\
          redirects_ask:{}\r\n\
@@ -265,6 +270,11 @@ pub fn slotgate_section(shared: &Shared) -> String {
         s.connected_clients.load(Ordering::Relaxed),
         s.total_connections.load(Ordering::Relaxed),
         s.rejected_connections.load(Ordering::Relaxed),
+        s.idle_timeouts.load(Ordering::Relaxed),
+        s.read_timeouts.load(Ordering::Relaxed),
+        s.auth_failures.load(Ordering::Relaxed),
+        s.auth_rate_limited.load(Ordering::Relaxed),
+        s.tls_handshake_failures.load(Ordering::Relaxed),
         s.total_commands.get(),
         shared.primary.counters.redirects_moved.get(),
         shared.primary.counters.redirects_ask.get(),

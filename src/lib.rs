@@ -7,6 +7,7 @@ pub mod backend {
     //! Connections to cluster nodes.
     pub mod conn;
     pub mod pool;
+    pub mod stream;
 }
 pub mod client;
 pub mod clients;
@@ -35,6 +36,7 @@ pub mod scripts;
 pub mod server;
 pub mod shared;
 pub mod slot;
+pub mod tls;
 pub mod topology;
 pub mod transaction;
 pub mod wait;

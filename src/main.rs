@@ -19,6 +19,9 @@ struct Cli {
     /// Address to accept clients on.
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// Address to accept TLS clients on (needs tls.cert_file and tls.key_file).
+    #[arg(long, value_name = "HOST:PORT")]
+    tls_listen: Option<String>,
     /// Seed nodes of the cluster, comma-separated.
     #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',')]
     cluster: Option<Vec<String>>,
@@ -55,6 +58,9 @@ fn load(cli: &Cli) -> Result<Config, slotgate::error::ConfigError> {
     };
     if let Some(listen) = &cli.listen {
         config.listen = listen.clone();
+    }
+    if let Some(listen) = &cli.tls_listen {
+        config.tls.listen = listen.clone();
     }
     if let Some(seeds) = &cli.cluster {
         config.cluster.seeds = seeds.iter().filter(|s| !s.is_empty()).cloned().collect();
@@ -138,8 +144,13 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        slotgate::server::run(listener, config, shutdown_signal()).await;
-        ExitCode::SUCCESS
+        match slotgate::server::run(listener, config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("slotgate: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

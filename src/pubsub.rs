@@ -578,14 +578,14 @@ async fn run_link(
             return;
         }
     };
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut scanner = ReplyScanner::new();
     loop {
         tokio::select! {
             cmd = inbox.recv() => match cmd {
                 Some(raw) => {
-                    if wr.write_all(&raw).await.is_err() {
+                    if wr.write_all(&raw).await.is_err() || wr.flush().await.is_err() {
                         break;
                     }
                 }

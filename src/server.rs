@@ -1,4 +1,5 @@
-//! The accept loop: one task per client, a cap on clients, and graceful shutdown.
+//! The accept loops (plain and TLS): one task per client, a cap on clients, the TLS
+//! certificate reloaded on SIGHUP, and graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,15 +9,22 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::Config;
 use crate::dispatch::{Cluster, ClusterAccess};
+use crate::error::StartError;
 use crate::shared::Shared;
+use crate::tls::{BackendTls, ClientTls};
 use crate::worker::Workers;
 
-/// Builds the shared state (primary cluster and its topology manager) for `config`.
-pub fn build(config: Config) -> Arc<Shared> {
+/// Builds the shared state (primary cluster and its topology manager) for `config`; fails
+/// when a TLS file cannot be used.
+pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
+    let tls = match config.cluster.tls_files() {
+        Some(files) => Some(BackendTls::build(&files, "primary")?),
+        None => None,
+    };
     let primary = Cluster::connect(
         ClusterAccess {
             name: "primary".into(),
@@ -24,11 +32,12 @@ pub fn build(config: Config) -> Arc<Shared> {
             standalone: false,
             username: config.cluster.username.clone(),
             password: config.cluster.password.clone(),
+            tls,
         },
         &config,
     );
-    let mirrors = crate::mirror::Mirrors::build(&config);
-    Arc::new(Shared {
+    let mirrors = crate::mirror::Mirrors::build(&config)?;
+    Ok(Arc::new(Shared {
         mirrors,
         config,
         primary,
@@ -37,7 +46,93 @@ pub fn build(config: Config) -> Arc<Shared> {
         scripts: Default::default(),
         clients: Default::default(),
         draining: tokio::sync::watch::Sender::new(false),
-    })
+    }))
+}
+
+/// The sockets clients connect to: the plain listener and, with `tls.listen`, the TLS one.
+pub struct Listeners {
+    pub plain: TcpListener,
+    pub tls: Option<TcpListener>,
+}
+
+/// As `run_on`, binding the TLS listener (`tls.listen`) when one is configured.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = Duration>,
+) -> Result<(), StartError> {
+    let tls = if config.tls.listen.is_empty() {
+        None
+    } else {
+        Some(
+            TcpListener::bind(&config.tls.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.tls.listen.clone(),
+                    source,
+                })?,
+        )
+    };
+    run_on(
+        Listeners {
+            plain: listener,
+            tls,
+        },
+        config,
+        shutdown,
+    )
+    .await
+}
+
+/// Accepts on whichever listener has a client first.
+async fn accept(
+    listeners: &Listeners,
+) -> (std::io::Result<(TcpStream, std::net::SocketAddr)>, bool) {
+    match &listeners.tls {
+        Some(tls) => tokio::select! {
+            a = listeners.plain.accept() => (a, false),
+            a = tls.accept() => (a, true),
+        },
+        None => (listeners.plain.accept().await, false),
+    }
+}
+
+/// Reloads the TLS certificate and key from disk on every SIGHUP.
+fn reload_on_sighup(tls: Arc<ClientTls>) -> Option<tokio::task::JoinHandle<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot watch SIGHUP: the TLS certificate will not reload");
+                return None;
+            }
+        };
+        Some(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => info!("SIGHUP: TLS certificate and key reloaded"),
+                    Err(e) => {
+                        error!(error = %e, "SIGHUP: TLS reload failed; the certificate in use stays")
+                    }
+                }
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tls;
+        None
+    }
+}
+
+/// How long a TLS client may take to finish its handshake.
+fn handshake_timeout(config: &Config) -> Duration {
+    match config.limits.request_read_timeout_ms {
+        0 => Duration::from_secs(10),
+        ms => Duration::from_millis(ms),
+    }
 }
 
 /// Serves clients on `listener` until `shutdown` completes with a drain deadline: then no
@@ -45,14 +140,22 @@ pub fn build(config: Config) -> Arc<Shared> {
 /// and are closed, and `run` returns once all are gone or the deadline passed (zero: at
 /// once). The first topology refresh runs before the first client is accepted when the
 /// cluster answers within the connect timeout.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = Duration>) {
+pub async fn run_on(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = Duration>,
+) -> Result<(), StartError> {
+    let client_tls = match config.tls.files() {
+        Some(files) => Some(Arc::new(ClientTls::load(files)?)),
+        None => None,
+    };
     if !crate::command::route_from_server(&config.cluster.route_from_server) {
         tracing::warn!(
             "cluster.route_from_server is read once per process, before the first command: \
              the list in force is kept"
         );
     }
-    let shared = build(config);
+    let shared = build(config)?;
     shared
         .primary
         .topology
@@ -68,26 +171,23 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             Duration::from_millis(probe),
         ));
     }
-    let workers = match Workers::start(shared.config.worker_threads()) {
-        Ok(w) => w,
-        Err(e) => {
-            error!(error = %e, "cannot start the worker threads");
-            return;
-        }
-    };
+    let workers = Workers::start(shared.config.worker_threads()).map_err(StartError::Workers)?;
+    let reloader = client_tls.clone().and_then(reload_on_sighup);
+    let handshake = handshake_timeout(&shared.config);
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_clients));
     let next_id = AtomicU64::new(1);
     info!(
-        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listen = %listeners.plain.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls_listen = %listeners.tls.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),
         workers = workers.len(),
         "slotgate ready"
     );
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     let drain = loop {
-        let accepted = tokio::select! {
+        let (accepted, over_tls) = tokio::select! {
             drain = &mut shutdown => break drain,
-            a = listener.accept() => a,
+            a = accept(&listeners) => a,
         };
         let (mut stream, peer) = match accepted {
             Ok(a) => {
@@ -106,6 +206,15 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         stats.total_connections.fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                peer = %peer,
+                limit = shared.config.limits.max_clients,
+                "limits.max_clients reached: client refused"
+            );
+            if over_tls {
+                // No TLS session to carry the error: the connection is closed.
+                continue;
+            }
             tokio::spawn(async move {
                 let _ = stream
                     .write_all(b"-ERR max number of clients reached\r\n")
@@ -128,10 +237,20 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             .stats
             .connected_clients
             .fetch_add(1, Ordering::Relaxed);
+        let acceptor = if over_tls {
+            client_tls.as_ref().map(|t| t.acceptor())
+        } else {
+            None
+        };
         workers.spawn(
             async move {
                 if let Ok(stream) = TcpStream::from_std(stream) {
-                    crate::client::serve(shared.clone(), stream, id).await;
+                    match acceptor {
+                        Some(acceptor) => {
+                            serve_tls(shared.clone(), &acceptor, stream, id, handshake).await
+                        }
+                        None => crate::client::serve(shared.clone(), stream, id).await,
+                    }
                 }
                 shared
                     .stats
@@ -142,7 +261,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             .instrument(span),
         );
     };
-    drop(listener);
+    drop(listeners);
+    if let Some(r) = reloader {
+        r.abort();
+    }
     let _ = shared.draining.send(true);
     let deadline = tokio::time::Instant::now() + drain;
     let left = || shared.stats.connected_clients.load(Ordering::Relaxed);
@@ -158,6 +280,37 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     info!(clients_cut = left(), "shut down");
     // Clients still connected after the deadline are cut when their worker stops.
     let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
+    Ok(())
+}
+
+/// Runs the TLS handshake, then serves the client; a handshake that fails or takes longer
+/// than `limit` is logged and the connection closed.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    id: u64,
+    limit: Duration,
+) {
+    let _ = stream.set_nodelay(true);
+    let (peer, local) = (stream.peer_addr().ok(), stream.local_addr().ok());
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => crate::client::serve_stream(shared, tls, peer, local, id).await,
+        Ok(Err(e)) => {
+            shared
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(peer = ?peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            shared
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(peer = ?peer, "TLS handshake timed out");
+        }
+    }
 }
 
 /// Logs the multi-write figures (the `# Multiwrite` INFO lines) every 30 seconds.

@@ -17,6 +17,16 @@ pub struct Stats {
     /// Counted per worker thread (every read adds its commands).
     pub total_commands: crate::counter::Counter,
     pub rejected_connections: AtomicU64,
+    /// Clients closed by `limits.client_idle_timeout_s`.
+    pub idle_timeouts: AtomicU64,
+    /// Clients closed by `limits.request_read_timeout_ms` (a request sent too slowly).
+    pub read_timeouts: AtomicU64,
+    /// AUTH and HELLO AUTH attempts refused (wrong credentials).
+    pub auth_failures: AtomicU64,
+    /// AUTH attempts refused unchecked by `limits.auth_failures_per_minute`.
+    pub auth_rate_limited: AtomicU64,
+    /// TLS clients whose handshake failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// State shared by every client task.

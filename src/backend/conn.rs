@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::backend::stream::NodeStream;
 use crate::error::BackendError;
 use crate::resp::{Proto, ReplyScanner, Request};
 
@@ -124,6 +125,8 @@ pub struct ConnSettings {
     /// WATCH, a blocked command) would be silently lost, so it ends and every later request
     /// on it fails.
     pub reconnect: bool,
+    /// Start TLS after connecting (`cluster.tls`).
+    pub tls: Option<crate::tls::BackendTls>,
 }
 
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
@@ -209,8 +212,9 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// Time between keepalive probes.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Opens the TCP connection and runs the greeting (AUTH, HELLO 3).
-pub(crate) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String> {
+/// Opens the connection (TCP, then TLS when configured) and runs the greeting (AUTH,
+/// HELLO 3).
+pub(crate) async fn connect(settings: &ConnSettings) -> Result<NodeStream, String> {
     let (host, port) = split_addr(&settings.addr).ok_or("bad address")?;
     let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect((host, port)))
         .await
@@ -225,7 +229,17 @@ pub(crate) async fn connect(settings: &ConnSettings) -> Result<TcpStream, String
     socket2::SockRef::from(&stream)
         .set_tcp_keepalive(&keepalive)
         .map_err(|e| e.to_string())?;
-    let mut stream = stream;
+    let mut stream = match &settings.tls {
+        Some(tls) => {
+            let tls_stream =
+                tokio::time::timeout(settings.connect_timeout, tls.connect(host, stream))
+                    .await
+                    .map_err(|_| "TLS handshake timed out".to_string())?
+                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            NodeStream::Tls(Box::new(tls_stream))
+        }
+        None => NodeStream::Tcp(stream),
+    };
     let greeting = match (&settings.proto, &settings.auth) {
         (Proto::Resp3, Some((user, pass))) => Some(Request::from_args(&[
             "HELLO",
@@ -267,8 +281,12 @@ pub fn split_addr(addr: &str) -> Option<(&str, u16)> {
 }
 
 /// Writes one request and reads its single reply (connection set-up only).
-async fn round_trip(stream: &mut TcpStream, request: &[u8]) -> Result<Bytes, String> {
+async fn round_trip<S>(stream: &mut S, request: &[u8]) -> Result<Bytes, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     stream.write_all(request).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(512);
     let mut scanner = ReplyScanner::new();
     loop {
@@ -343,12 +361,33 @@ fn deadline_check_period(command_timeout: Duration) -> Duration {
 
 /// Runs one live connection until it breaks or the inbox closes.
 async fn serve(
-    stream: TcpStream,
+    stream: NodeStream,
     inbox: &mut mpsc::Receiver<Pending>,
     settings: &ConnSettings,
 ) -> Ended {
+    match stream {
+        NodeStream::Tcp(s) => {
+            let (rd, wr) = s.into_split();
+            serve_halves(rd, wr, inbox, settings).await
+        }
+        NodeStream::Tls(s) => {
+            let (rd, wr) = tokio::io::split(*s);
+            serve_halves(rd, wr, inbox, settings).await
+        }
+    }
+}
+
+async fn serve_halves<R, W>(
+    mut rd: R,
+    mut wr: W,
+    inbox: &mut mpsc::Receiver<Pending>,
+    settings: &ConnSettings,
+) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let addr: &str = &settings.addr;
-    let (mut rd, mut wr) = stream.into_split();
     // Shared by the reader and writer halves below, which run in this one task: the mutex is
     // never contended, it only makes the borrow across awaits acceptable to the compiler.
     let fifo: Mutex<VecDeque<Sent>> = Mutex::new(VecDeque::new());
@@ -465,6 +504,10 @@ async fn serve(
                     return Some(e.to_string());
                 }
                 batch.clear();
+            }
+            // A TLS stream may hold the end of the batch until flushed (TCP: nothing to do).
+            if let Err(e) = wr.flush().await {
+                return Some(e.to_string());
             }
         }
     };

@@ -38,6 +38,8 @@ pub struct PoolSettings {
     pub command_timeout: Duration,
     /// Worker threads: each has connections of its own to every node (`worker::slot`).
     pub workers: usize,
+    /// TLS for every connection (`cluster.tls`).
+    pub tls: Option<crate::tls::BackendTls>,
 }
 
 /// The connections to one node.
@@ -192,6 +194,7 @@ impl Backends {
             readonly: self.settings.readonly,
             command_timeout: self.settings.command_timeout,
             reconnect: true,
+            tls: self.settings.tls.clone(),
         }
     }
 

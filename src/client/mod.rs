@@ -12,13 +12,16 @@
 
 mod output;
 mod pipeline;
+mod watchdog;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::command::{Cmd, CmdSpec, Route, resolve};
 use crate::local::ClientState;
@@ -29,15 +32,43 @@ use crate::resp::{Proto, Request, RequestScanner};
 use crate::shared::Shared;
 use output::Output;
 use pipeline::{Entry, ReplyQueue};
+use watchdog::{Expired, Watchdog};
 
-/// Serves one client until it disconnects, sends QUIT, or breaks the protocol.
+/// Serves one plain TCP client until it disconnects, sends QUIT, or breaks the protocol.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     let _ = stream.set_nodelay(true);
-    let registration =
-        shared
-            .clients
-            .register(id, stream.peer_addr().ok(), stream.local_addr().ok());
-    let (mut rd, mut wr) = stream.into_split();
+    let (peer, local) = (stream.peer_addr().ok(), stream.local_addr().ok());
+    let (rd, wr) = stream.into_split();
+    serve_halves(shared, rd, wr, peer, local, id).await;
+}
+
+/// Serves one client over any byte stream (TLS), as `serve` does.
+pub async fn serve_stream<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    id: u64,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    serve_halves(shared, rd, wr, peer, local, id).await;
+}
+
+async fn serve_halves<R, W>(
+    shared: Arc<Shared>,
+    mut rd: R,
+    mut wr: W,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    id: u64,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let registration = shared.clients.register(id, peer, local);
+    let mut watchdog = Watchdog::new(&shared.config.limits);
     let mut state = ClientState::new(id, shared.config.password.is_some());
     state.entry = Some(registration.entry.clone());
     state.batch.enabled = true;
@@ -75,7 +106,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                         parsed += 1;
                         req
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        watchdog.scanned(!inbuf.is_empty(), parsed > 0);
+                        break;
+                    }
                     Err(e) => {
                         debug!(error = %e, "protocol error from client");
                         let reply = error(&format!("ERR Protocol error: {e}"));
@@ -171,7 +205,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
         let room = inflight.len() < window && inflight.bytes() < window_bytes;
         tokio::select! {
             biased;
-            written = out.write_some(&mut wr), if !out.is_empty() => {
+            written = out.write_some(&mut wr), if out.wants_write() => {
                 if written.is_err() {
                     abandoned = true;
                     break 'serve;
@@ -200,6 +234,24 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                     closing = true;
                 }
             }
+            _ = watchdog.fired() => {
+                let idle = inflight.is_empty() && out.is_empty() && !subscribed && !state.blocking
+                    && deferred.is_none();
+                match watchdog.check(idle) {
+                    Some(Expired::Idle) => {
+                        shared.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                        info!(peer = %display_addr(peer), "client idle past limits.client_idle_timeout_s: closing");
+                        return;
+                    }
+                    Some(Expired::SlowRequest) => {
+                        shared.stats.read_timeouts.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %display_addr(peer), "client did not finish its request within limits.request_read_timeout_ms: closing");
+                        abandoned = true;
+                        break 'serve;
+                    }
+                    None => {}
+                }
+            }
             _ = tick(&mut follow_check), if subscribed => {
                 if let Some(subs) = state.subs.as_mut() {
                     subs.follow_slot_moves(&shared).await;
@@ -223,6 +275,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
                         break 'serve;
                     }
                     Ok(_) => {
+                        watchdog.input();
                         if inbuf.capacity() - inbuf.len() < 4096 {
                             inbuf.reserve(16 * 1024);
                         }
@@ -240,6 +293,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     if out.flush(&mut wr).await.is_ok() {
         let _ = wr.shutdown().await;
     }
+}
+
+/// A client's address for a log line.
+fn display_addr(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "unknown".into(), |a| a.to_string())
 }
 
 /// Lets the requests of a client that left complete without answering it, so that mirrored

@@ -6,8 +6,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Most buffers handed to one `writev`.
 const MAX_SLICES: usize = 64;
@@ -18,6 +17,8 @@ pub struct Output {
     frames: VecDeque<Bytes>,
     /// Bytes in `frames`.
     bytes: usize,
+    /// Written to a stream that may buffer (TLS) and not flushed since.
+    unflushed: bool,
 }
 
 impl Output {
@@ -34,14 +35,25 @@ impl Output {
         self.frames.is_empty()
     }
 
+    /// Whether `write_some` has work: replies to write, or written ones to flush.
+    pub fn wants_write(&self) -> bool {
+        !self.frames.is_empty() || self.unflushed
+    }
+
     /// Bytes waiting to be written.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// Writes as much as the socket takes in one vectored write. Cancel-safe: a write that
-    /// has not completed wrote nothing.
-    pub async fn write_some(&mut self, wr: &mut OwnedWriteHalf) -> std::io::Result<()> {
+    /// Writes as much as the socket takes in one vectored write, or flushes what a buffering
+    /// stream (TLS) still holds once every reply was written. Cancel-safe: a write that has
+    /// not completed wrote nothing, and an interrupted flush is done again.
+    pub async fn write_some(&mut self, wr: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+        if self.frames.is_empty() {
+            wr.flush().await?;
+            self.unflushed = false;
+            return Ok(());
+        }
         let written = if self.frames.len() == 1 {
             // One reply (the `-P 1` case): a plain send is cheaper in the kernel than writev.
             wr.write(&self.frames[0]).await?
@@ -58,12 +70,13 @@ impl Output {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         self.consume(written);
+        self.unflushed = true;
         Ok(())
     }
 
-    /// Writes everything (connection closing).
-    pub async fn flush(&mut self, wr: &mut OwnedWriteHalf) -> std::io::Result<()> {
-        while !self.is_empty() {
+    /// Writes and flushes everything (connection closing).
+    pub async fn flush(&mut self, wr: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
+        while self.wants_write() {
             self.write_some(wr).await?;
         }
         Ok(())

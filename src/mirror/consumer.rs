@@ -248,7 +248,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if config.mirror.resources.is_empty() {
         return Err("consumer mode needs at least one mirror in mirror.resources".into());
     }
-    let mirrors = Mirrors::build(&config).ok_or("no mirrors configured")?;
+    let mirrors = Mirrors::build(&config)
+        .map_err(|e| e.to_string())?
+        .ok_or("no mirrors configured")?;
     let queue = Arc::new(StreamQueue::connect(&settings, &config));
     let group = settings.group.as_bytes();
     let consumer = settings.consumer.as_bytes();

@@ -127,16 +127,20 @@ pub fn mirrored(spec: &CmdSpec) -> bool {
 }
 
 impl Mirrors {
-    /// Builds the mirrors configured in `config`, if any.
-    pub fn build(config: &Config) -> Option<Arc<Mirrors>> {
+    /// Builds the mirrors configured in `config`, if any; fails on a TLS file that cannot be
+    /// used.
+    pub fn build(config: &Config) -> Result<Option<Arc<Mirrors>>, crate::error::TlsError> {
         let m = &config.mirror;
         if m.resources.is_empty() && m.mode != MultiWriteMode::Async {
-            return None;
+            return Ok(None);
         }
-        let resources = m
-            .resources
-            .iter()
-            .map(|r| Resource {
+        let mut resources = Vec::with_capacity(m.resources.len());
+        for r in &m.resources {
+            let tls = match r.tls_files() {
+                Some(files) => Some(crate::tls::BackendTls::build(&files, &r.name)?),
+                None => None,
+            };
+            resources.push(Resource {
                 name: r.name.clone(),
                 cluster: Cluster::connect(
                     ClusterAccess {
@@ -148,6 +152,7 @@ impl Mirrors {
                         standalone: r.standalone.is_some(),
                         username: r.username.clone(),
                         password: r.password.clone(),
+                        tls,
                     },
                     config,
                 ),
@@ -159,13 +164,13 @@ impl Mirrors {
                 mismatch_logged: AtomicUsize::new(0),
                 delay: Histogram::default(),
                 last_delay_us: AtomicU64::new(0),
-            })
-            .collect();
+            });
+        }
         let queue: Option<Arc<dyn WriteQueue>> = match (&m.mode, &m.queue) {
             (MultiWriteMode::Async, Some(q)) => Some(Arc::new(StreamQueue::connect(q, config))),
             _ => None,
         };
-        Some(Arc::new(Mirrors {
+        Ok(Some(Arc::new(Mirrors {
             mode: m.mode,
             resources,
             queue,
@@ -177,7 +182,7 @@ impl Mirrors {
                 .max(config.limits.pipeline_window + 1),
             on_full: m.on_full,
             compare_log_limit: m.compare_log_limit.unwrap_or(20),
-        }))
+        })))
     }
 
     /// Hands a write to the client's feed (opening the feed on first use). `None` when the

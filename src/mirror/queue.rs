@@ -88,6 +88,7 @@ impl StreamQueue {
                     standalone: true,
                     username: None,
                     password: settings.password.clone(),
+                    tls: None,
                 },
                 config,
             ),

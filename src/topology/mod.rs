@@ -39,6 +39,8 @@ pub struct TopologySettings {
     pub min_refresh_gap: Duration,
     /// Deadline for one node's answer.
     pub query_timeout: Duration,
+    /// Nodes are reached over TLS: `CLUSTER SHARDS` addresses use their `tls-port`.
+    pub tls: bool,
 }
 
 /// The published topology and the way to ask for a refresh.
@@ -219,7 +221,7 @@ async fn refresh(
                         continue;
                     }
                 };
-                match shards::parse_shards(&reply, dialled) {
+                match shards::parse_shards(&reply, dialled, settings.tls) {
                     Ok(view) => view,
                     Err(e) => {
                         debug!(node = %addr, error = %e, "CLUSTER SHARDS refused too");

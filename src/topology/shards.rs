@@ -7,8 +7,9 @@ use crate::resp::value::Value;
 use crate::topology::nodes::{NodeEntry, NodeFlags};
 
 /// Parses a `CLUSTER SHARDS` reply (RESP2 or RESP3). `dialled_host` stands in for a node
-/// whose address is unknown (`?` or empty).
-pub fn parse_shards(reply: &[u8], dialled_host: &str) -> Result<Vec<NodeEntry>, String> {
+/// whose address is unknown (`?` or empty). With `tls`, nodes are reached at their
+/// `tls-port` (a node with TLS only reports no `port`).
+pub fn parse_shards(reply: &[u8], dialled_host: &str, tls: bool) -> Result<Vec<NodeEntry>, String> {
     let (value, _) = Value::parse(reply)
         .map_err(|e| format!("unreadable CLUSTER SHARDS reply: {e}"))?
         .ok_or("incomplete CLUSTER SHARDS reply")?;
@@ -50,7 +51,7 @@ pub fn parse_shards(reply: &[u8], dialled_host: &str) -> Result<Vec<NodeEntry>, 
             let master = text(n, "role") == "master";
             let health = text(n, "health");
             let port = n
-                .get("port")
+                .get(if tls { "tls-port" } else { "port" })
                 .and_then(|p| p.as_int().or_else(|| p.text()?.parse().ok()))
                 .and_then(|p| u16::try_from(p).ok())
                 .unwrap_or(0);
@@ -127,7 +128,7 @@ mod tests {
                     );
                     assert_eq!(routes(&from_nodes(&text)), routes(&reference));
                     let raw = fixture(&format!("{server}-cluster-shards{variant}.{proto}"));
-                    let view = parse_shards(&raw, "127.0.0.1").unwrap();
+                    let view = parse_shards(&raw, "127.0.0.1", false).unwrap();
                     let table = SlotTable::default().merge_view(&view);
                     assert!(
                         routes(&table) == routes(&reference),
@@ -138,16 +139,57 @@ mod tests {
         }
         // Asked over TLS, the same cluster reports its TLS ports.
         let txt = String::from_utf8(fixture("redis74-tls-cluster-nodes-via-tls.txt")).unwrap();
-        assert_eq!(from_nodes(&txt).masters.len(), 3);
+        let via_tls = from_nodes(&txt);
+        assert_eq!(via_tls.masters.len(), 3);
+        assert!(via_tls.masters.iter().all(|m| m.addr.ends_with(":8960")
+            || m.addr.ends_with(":8961")
+            || m.addr.ends_with(":8962")));
+    }
+
+    #[test]
+    fn tls_clusters_are_reached_at_their_tls_ports() {
+        for name in [
+            "redis74-tls-cluster-shards.resp2",
+            "redis74-tls-cluster-shards.resp3",
+            "redis74-tls-cluster-shards-hostname.resp2",
+        ] {
+            let raw = fixture(name);
+            let ports = |tls| {
+                let mut p: Vec<String> = parse_shards(&raw, "127.0.0.1", tls)
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|n| n.addr)
+                    .collect();
+                p.sort();
+                p
+            };
+            assert_eq!(
+                ports(true),
+                ["127.0.0.1:8960", "127.0.0.1:8961", "127.0.0.1:8962"],
+                "{name}"
+            );
+            assert_eq!(
+                ports(false),
+                ["127.0.0.1:8910", "127.0.0.1:8911", "127.0.0.1:8912"],
+                "{name}"
+            );
+        }
+        // A node with TLS only reports no plain port: without tls it has no address.
+        let reply = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n*8\r\n$2\r\nid\r\n$1\r\na\r\n$8\r\ntls-port\r\n:7100\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n";
+        assert_eq!(
+            parse_shards(reply, "h", true).unwrap()[0].addr.as_deref(),
+            Some("127.0.0.1:7100")
+        );
+        assert_eq!(parse_shards(reply, "h", false).unwrap()[0].addr, None);
     }
 
     #[test]
     fn unknown_endpoints_mean_the_dialled_node() {
         let reply = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n*10\r\n$2\r\nid\r\n$1\r\na\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$0\r\n\r\n$8\r\nendpoint\r\n$1\r\n?\r\n$4\r\nrole\r\n$6\r\nmaster\r\n";
-        let view = parse_shards(reply, "10.0.0.9").unwrap();
+        let view = parse_shards(reply, "10.0.0.9", false).unwrap();
         assert_eq!(view[0].addr.as_deref(), Some("10.0.0.9:7000"));
         assert_eq!(view[0].slots, [(0, 16383)]);
-        assert!(parse_shards(b"-ERR unknown command\r\n", "h").is_err());
-        assert!(parse_shards(b"*1\r\n*0\r\n", "h").is_err());
+        assert!(parse_shards(b"-ERR unknown command\r\n", "h", false).is_err());
+        assert!(parse_shards(b"*1\r\n*0\r\n", "h", false).is_err());
     }
 }
