@@ -21,7 +21,10 @@
 # Environment: REDIS_SERVER, REDIS_CLI (binary paths), NODE_TIMEOUT (ms,
 # cluster-node-timeout, default 2000), READY_TIMEOUT (s, default 30),
 # CLUSTER_CREATE=manual (form the cluster with CLUSTER ADDSLOTSRANGE/MEET/
-# REPLICATE instead of `redis-cli --cluster create`, which sleeps; ~0.5 s faster).
+# REPLICATE instead of `redis-cli --cluster create`, which sleeps; ~0.5 s faster),
+# TLS_CERTS=DIR (also serve TLS on port+20000 with DIR/ca.crt, DIR/node.crt and
+# DIR/node.key, and run the cluster bus (on the TLS port+10000) and replication
+# over TLS; the plain port stays for administration).
 set -euo pipefail
 
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
@@ -29,6 +32,9 @@ REDIS_CLI=${REDIS_CLI:-redis-cli}
 NODE_TIMEOUT=${NODE_TIMEOUT:-2000}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
 CLUSTER_CREATE=${CLUSTER_CREATE:-redis-cli}
+TLS_CERTS=${TLS_CERTS:-}
+# Offset of a node's TLS port from its plain port (TLS_CERTS).
+TLS_OFFSET=20000
 HOST=127.0.0.1
 SELF=$0
 
@@ -74,7 +80,9 @@ cmd_free_base() {
         p=$((20000 + (RANDOM * 32768 + RANDOM) % (10000 - count + 1)))
         ok=1
         for ((i = 0; i < count; i++)); do
-            if ! port_free $((p + i)) "$used" || ! port_free $((p + 10000 + i)) "$used"; then
+            if ! port_free $((p + i)) "$used" || ! port_free $((p + 10000 + i)) "$used" ||
+                { [[ -n $TLS_CERTS ]] && { ! port_free $((p + TLS_OFFSET + i)) "$used" ||
+                    ! port_free $((p + TLS_OFFSET + 10000 + i)) "$used"; }; }; then
                 ok=0
                 break
             fi
@@ -185,6 +193,17 @@ repl-diskless-sync-delay 0
 repl-diskless-load on-empty-db
 shutdown-timeout 0
 EOF
+    if [[ -n $TLS_CERTS ]]; then
+        cat >>"$d/redis.conf" <<EOF
+tls-port $((port + TLS_OFFSET))
+tls-cert-file "$TLS_CERTS/node.crt"
+tls-key-file "$TLS_CERTS/node.key"
+tls-ca-cert-file "$TLS_CERTS/ca.crt"
+tls-auth-clients optional
+tls-cluster yes
+tls-replication yes
+EOF
+    fi
 }
 
 # info_field TEXT FIELD -> value of "FIELD:value" line
@@ -309,6 +328,11 @@ cmd_start() {
         port=$((base + i))
         port_free "$port" "$used" || die 3 "port $port is already in use"
         port_free $((port + 10000)) "$used" || die 3 "cluster bus port $((port + 10000)) (for node $port) is already in use"
+        if [[ -n $TLS_CERTS ]]; then
+            port_free $((port + TLS_OFFSET)) "$used" || die 3 "TLS port $((port + TLS_OFFSET)) (for node $port) is already in use"
+            # With tls-cluster the bus listens at the TLS port + 10000.
+            port_free $((port + TLS_OFFSET + 10000)) "$used" || die 3 "TLS cluster bus port $((port + TLS_OFFSET + 10000)) (for node $port) is already in use"
+        fi
     done
 
     trap on_start_exit EXIT

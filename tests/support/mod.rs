@@ -4,6 +4,8 @@
 //! Every cluster is stopped when its guard drops, which also happens when a test panics.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -38,11 +40,22 @@ impl Cluster {
     }
 
     pub fn start_with(masters: usize, replicas: usize) -> Cluster {
+        Cluster::start_opts(masters, replicas, None)
+    }
+
+    /// As `start_with`, the nodes also serving TLS (at port + `tls::TLS_OFFSET`) with the
+    /// certificates in `certs` (`ca.crt`, `node.crt`, `node.key`), their cluster bus and
+    /// replication over TLS.
+    pub fn start_tls(masters: usize, replicas: usize, certs: &std::path::Path) -> Cluster {
+        Cluster::start_opts(masters, replicas, Some(certs))
+    }
+
+    fn start_opts(masters: usize, replicas: usize, certs: Option<&std::path::Path>) -> Cluster {
         // A start can lose a race for its ports with another test starting at the same
         // moment; the script stops what it started, so trying again is safe.
         let mut failures = Vec::new();
         for _ in 0..3 {
-            match Cluster::try_start(masters, replicas) {
+            match Cluster::try_start(masters, replicas, certs) {
                 Ok(cluster) => return cluster,
                 Err(log) => failures.push(log),
             }
@@ -53,14 +66,22 @@ impl Cluster {
         );
     }
 
-    fn try_start(masters: usize, replicas: usize) -> Result<Cluster, String> {
+    fn try_start(
+        masters: usize,
+        replicas: usize,
+        certs: Option<&std::path::Path>,
+    ) -> Result<Cluster, String> {
         let dir = std::env::temp_dir().join(format!(
             "slotgate-test-{}-{}",
             std::process::id(),
             rand_suffix()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let out = Command::new("bash")
+        let mut command = Command::new("bash");
+        if let Some(certs) = certs {
+            command.env("TLS_CERTS", certs);
+        }
+        let out = command
             .arg(repo_root().join("integration/cluster.sh"))
             .arg("start")
             .arg(&dir)
@@ -157,6 +178,8 @@ pub fn test_threads() -> usize {
 /// slotgate serving in this process on a free port; stops when dropped.
 pub struct Proxy {
     pub port: u16,
+    /// The TLS listener's port, when one is configured.
+    pub tls_port: Option<u16>,
     /// The client password, when one is configured.
     password: Option<String>,
     stop: Option<oneshot::Sender<()>>,
@@ -170,6 +193,14 @@ impl Proxy {
 
     /// Starts slotgate with the config adjusted by `tweak`.
     pub async fn start_with(cluster: &Cluster, tweak: impl FnOnce(&mut Config)) -> Proxy {
+        let proxy = Proxy::start_unready(cluster, tweak).await;
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// As `start_with`, without waiting for slotgate to see the cluster. A TLS listener
+    /// (when `tweak` sets `tls.listen`) is bound on a free port: `tls_port`.
+    pub async fn start_unready(cluster: &Cluster, tweak: impl FnOnce(&mut Config)) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut config = Config {
@@ -179,20 +210,37 @@ impl Proxy {
         config.cluster.seeds = cluster.seeds.split(',').map(String::from).collect();
         config.threads = test_threads();
         tweak(&mut config);
+        let tls = if config.tls.listen.is_empty() {
+            None
+        } else {
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        };
+        let tls_port = tls.as_ref().map(|l| l.local_addr().unwrap().port());
+        if let Some(p) = tls_port {
+            config.tls.listen = format!("127.0.0.1:{p}");
+        }
         let config = config.validate().unwrap();
         let (stop, stopped) = oneshot::channel();
         let password = config.password.clone();
-        tokio::spawn(slotgate::server::run(listener, config, async {
-            let _ = stopped.await;
-            Duration::ZERO
-        }));
-        let proxy = Proxy {
+        let listeners = slotgate::server::Listeners {
+            plain: listener,
+            tls,
+        };
+        tokio::spawn(async move {
+            let run = slotgate::server::run_on(listeners, config, async {
+                let _ = stopped.await;
+                Duration::ZERO
+            });
+            if let Err(e) = run.await {
+                panic!("slotgate did not start: {e}");
+            }
+        });
+        Proxy {
             port,
+            tls_port,
             password,
             stop: Some(stop),
-        };
-        proxy.wait_ready().await;
-        proxy
+        }
     }
 
     /// Waits until slotgate knows the owner of every slot, so tests start from a steady state.
