@@ -236,3 +236,163 @@ async fn sighup_reloads_the_certificate_and_keeps_the_connections() {
         .unwrap();
     assert_eq!(reply, b"+OK\r\n");
 }
+
+/// Reads from `stream` until it closes; panics if it stays open past `limit`. Returns what
+/// was read.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "connection still open after {limit:?}; read {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_is_answered_with_redis_text_and_counted() {
+    use tokio::io::AsyncWriteExt;
+    let cluster = Cluster::start_with(1, 0);
+    let proxy = Proxy::start_with(&cluster, |c| c.limits.max_clients = 2).await;
+    let mut first = proxy.client(2).await;
+    let mut second = support::RawClient::connect(proxy.port).await;
+    second.send(b"PING\r\n").await;
+    second.expect(b"+PONG\r\n").await;
+    let mut third = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    let _ = third.write_all(b"PING\r\n").await;
+    let got = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert_eq!(got, b"-ERR max number of clients reached\r\n");
+    let info: String = redis::cmd("INFO")
+        .arg("slotgate")
+        .query_async(&mut first)
+        .await
+        .unwrap();
+    assert!(info.contains("rejected_connections:1\r\n"), "{info}");
+    // A place freed is taken by the next client.
+    drop(second);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+            .await
+            .unwrap();
+        let _ = next.write_all(b"PING\r\n").await;
+        let mut buf = [0u8; 64];
+        use tokio::io::AsyncReadExt;
+        let n = next.read(&mut buf).await.unwrap_or(0);
+        if &buf[..n] == b"+PONG\r\n" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_closed_but_subscribers_and_blocked_clients_are_not() {
+    let cluster = Cluster::start_with(1, 0);
+    let proxy = Proxy::start_with(&cluster, |c| c.limits.client_idle_timeout_s = 1).await;
+    let mut idle = support::RawClient::connect(proxy.port).await;
+    idle.send(b"PING\r\n").await;
+    idle.expect(b"+PONG\r\n").await;
+    let mut subscriber = support::RawClient::connect(proxy.port).await;
+    subscriber.send(b"SUBSCRIBE news\r\n").await;
+    subscriber
+        .expect(b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n")
+        .await;
+    let mut blocked = support::RawClient::connect(proxy.port).await;
+    blocked.send(b"BLPOP idle:list 4\r\n").await;
+    let started = tokio::time::Instant::now();
+    let got = read_until_closed(idle.stream_mut(), Duration::from_secs(5)).await;
+    assert!(got.is_empty(), "{got:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    // Past the limit, the subscriber still gets messages and the blocked client its reply.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut con = proxy.client(2).await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("news")
+        .arg("hello")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    subscriber
+        .expect(b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n")
+        .await;
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("idle:list")
+        .arg("x")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    blocked
+        .expect(b"*2\r\n$9\r\nidle:list\r\n$1\r\nx\r\n")
+        .await;
+    let info: String = redis::cmd("INFO")
+        .arg("slotgate")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(info.contains("idle_timeouts:1\r\n"), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_trickled_past_the_read_deadline_is_cut_off() {
+    let cluster = Cluster::start_with(1, 0);
+    let proxy = Proxy::start_with(&cluster, |c| c.limits.request_read_timeout_ms = 600).await;
+    // Slow but within the deadline: answered.
+    let mut patient = support::RawClient::connect(proxy.port).await;
+    patient.send(b"*1\r\n").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    patient.send(b"$4\r\nPING\r\n").await;
+    patient.expect(b"+PONG\r\n").await;
+    // A byte every 100 ms: the connection is closed once the request is 600 ms old, even
+    // though bytes keep coming.
+    let mut loris = support::RawClient::connect(proxy.port).await;
+    let started = tokio::time::Instant::now();
+    let request = b"*3\r\n$3\r\nSET\r\n$5\r\nloris\r\n$20\r\n01234567890123456789\r\n";
+    let mut closed_after = None;
+    for byte in request {
+        use tokio::io::AsyncWriteExt;
+        if loris.stream_mut().write_all(&[*byte]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut probe = [0u8; 16];
+        if let Ok(Ok(0)) = tokio::time::timeout(
+            Duration::from_millis(1),
+            tokio::io::AsyncReadExt::read(loris.stream_mut(), &mut probe),
+        )
+        .await
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the slow client was never cut off");
+    assert!(closed_after < Duration::from_secs(3), "{closed_after:?}");
+    let mut con = proxy.client(2).await;
+    let value: Option<String> = redis::cmd("GET")
+        .arg("loris")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(value, None);
+    let info: String = redis::cmd("INFO")
+        .arg("slotgate")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(info.contains("read_timeouts:1\r\n"), "{info}");
+    // The patient client is still served.
+    patient.send(b"PING\r\n").await;
+    patient.expect(b"+PONG\r\n").await;
+}
