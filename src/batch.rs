@@ -39,6 +39,7 @@ struct OpenGroup {
     /// between two commands of one read).
     proto: crate::resp::Proto,
     session: u64,
+    user: crate::backend::users::UserId,
     raw: BytesMut,
     count: usize,
 }
@@ -115,11 +116,9 @@ impl Batcher {
         target: Target,
         opts: SendOptions,
     ) -> BatchedCommand {
-        let pos = match self
-            .open
-            .iter()
-            .position(|g| Arc::ptr_eq(&g.addr, addr) && g.proto == opts.proto)
-        {
+        let pos = match self.open.iter().position(|g| {
+            Arc::ptr_eq(&g.addr, addr) && g.proto == opts.proto && g.user == opts.user
+        }) {
             Some(p) => p,
             None => {
                 if self.sent.is_empty() && self.open.is_empty() {
@@ -130,6 +129,7 @@ impl Batcher {
                     addr: addr.clone(),
                     proto: opts.proto,
                     session: opts.session,
+                    user: opts.user,
                     raw: BytesMut::with_capacity(256),
                     count: 0,
                 });
@@ -155,7 +155,7 @@ impl Batcher {
             let rx = shared
                 .primary
                 .backends
-                .send_many(&g.addr, g.proto, g.session, g.raw.freeze(), g.count)
+                .send_many(&g.addr, g.proto, g.session, g.user, g.raw.freeze(), g.count)
                 .await;
             debug_assert_eq!(g.id, self.first_sent + self.sent.len() as u64);
             self.sent.push_back(Group {

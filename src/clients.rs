@@ -36,6 +36,8 @@ pub struct Details {
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
     pub resp: i64,
+    /// The user the client logged in as; `None`: default.
+    pub user: Option<std::sync::Arc<str>>,
 }
 
 impl ClientEntry {
@@ -80,7 +82,7 @@ impl ClientEntry {
         };
         let addr = |a: &Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
         format!(
-            "id={} addr={} laddr={} name={} age={} idle={} flags=N db=0 multi=-1 cmd={} user=default resp={} lib-name={} lib-ver={}\n",
+            "id={} addr={} laddr={} name={} age={} idle={} flags=N db=0 multi=-1 cmd={} user={} resp={} lib-name={} lib-ver={}\n",
             self.id,
             addr(&self.addr),
             addr(&self.laddr),
@@ -88,6 +90,7 @@ impl ClientEntry {
             age.as_secs(),
             idle / 1000,
             cmd,
+            d.user.as_deref().unwrap_or("default"),
             d.resp,
             text(&d.lib_name),
             text(&d.lib_ver),

@@ -18,6 +18,7 @@ use tracing::debug;
 
 use crate::backend::conn::{Deadline, Pending, ReplyResult};
 use crate::backend::pool::{Backends, PoolSettings, SessionConn};
+use crate::backend::users::UserId;
 use crate::command::{CmdSpec, Route, RouteError};
 use crate::config::{Config, ReadFrom};
 use crate::counter::Counter;
@@ -117,6 +118,8 @@ pub struct SendOptions {
     pub read_from: ReadFrom,
     /// How long the node may take to answer (blocking commands: how long they may block).
     pub deadline: Deadline,
+    /// Whom the connection is authenticated as: the client's user, or slotgate's account.
+    pub user: UserId,
 }
 
 impl Flight {
@@ -175,6 +178,7 @@ impl SendOptions {
             dedicated: false,
             read_from: ReadFrom::Master,
             deadline: Deadline::Default,
+            user: UserId::SERVICE,
         }
     }
 }
@@ -221,7 +225,7 @@ impl Cluster {
         let auth = access
             .password
             .clone()
-            .map(|p| (access.username.clone(), p));
+            .map(|p| (access.username.clone(), crate::redact::Secret::from(p)));
         let pool = PoolSettings {
             connections_per_node: c.connections_per_node,
             auth,
@@ -340,7 +344,7 @@ impl Cluster {
         let rx = match &addr {
             Some(addr) => Some(
                 self.backends
-                    .send_many(addr, opts.proto, opts.session, raw, count)
+                    .send_many(addr, opts.proto, opts.session, opts.user, raw, count)
                     .await,
             ),
             None => None,
@@ -426,7 +430,7 @@ impl Cluster {
         let rx = if flight.opts.dedicated {
             let session = self
                 .backends
-                .session(&addr, flight.opts.proto)
+                .session(&addr, flight.opts.proto, flight.opts.user)
                 .map_err(|limit| {
                     error(&format!(
                         "ERR slotgate: too many blocking commands in progress on {addr} \
@@ -441,7 +445,14 @@ impl Cluster {
             rx
         } else {
             self.backends
-                .send(&addr, flight.opts.proto, flight.opts.session, raw, asking)
+                .send(
+                    &addr,
+                    flight.opts.proto,
+                    flight.opts.session,
+                    flight.opts.user,
+                    raw,
+                    asking,
+                )
                 .await
         };
         flight.addr = Some(addr);

@@ -263,7 +263,8 @@ pub fn slotgate_section(shared: &Shared) -> String {
          topology_generation:{}\r\n\
          cluster_masters:{}\r\n\
          cluster_slots_assigned:{}\r\n\
-         commands_learned:{}\r\n",
+         commands_learned:{}\r\n\
+         acl_users:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         shared.started.elapsed().as_secs(),
         shared.config.worker_threads(),
@@ -284,6 +285,7 @@ pub fn slotgate_section(shared: &Shared) -> String {
         table.masters.len(),
         table.assigned_slots(),
         crate::command::learned::count(),
+        shared.primary.backends.users().len(),
     );
     for (i, (m, slots)) in table
         .masters

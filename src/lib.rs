@@ -2,12 +2,14 @@
 //! to it and use a whole Redis Cluster: commands are routed by hash slot, redirects and
 //! topology changes are handled here, and replies pass through unchanged.
 
+pub mod auth;
 pub mod batch;
 pub mod backend {
     //! Connections to cluster nodes.
     pub mod conn;
     pub mod pool;
     pub mod stream;
+    pub mod users;
 }
 pub mod client;
 pub mod clients;

@@ -43,6 +43,9 @@ pub struct ClientState {
     pub silence_this: Option<bool>,
     /// This client's entry in `CLIENT LIST`.
     pub entry: Option<std::sync::Arc<crate::clients::ClientEntry>>,
+    /// The cluster user the client logged in as (`AUTH username password`); `None`: its
+    /// commands run as slotgate's own account.
+    pub user: Option<crate::backend::users::UserLease>,
 }
 
 /// CLIENT REPLY's modes.
@@ -88,7 +91,20 @@ impl ClientState {
             replies: ReplyMode::On,
             silence_this: None,
             entry: None,
+            user: None,
         }
+    }
+
+    /// Whom this client's backend connections are authenticated as.
+    pub fn user_id(&self) -> crate::backend::users::UserId {
+        self.user
+            .as_ref()
+            .map_or(crate::backend::users::UserId::SERVICE, |u| u.id())
+    }
+
+    /// The user name `ACL WHOAMI` answers.
+    pub fn user_name(&self) -> &str {
+        self.user.as_ref().map_or("default", |u| u.name())
     }
 
     /// Copies name, library and protocol to this client's `CLIENT LIST` entry.
@@ -99,6 +115,7 @@ impl ClientState {
                 lib_name: self.lib_name.clone(),
                 lib_ver: self.lib_ver.clone(),
                 resp: self.proto.version(),
+                user: self.user.as_ref().map(|u| u.name().clone()),
             });
         }
     }
@@ -153,20 +170,9 @@ pub fn answer(
             Some(_) => err("ERR DB index is out of range (a Redis Cluster has only database 0)"),
             None => err("ERR value is not an integer or out of range"),
         },
-        Cmd::Auth if n == 2 || n == 3 => {
-            let (user, pass) = if n == 2 {
-                (None, req.arg(1))
-            } else {
-                (Some(req.arg(1)), req.arg(2))
-            };
-            match check_auth(shared, user, pass) {
-                Ok(()) => {
-                    state.authenticated = true;
-                    OK.into()
-                }
-                Err(e) => e,
-            }
-        }
+        // The credentials were checked before (`auth::login`): only the reply is left.
+        Cmd::Auth if n == 2 || n == 3 => OK.into(),
+        Cmd::AclWhoami if n == 2 => bulk(state.proto, state.user_name().as_bytes()),
         Cmd::Hello => hello(req, state, shared),
         Cmd::ClientSetName
         | Cmd::ClientSetInfo
@@ -217,31 +223,6 @@ fn bulk(proto: Proto, v: &[u8]) -> LocalReply {
     e.finish().into()
 }
 
-/// Checks AUTH credentials against the configured client password, with Redis's replies.
-fn check_auth(shared: &Shared, user: Option<&[u8]>, pass: &[u8]) -> Result<(), LocalReply> {
-    let Some(expected) = shared.config.password.as_deref() else {
-        return match user {
-            // The default user has no password: any password is accepted, as Redis does.
-            Some(b"default") => Ok(()),
-            Some(_) => Err(err(
-                "WRONGPASS invalid username-password pair or user is disabled.",
-            )),
-            None => Err(err(
-                "ERR AUTH <password> called without any password configured for the \
-                 default user. Are you sure your configuration is correct?",
-            )),
-        };
-    };
-    let user_ok = user.is_none_or(|u| u == b"default");
-    if user_ok && pass == expected.as_bytes() {
-        Ok(())
-    } else {
-        Err(err(
-            "WRONGPASS invalid username-password pair or user is disabled.",
-        ))
-    }
-}
-
 /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`.
 fn hello(req: &Request, state: &mut ClientState, shared: &Shared) -> LocalReply {
     let mut proto = state.proto;
@@ -255,12 +236,11 @@ fn hello(req: &Request, state: &mut ClientState, shared: &Shared) -> LocalReply 
         };
         i = 2;
     }
-    let mut auth = None;
+    // AUTH's credentials were checked before (`auth::login`).
     let mut setname = None;
     while i < req.len() {
         let opt = req.arg(i);
         if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.len() {
-            auth = Some((req.arg(i + 1), req.arg(i + 2)));
             i += 3;
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.len() {
             setname = Some(req.arg_bytes(i + 1));
@@ -271,12 +251,6 @@ fn hello(req: &Request, state: &mut ClientState, shared: &Shared) -> LocalReply 
                 String::from_utf8_lossy(opt)
             ));
         }
-    }
-    if let Some((user, pass)) = auth {
-        if let Err(e) = check_auth(shared, Some(user), pass) {
-            return e;
-        }
-        state.authenticated = true;
     }
     if !state.authenticated {
         return err(

@@ -43,7 +43,11 @@ pub enum Step {
     /// Part of a transaction, on its pinned connection.
     Tx(TxReply),
     /// WAIT / WAITAOF on the masters this client wrote to.
-    Wait { req: Request, written: Written },
+    Wait {
+        req: Request,
+        written: Written,
+        user: crate::backend::users::UserId,
+    },
     /// A plain command queued in this read's batch for its node.
     Batched(BatchedCommand),
     /// A multi-key command split per slot, its parts queued in their nodes' batches.
@@ -114,6 +118,15 @@ pub async fn handle(
     if !state.authenticated && !flags.contains(Flags::NO_AUTH) {
         return ready(error("NOAUTH Authentication required."));
     }
+    // AUTH and HELLO ... AUTH log in first (a check against the cluster may take a round
+    // trip); the local handler then answers the rest of the command.
+    if matches!(cmd, Cmd::Auth | Cmd::Hello)
+        && !state.txn.takes(spec)
+        && let Some((user, pass)) = crate::auth::credentials(cmd, &req)
+        && let Err(reply) = crate::auth::login(shared, state, user, pass).await
+    {
+        return ready(reply);
+    }
     if let Some(spec) = spec
         && spec.is_write()
     {
@@ -148,9 +161,10 @@ pub async fn handle(
     {
         let limit = shared.config.limits.pubsub_output_buffer;
         let proto = state.proto;
+        let user = state.user_id();
         let subs = state
             .subs
-            .get_or_insert_with(|| Subscriptions::new(proto, limit));
+            .get_or_insert_with(|| Subscriptions::new(proto, limit, user));
         let reply = subs.command(shared, spec, &req).await;
         // Confirmations arrive as frames from the subscriber connections.
         return ready(reply.unwrap_or_default());
@@ -162,6 +176,7 @@ pub async fn handle(
             (Some(_), Cmd::Exec) => state.txn.take_writes(),
             _ => Vec::new(),
         };
+        state.txn.user = state.user_id();
         let reply = state.txn.handle(shared, state.proto, spec, req).await;
         let step = Step::Tx(reply);
         if let Some(mirrors) = &shared.mirrors
@@ -248,6 +263,7 @@ pub async fn handle(
             Step::Wait {
                 req,
                 written: std::mem::take(&mut state.written),
+                user: state.user_id(),
             },
             false,
         ),
@@ -332,6 +348,7 @@ fn client_opts(shared: &Shared, state: &ClientState, spec: &CmdSpec) -> SendOpti
     SendOptions {
         proto: state.proto,
         session: state.id,
+        user: state.user_id(),
         idempotent: read,
         dedicated: false,
         deadline: Deadline::Default,
@@ -486,7 +503,11 @@ async fn complete_one(shared: &Shared, step: Step, proto: Proto) -> Bytes {
         }
         Step::RandomKey { opts } => random_key(shared, opts).await,
         Step::Tx(reply) => reply.wait().await,
-        Step::Wait { req, mut written } => wait::run(shared, &mut written, req, proto).await,
+        Step::Wait {
+            req,
+            mut written,
+            user,
+        } => wait::run(shared, &mut written, req, proto, user).await,
     }
 }
 

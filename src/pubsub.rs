@@ -71,6 +71,8 @@ struct SubConn {
 #[derive(Debug)]
 pub struct Subscriptions {
     proto: Proto,
+    /// Whom the subscriber connections are authenticated as (the client's user).
+    user: crate::backend::users::UserId,
     /// Frames not yet written to the client, in bytes; bounded by `limit`.
     pending: Arc<AtomicUsize>,
     limit: usize,
@@ -86,10 +88,11 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    pub fn new(proto: Proto, limit: usize) -> Self {
+    pub fn new(proto: Proto, limit: usize, user: crate::backend::users::UserId) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         Subscriptions {
             proto,
+            user,
             pending: Arc::new(AtomicUsize::new(0)),
             limit,
             events_tx,
@@ -275,7 +278,10 @@ impl Subscriptions {
         self.next_id += 1;
         let id = self.next_id;
         let (commands, inbox) = mpsc::channel(64);
-        let settings = shared.primary.backends.conn_settings(&addr, self.proto, 64);
+        let settings = shared
+            .primary
+            .backends
+            .conn_settings(&addr, self.proto, 64, self.user);
         let span = info_span!("subscriber", backend = %addr);
         tokio::spawn(
             run_link(

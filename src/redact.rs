@@ -1,5 +1,6 @@
-//! `CONFIG GET` answered from a master with its secrets redacted: a client of slotgate
-//! never reads the password slotgate uses with the cluster, nor any other secret.
+//! Secrets kept out of sight: `CONFIG GET` answered from a master with its secrets redacted
+//! (a client of slotgate never reads the password slotgate uses with the cluster, nor any
+//! other secret), and `Secret`, a password that debug output and logs show as redacted.
 
 use bytes::Bytes;
 
@@ -8,6 +9,33 @@ use crate::resp::{Encoder, Proto};
 
 /// What a redacted value reads as.
 pub const REDACTED: &[u8] = b"<redacted>";
+
+/// A password: `{:?}` shows `<redacted>`, so a struct holding one can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: &str) -> Secret {
+        Secret(s.to_string())
+    }
+
+    /// The password itself, for the one place that sends it (AUTH on a backend connection).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
 
 /// Whether a configuration parameter holds a secret: the ones Redis and Valkey name, and
 /// any parameter whose name contains `pass`.

@@ -45,6 +45,7 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
         started: std::time::Instant::now(),
         scripts: Default::default(),
         clients: Default::default(),
+        auth_failures: Default::default(),
         draining: tokio::sync::watch::Sender::new(false),
     }))
 }

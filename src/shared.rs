@@ -45,6 +45,8 @@ pub struct Shared {
     /// Script bodies loaded through slotgate (SCRIPT LOAD), by lower-case SHA1, so an
     /// EVALSHA answered NOSCRIPT by a master that lacks the script can load it there.
     pub scripts: dashmap::DashMap<Bytes, Bytes>,
+    /// Failed logins per client address (`limits.auth_failures_per_minute`).
+    pub auth_failures: crate::auth::AuthFailures,
     /// Connected clients, for CLIENT LIST.
     pub clients: crate::clients::Clients,
 }

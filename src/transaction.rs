@@ -33,6 +33,9 @@ struct Pin {
 /// Transaction state of one client connection.
 #[derive(Debug, Default)]
 pub struct Transaction {
+    /// Whom the pinned connection is authenticated as (the client's user), set before
+    /// every request.
+    pub user: crate::backend::users::UserId,
     pin: Option<Pin>,
     /// Between MULTI and EXEC/DISCARD.
     in_multi: bool,
@@ -304,7 +307,7 @@ impl Transaction {
         let conn = shared
             .primary
             .backends
-            .session(&addr, proto)
+            .session(&addr, proto, self.user)
             .map_err(|limit| {
                 error(&format!(
                     "ERR slotgate: too many transactions and blocking commands in progress on \

@@ -85,7 +85,13 @@ fn tag_for_slot(slot: u16) -> String {
 }
 
 /// Runs WAIT or WAITAOF (`req`) for a client that wrote `written`, which it then clears.
-pub async fn run(shared: &Shared, written: &mut Written, req: Request, proto: Proto) -> Bytes {
+pub async fn run(
+    shared: &Shared,
+    written: &mut Written,
+    req: Request,
+    proto: Proto,
+    user: crate::backend::users::UserId,
+) -> Bytes {
     let mut masters = written.masters(shared);
     *written = Written::default();
     if masters.is_empty() {
@@ -99,7 +105,7 @@ pub async fn run(shared: &Shared, written: &mut Written, req: Request, proto: Pr
         // A slot this master serves, for the marker key.
         let slot =
             (0..SLOT_COUNT as u16).find(|&s| table.master_for(s).is_some_and(|m| &m.addr == addr));
-        wait_on(shared, addr.clone(), slot, &req, proto)
+        wait_on(shared, addr.clone(), slot, &req, proto, user)
     });
     let replies = join_all(calls).await;
     if let Some(e) = replies.iter().find(|r| r.first() == Some(&b'-')) {
@@ -145,8 +151,9 @@ async fn wait_on(
     slot: Option<u16>,
     req: &Request,
     proto: Proto,
+    user: crate::backend::users::UserId,
 ) -> Bytes {
-    let conn = match shared.primary.backends.session(&addr, proto) {
+    let conn = match shared.primary.backends.session(&addr, proto, user) {
         Ok(c) => c,
         Err(limit) => {
             return error(&format!(

@@ -396,3 +396,266 @@ async fn a_request_trickled_past_the_read_deadline_is_cut_off() {
     patient.send(b"PING\r\n").await;
     patient.expect(b"+PONG\r\n").await;
 }
+
+/// Creates the test users on every node of `cluster` (masters and replicas), as operators
+/// do: ACLs are per node in Redis Cluster.
+async fn create_users(cluster: &Cluster) {
+    for port in &cluster.ports {
+        let mut node = cluster.node(*port).await;
+        for rule in [
+            // Reads only, any key.
+            &[
+                "reader",
+                "on",
+                ">readpw",
+                "~*",
+                "&*",
+                "+@read",
+                "+@connection",
+                "+multi",
+                "+exec",
+            ][..],
+            // Everything, on keys and channels under app: only.
+            &[
+                "appuser",
+                "on",
+                ">apppw",
+                "~app:*",
+                "resetchannels",
+                "&app:*",
+                "+@all",
+            ][..],
+            // Disabled.
+            &["gone", "off", ">gonepw", "~*", "+@all"][..],
+        ] {
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(rule)
+                .query_async(&mut node)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// One command on a raw connection; the raw reply.
+async fn raw(client: &mut support::RawClient, args: &[&str]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    client.send(req.as_bytes()).await;
+    let mut buf = bytes::BytesMut::new();
+    let mut scanner = slotgate::resp::ReplyScanner::new();
+    loop {
+        if let Some(n) = scanner.next(&buf).unwrap() {
+            return buf.split_to(n).to_vec();
+        }
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.stream_mut().read_buf(&mut buf),
+        )
+        .await
+        .expect("no reply")
+        .unwrap();
+        assert!(read > 0, "closed; read {:?}", String::from_utf8_lossy(&buf));
+    }
+}
+
+/// The reply the node at `port` gives `args` on a connection logged in as `user`.
+async fn node_reply(port: u16, user: &str, pass: &str, args: &[&str]) -> Vec<u8> {
+    let mut node = support::RawClient::connect(port).await;
+    assert_eq!(raw(&mut node, &["AUTH", user, pass]).await, b"+OK\r\n");
+    raw(&mut node, args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_users_get_exactly_what_the_cluster_allows_them() {
+    let cluster = Cluster::start_with(3, 0);
+    create_users(&cluster).await;
+    let proxy = Proxy::start(&cluster).await;
+    let mut admin = proxy.client(2).await;
+    let _: () = redis::cmd("MSET")
+        .arg(&["app:1", "one", "other:1", "two", "app:2", "three"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let owner_of_other = cluster.owner_of(slotgate::slot::slot_of(b"other:1")).await;
+
+    for resp in [2, 3] {
+        let mut reader = support::RawClient::connect(proxy.port).await;
+        let login = if resp == 2 {
+            raw(&mut reader, &["AUTH", "reader", "readpw"]).await
+        } else {
+            raw(&mut reader, &["HELLO", "3", "AUTH", "reader", "readpw"]).await
+        };
+        assert!(
+            login.starts_with(b"+OK") || login.starts_with(b"%"),
+            "{login:?}"
+        );
+        assert_eq!(
+            raw(&mut reader, &["ACL", "WHOAMI"]).await,
+            b"$6\r\nreader\r\n"
+        );
+        assert_eq!(
+            raw(&mut reader, &["GET", "other:1"]).await,
+            b"$3\r\ntwo\r\n"
+        );
+        // Split across slots, each part on the user's own connections.
+        let mget = raw(&mut reader, &["MGET", "app:1", "other:1", "app:2"]).await;
+        assert_eq!(
+            mget, b"*3\r\n$3\r\none\r\n$3\r\ntwo\r\n$5\r\nthree\r\n",
+            "RESP{resp}"
+        );
+        // A forbidden command: the node's own NOPERM, unchanged.
+        let set = raw(&mut reader, &["SET", "other:1", "x"]).await;
+        assert!(
+            set.starts_with(b"-NOPERM"),
+            "{}",
+            String::from_utf8_lossy(&set)
+        );
+        assert_eq!(
+            set,
+            node_reply(owner_of_other, "reader", "readpw", &["SET", "other:1", "x"]).await
+        );
+        // A transaction runs as the user too.
+        assert_eq!(raw(&mut reader, &["MULTI"]).await, b"+OK\r\n");
+        assert_eq!(raw(&mut reader, &["GET", "other:1"]).await, b"+QUEUED\r\n");
+        assert_eq!(
+            raw(&mut reader, &["EXEC"]).await,
+            b"*1\r\n$3\r\ntwo\r\n".to_vec()
+        );
+        let client_list = raw(&mut reader, &["CLIENT", "INFO"]).await;
+        assert!(
+            String::from_utf8_lossy(&client_list).contains("user=reader "),
+            "{}",
+            String::from_utf8_lossy(&client_list)
+        );
+        assert!(!String::from_utf8_lossy(&client_list).contains("readpw"));
+
+        let mut app = support::RawClient::connect(proxy.port).await;
+        assert_eq!(
+            raw(&mut app, &["AUTH", "appuser", "apppw"]).await,
+            b"+OK\r\n"
+        );
+        assert_eq!(raw(&mut app, &["SET", "app:9", "v"]).await, b"+OK\r\n");
+        // A forbidden key and a forbidden channel: NOPERM as the node says it.
+        let other = raw(&mut app, &["GET", "other:1"]).await;
+        assert!(
+            other.starts_with(b"-NOPERM"),
+            "{}",
+            String::from_utf8_lossy(&other)
+        );
+        assert_eq!(
+            other,
+            node_reply(owner_of_other, "appuser", "apppw", &["GET", "other:1"]).await
+        );
+        let publish = raw(&mut app, &["PUBLISH", "news", "x"]).await;
+        assert!(
+            publish.starts_with(b"-NOPERM"),
+            "{}",
+            String::from_utf8_lossy(&publish)
+        );
+        assert_eq!(
+            raw(&mut app, &["PUBLISH", "app:news", "x"]).await,
+            b":0\r\n"
+        );
+        // Logging in as another user switches; a failed login changes nothing.
+        let wrong = raw(&mut app, &["AUTH", "reader", "nope"]).await;
+        assert_eq!(
+            wrong,
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        );
+        assert_eq!(
+            raw(&mut app, &["ACL", "WHOAMI"]).await,
+            b"$7\r\nappuser\r\n"
+        );
+    }
+    // A disabled user cannot log in; a client that never logged in is slotgate's default.
+    let mut gone = support::RawClient::connect(proxy.port).await;
+    assert_eq!(
+        raw(&mut gone, &["AUTH", "gone", "gonepw"]).await,
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(
+        raw(&mut gone, &["ACL", "WHOAMI"]).await,
+        b"$7\r\ndefault\r\n"
+    );
+    assert_eq!(raw(&mut gone, &["SET", "any", "1"]).await, b"+OK\r\n");
+    let refused = raw(&mut gone, &["ACL", "SETUSER", "x"]).await;
+    assert!(
+        refused.starts_with(b"-ERR slotgate"),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+    // Passwords never show in INFO or CLIENT LIST.
+    let info: String = redis::cmd("INFO").query_async(&mut admin).await.unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    for secret in ["readpw", "apppw", "gonepw", "nope"] {
+        assert!(
+            !info.contains(secret) && !list.contains(secret),
+            "{secret} shown"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_counted_and_rate_limited_per_address() {
+    let cluster = Cluster::start_with(1, 0);
+    create_users(&cluster).await;
+    let proxy = Proxy::start_with(&cluster, |c| {
+        c.password = Some("client-secret".into());
+        c.limits.auth_failures_per_minute = 3;
+    })
+    .await;
+    let mut client = support::RawClient::connect(proxy.port).await;
+    assert_eq!(
+        raw(&mut client, &["GET", "k"]).await,
+        b"-NOAUTH Authentication required.\r\n"
+    );
+    for (user, pass) in [("reader", "bad"), ("default", "bad"), ("nobody", "bad")] {
+        assert_eq!(
+            raw(&mut client, &["AUTH", user, pass]).await,
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        );
+    }
+    // The limit is reached: even the right password is refused unchecked, from any
+    // connection of this address, for the rest of the minute.
+    let mut again = support::RawClient::connect(proxy.port).await;
+    let limited = raw(&mut again, &["AUTH", "client-secret"]).await;
+    assert!(
+        limited.starts_with(b"-ERR too many failed authentication attempts"),
+        "{}",
+        String::from_utf8_lossy(&limited)
+    );
+    // Another address is not limited; it sees the counts.
+    let mut elsewhere =
+        support::RawClient::connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2), proxy.port).await;
+    assert_eq!(
+        raw(&mut elsewhere, &["AUTH", "client-secret"]).await,
+        b"+OK\r\n"
+    );
+    let info = raw(&mut elsewhere, &["INFO", "slotgate"]).await;
+    let info = String::from_utf8_lossy(&info);
+    assert!(info.contains("auth_failures:3\r\n"), "{info}");
+    assert!(info.contains("auth_rate_limited:1\r\n"), "{info}");
+    // A proxy with a client password: the password alone logs in as slotgate's default,
+    // a cluster user with its own credentials.
+    let fresh = Proxy::start_with(&cluster, |c| c.password = Some("client-secret".into())).await;
+    let mut ok = support::RawClient::connect(fresh.port).await;
+    assert_eq!(raw(&mut ok, &["AUTH", "client-secret"]).await, b"+OK\r\n");
+    assert_eq!(raw(&mut ok, &["ACL", "WHOAMI"]).await, b"$7\r\ndefault\r\n");
+    assert_eq!(
+        raw(&mut ok, &["AUTH", "reader", "readpw"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(raw(&mut ok, &["ACL", "WHOAMI"]).await, b"$6\r\nreader\r\n");
+    let info = raw(&mut ok, &["INFO", "slotgate"]).await;
+    let info = String::from_utf8_lossy(&info);
+    assert!(info.contains("acl_users:1\r\n"), "{info}");
+}

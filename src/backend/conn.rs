@@ -112,7 +112,7 @@ pub struct ConnSettings {
     /// Protocol spoken on this connection; RESP3 connections are opened with `HELLO 3`.
     pub proto: Proto,
     /// `AUTH` sent after connecting: optional user name and password.
-    pub auth: Option<(Option<String>, String)>,
+    pub auth: Option<(Option<String>, crate::redact::Secret)>,
     pub connect_timeout: Duration,
     /// Capacity of the inbox; senders wait when it is full.
     pub inbox_capacity: usize,
@@ -175,7 +175,7 @@ async fn supervise(settings: ConnSettings, mut inbox: mpsc::Receiver<Pending>) {
                 warn!(%reason, "cannot connect to backend");
                 let err = BackendError::Connect {
                     addr: settings.addr.to_string(),
-                    reason,
+                    reason: reason.to_string(),
                 };
                 if !settings.reconnect {
                     fail_waiting(inbox, err).await;
@@ -212,9 +212,32 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// Time between keepalive probes.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Why a connection could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    /// The node refused the greeting (AUTH, HELLO, READONLY) with this error line.
+    #[error("greeting refused: {0}")]
+    Refused(String),
+    /// No connection: refused, unreachable, timed out, TLS failed, closed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for ConnectError {
+    fn from(reason: String) -> Self {
+        ConnectError::Failed(reason)
+    }
+}
+
+impl From<&str> for ConnectError {
+    fn from(reason: &str) -> Self {
+        ConnectError::Failed(reason.to_string())
+    }
+}
+
 /// Opens the connection (TCP, then TLS when configured) and runs the greeting (AUTH,
 /// HELLO 3).
-pub(crate) async fn connect(settings: &ConnSettings) -> Result<NodeStream, String> {
+pub(crate) async fn connect(settings: &ConnSettings) -> Result<NodeStream, ConnectError> {
     let (host, port) = split_addr(&settings.addr).ok_or("bad address")?;
     let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect((host, port)))
         .await
@@ -246,13 +269,13 @@ pub(crate) async fn connect(settings: &ConnSettings) -> Result<NodeStream, Strin
             "3",
             "AUTH",
             user.as_deref().unwrap_or("default"),
-            pass,
+            pass.expose(),
         ])),
         (Proto::Resp3, None) => Some(Request::from_args(&["HELLO", "3"])),
         (Proto::Resp2, Some((Some(user), pass))) => {
-            Some(Request::from_args(&["AUTH", user.as_str(), pass]))
+            Some(Request::from_args(&["AUTH", user.as_str(), pass.expose()]))
         }
-        (Proto::Resp2, Some((None, pass))) => Some(Request::from_args(&["AUTH", pass.as_str()])),
+        (Proto::Resp2, Some((None, pass))) => Some(Request::from_args(&["AUTH", pass.expose()])),
         (Proto::Resp2, None) => None,
     };
     let readonly = settings.readonly.then(|| Request::from_args(&["READONLY"]));
@@ -264,9 +287,8 @@ pub(crate) async fn connect(settings: &ConnSettings) -> Result<NodeStream, Strin
         .await
         .map_err(|_| "greeting timed out".to_string())??;
         if reply.first() == Some(&b'-') {
-            return Err(format!(
-                "greeting refused: {}",
-                String::from_utf8_lossy(&reply[1..]).trim_end()
+            return Err(ConnectError::Refused(
+                String::from_utf8_lossy(&reply[1..]).trim_end().to_string(),
             ));
         }
     }

@@ -19,6 +19,7 @@ use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::backend::conn::{self, BatchResult, ConnSettings, Pending, ReplyResult, ReplyTo};
+use crate::backend::users::{UserId, Users};
 use crate::error::BackendError;
 use crate::resp::Proto;
 
@@ -27,7 +28,7 @@ use crate::resp::Proto;
 pub struct PoolSettings {
     /// Shared connections per node and protocol.
     pub connections_per_node: usize,
-    pub auth: Option<(Option<String>, String)>,
+    pub auth: Option<(Option<String>, crate::redact::Secret)>,
     pub connect_timeout: Duration,
     pub inbox_capacity: usize,
     /// Most dedicated connections (blocking commands) open to one node at once.
@@ -71,9 +72,19 @@ struct WorkerShared {
 }
 
 /// The shared connections of one worker to one node, per protocol, opened on first use
-/// (RESP3 ones are greeted with `HELLO 3`).
+/// (RESP3 ones are greeted with `HELLO 3`): slotgate's own, and those of the users clients
+/// logged in as.
 #[derive(Debug, Default)]
 struct SharedConns {
+    resp2: Option<Box<[mpsc::Sender<Pending>]>>,
+    resp3: Option<Box<[mpsc::Sender<Pending>]>>,
+    users: Vec<UserConns>,
+}
+
+/// One user's shared connections to one node, per protocol.
+#[derive(Debug)]
+struct UserConns {
+    user: UserId,
     resp2: Option<Box<[mpsc::Sender<Pending>]>>,
     resp3: Option<Box<[mpsc::Sender<Pending>]>>,
 }
@@ -90,6 +101,8 @@ pub struct SessionConn {
     conn: mpsc::Sender<Pending>,
     node: Arc<NodeConns>,
     proto: Proto,
+    /// Whom it is authenticated as; only slotgate's own go back to the idle pool.
+    user: UserId,
     /// The worker slot whose idle pool it goes back to.
     worker: usize,
     /// Counts against the node's dedicated-connection limit while leased.
@@ -116,7 +129,7 @@ impl SessionConn {
     /// blocked command is left on it. Requests already queued on it are answered first,
     /// since the connection keeps their order.
     pub fn release(self) {
-        if self.conn.is_closed() {
+        if self.conn.is_closed() || !self.user.is_service() {
             return;
         }
         let mut idle = lock(&self.node.per_worker[self.worker].idle[proto_index(self.proto)]);
@@ -147,6 +160,8 @@ pub struct Backends {
     nodes: DashMap<Arc<str>, Arc<NodeConns>, crate::fasthash::FnvBuild>,
     /// Per worker thread (plus one entry for every other thread): shared connections.
     shared: Box<[WorkerShared]>,
+    /// The users clients logged in as, whose connections are opened with their credentials.
+    users: Arc<Users>,
 }
 
 impl Backends {
@@ -157,6 +172,26 @@ impl Backends {
                 .collect(),
             settings,
             nodes: DashMap::default(),
+            users: Arc::default(),
+        }
+    }
+
+    /// The users clients logged in as on this cluster.
+    pub fn users(&self) -> &Arc<Users> {
+        &self.users
+    }
+
+    /// Closes the connections of users nobody used for `idle` (their tasks end once the
+    /// replies in flight are delivered).
+    pub fn close_idle_users(&self, idle: Duration) {
+        let gone = self.users.take_idle(idle);
+        if gone.is_empty() {
+            return;
+        }
+        for worker in &self.shared {
+            for conns in lock(&worker.nodes).values_mut() {
+                conns.users.retain(|u| !gone.contains(&u.user));
+            }
         }
     }
 
@@ -178,17 +213,30 @@ impl Backends {
             .clone()
     }
 
-    /// Settings for a new connection to `addr`.
+    /// Settings for a new connection to `addr`, authenticated as `user`.
     pub fn conn_settings(
         &self,
         addr: &Arc<str>,
         proto: Proto,
         inbox_capacity: usize,
+        user: UserId,
     ) -> ConnSettings {
+        let auth = if user.is_service() {
+            self.settings.auth.clone()
+        } else {
+            // A user forgotten meanwhile has no connection to open: an AUTH that fails
+            // makes the requests fail rather than run as slotgate's own account.
+            Some(
+                self.users
+                    .credentials(user)
+                    .map(|(name, pass)| (Some(name), pass))
+                    .unwrap_or_else(|| (Some("-".into()), crate::redact::Secret::new("-"))),
+            )
+        };
         ConnSettings {
             addr: addr.clone(),
             proto,
-            auth: self.settings.auth.clone(),
+            auth,
             connect_timeout: self.settings.connect_timeout,
             inbox_capacity,
             readonly: self.settings.readonly,
@@ -200,7 +248,12 @@ impl Backends {
 
     /// Leases a session connection to `addr` (a clean idle one when there is one, else a
     /// new one). Fails with the limit when the node's dedicated connections are all in use.
-    pub fn session(&self, addr: &Arc<str>, proto: Proto) -> Result<SessionConn, usize> {
+    pub fn session(
+        &self,
+        addr: &Arc<str>,
+        proto: Proto,
+        user: UserId,
+    ) -> Result<SessionConn, usize> {
         let node = self.node(addr);
         let permit = node
             .blocking
@@ -208,7 +261,9 @@ impl Backends {
             .try_acquire_owned()
             .map_err(|_| self.settings.blocking_per_node)?;
         let worker = crate::worker::slot(self.settings.workers);
-        let reused = {
+        let reused = if !user.is_service() {
+            None
+        } else {
             let mut idle = lock(&node.per_worker[worker].idle[proto_index(proto)]);
             let mut found = None;
             while let Some(conn) = idle.pop() {
@@ -222,32 +277,58 @@ impl Backends {
         let conn = reused.unwrap_or_else(|| {
             conn::spawn(ConnSettings {
                 reconnect: false,
-                ..self.conn_settings(addr, proto, 4)
+                ..self.conn_settings(addr, proto, 4, user)
             })
         });
         Ok(SessionConn {
             conn,
             node,
             proto,
+            user,
             worker,
             _permit: permit,
         })
     }
 
-    fn sender(&self, addr: &Arc<str>, proto: Proto, session: u64) -> mpsc::Sender<Pending> {
+    fn sender(
+        &self,
+        addr: &Arc<str>,
+        proto: Proto,
+        session: u64,
+        user: UserId,
+    ) -> mpsc::Sender<Pending> {
         let mine = &self.shared[crate::worker::slot(self.settings.workers)];
         let mut nodes = lock(&mine.nodes);
         let node = match nodes.get_mut(addr) {
             Some(n) => n,
             None => nodes.entry(addr.clone()).or_default(),
         };
+        let (resp2, resp3) = if user.is_service() {
+            (&mut node.resp2, &mut node.resp3)
+        } else {
+            let i = match node.users.iter().position(|u| u.user == user) {
+                Some(i) => i,
+                None => {
+                    node.users.push(UserConns {
+                        user,
+                        resp2: None,
+                        resp3: None,
+                    });
+                    node.users.len() - 1
+                }
+            };
+            let u = &mut node.users[i];
+            (&mut u.resp2, &mut u.resp3)
+        };
         let cell = match proto {
-            Proto::Resp2 => &mut node.resp2,
-            Proto::Resp3 => &mut node.resp3,
+            Proto::Resp2 => resp2,
+            Proto::Resp3 => resp3,
         };
         let conns = cell.get_or_insert_with(|| {
             (0..self.settings.connections_per_node.max(1))
-                .map(|_| conn::spawn(self.conn_settings(addr, proto, self.settings.inbox_capacity)))
+                .map(|_| {
+                    conn::spawn(self.conn_settings(addr, proto, self.settings.inbox_capacity, user))
+                })
                 .collect()
         });
         conns[(session % conns.len() as u64) as usize].clone()
@@ -260,20 +341,28 @@ impl Backends {
         addr: &Arc<str>,
         proto: Proto,
         session: u64,
+        user: UserId,
         raw: Bytes,
         asking: bool,
     ) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(addr, proto, session, Pending::one(raw, asking, tx))
+        self.enqueue(addr, proto, session, user, Pending::one(raw, asking, tx))
             .await;
         rx
     }
 
     /// Puts `pending` in the inbox of the node's connection for `session`; if that
     /// connection is gone (the node was dropped), the request fails as not sent.
-    async fn enqueue(&self, addr: &Arc<str>, proto: Proto, session: u64, pending: Pending) {
+    async fn enqueue(
+        &self,
+        addr: &Arc<str>,
+        proto: Proto,
+        session: u64,
+        user: UserId,
+        pending: Pending,
+    ) {
         if let Err(mpsc::error::SendError(p)) =
-            self.sender(addr, proto, session).send(pending).await
+            self.sender(addr, proto, session, user).send(pending).await
         {
             p.fail(BackendError::ConnectionLost {
                 addr: addr.to_string(),
@@ -289,6 +378,7 @@ impl Backends {
         addr: &Arc<str>,
         proto: Proto,
         session: u64,
+        user: UserId,
         raw: Bytes,
         count: usize,
     ) -> oneshot::Receiver<BatchResult> {
@@ -299,7 +389,7 @@ impl Backends {
             reply: ReplyTo::Many(count, tx),
             deadline: Default::default(),
         };
-        self.enqueue(addr, proto, session, pending).await;
+        self.enqueue(addr, proto, session, user, pending).await;
         rx
     }
 
@@ -317,7 +407,7 @@ impl Backends {
         raw: Bytes,
         timeout: Duration,
     ) -> ReplyResult {
-        let rx = self.send(addr, proto, 0, raw, false).await;
+        let rx = self.send(addr, proto, 0, UserId::SERVICE, raw, false).await;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(BackendError::ConnectionLost {

@@ -22,6 +22,8 @@ pub enum Cmd {
     ClientSetInfo,
     ClientGetName,
     ClientId,
+    /// ACL WHOAMI: the user this client logged in as.
+    AclWhoami,
     ClientInfo,
     ClientList,
     ClientReply,

@@ -148,6 +148,10 @@ async fn manage(
         let Some(topo) = topo.upgrade() else { return };
         refresh(&topo, &settings, &pools, hint).await;
         topo.refreshed.send_modify(|n| *n += 1);
+        // Users whose clients all left close their connections after a grace period.
+        pools
+            .data
+            .close_idle_users(crate::backend::users::USER_IDLE);
         drop(topo);
         // Requests that arrived during the refresh are answered by the next one, after a
         // short gap so a storm of MOVED cannot turn into a storm of refreshes.

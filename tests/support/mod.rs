@@ -375,6 +375,19 @@ impl RawClient {
         }
     }
 
+    /// Connects from the loopback address `from` (127.0.0.2, ...): another client address.
+    pub async fn connect_from(from: std::net::Ipv4Addr, port: u16) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        RawClient {
+            stream: socket
+                .connect((std::net::Ipv4Addr::LOCALHOST, port).into())
+                .await
+                .unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }
