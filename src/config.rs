@@ -697,6 +697,45 @@ mod tests {
     }
 
     #[test]
+    fn tls_fields_are_checked_where_they_are() {
+        let seeds = "cluster:\n  seeds: [127.0.0.1:7000]\n";
+        let at = |yaml: &str| match check(yaml) {
+            Err(ConfigError::InvalidAt { field, message }) => (field, message),
+            Err(ConfigError::Invalid { field, message }) => (field.to_string(), message),
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        let (field, message) = at(&format!("{seeds}  tls_ca_file: /ca.pem\n"));
+        assert_eq!(field, "cluster.tls");
+        assert!(message.contains("tls is not true"), "{message}");
+        let (_, message) = at(&format!("{seeds}  tls: true\n"));
+        assert!(message.contains("tls_ca_file"), "{message}");
+        let (_, message) = at(&format!(
+            "{seeds}  tls: true\n  tls_ca_file: /ca.pem\n  tls_cert_file: /c.pem\n"
+        ));
+        assert!(message.contains("go together"), "{message}");
+        let (field, _) = at(&format!(
+            "{seeds}mirror:\n  resources:\n    - name: b\n      cluster: [127.0.0.1:8000]\n      tls: true\n"
+        ));
+        assert_eq!(field, "mirror.resources[0].tls");
+        assert_eq!(
+            invalid_field(&format!("{seeds}tls:\n  listen: 127.0.0.1:6390\n")),
+            "tls.listen"
+        );
+        assert_eq!(
+            invalid_field(&format!(
+                "{seeds}tls:\n  listen: nowhere\n  cert_file: a\n  key_file: b\n"
+            )),
+            "tls.listen"
+        );
+        let ok = check(&format!(
+            "{seeds}  tls: true\n  tls_insecure_skip_verify: true\ntls:\n  listen: 127.0.0.1:6390\n  cert_file: a\n  key_file: b\n"
+        ))
+        .unwrap();
+        assert!(ok.cluster.tls_files().unwrap().insecure_skip_verify);
+        assert_eq!(ok.tls.files().unwrap().cert_file, "a");
+    }
+
+    #[test]
     fn defaults_with_seeds_are_valid() {
         let c = check("cluster:\n  seeds: [127.0.0.1:7000]\n").unwrap();
         assert_eq!(c.listen, "127.0.0.1:6380");

@@ -136,6 +136,10 @@ fn main() -> ExitCode {
             }
         });
     }
+    if let Err(e) = slotgate::server::preflight(&config) {
+        eprintln!("slotgate: {e}");
+        return ExitCode::FAILURE;
+    }
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(&config.listen).await {
             Ok(l) => l,

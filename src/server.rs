@@ -22,7 +22,10 @@ use crate::worker::Workers;
 /// when a TLS file cannot be used.
 pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
     let tls = match config.cluster.tls_files() {
-        Some(files) => Some(BackendTls::build(&files, "primary")?),
+        Some(files) => {
+            crate::tls::warn_if_insecure(&files, "primary");
+            Some(BackendTls::build(&files, "primary")?)
+        }
         None => None,
     };
     let primary = Cluster::connect(
@@ -48,6 +51,23 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
         auth_failures: Default::default(),
         draining: tokio::sync::watch::Sender::new(false),
     }))
+}
+
+/// Reads every TLS file the config names (listener, cluster, mirrors), so that a file that
+/// cannot be used stops the start before any port is bound.
+pub fn preflight(config: &Config) -> Result<(), StartError> {
+    if let Some(files) = config.tls.files() {
+        ClientTls::load(files)?;
+    }
+    if let Some(files) = config.cluster.tls_files() {
+        BackendTls::build(&files, "primary")?;
+    }
+    for r in &config.mirror.resources {
+        if let Some(files) = r.tls_files() {
+            BackendTls::build(&files, &r.name)?;
+        }
+    }
+    Ok(())
 }
 
 /// The sockets clients connect to: the plain listener and, with `tls.listen`, the TLS one.

@@ -104,6 +104,17 @@ pub struct BackendFiles {
     pub insecure_skip_verify: bool,
 }
 
+/// Logs, once at start, that a cluster's certificates are not checked.
+pub fn warn_if_insecure(files: &BackendFiles, what: &str) {
+    if files.insecure_skip_verify {
+        tracing::warn!(
+            cluster = what,
+            "TLS certificates of the nodes are NOT verified (tls_insecure_skip_verify): \
+             anyone on the path can read and change the traffic"
+        );
+    }
+}
+
 /// How backend connections to one cluster start TLS.
 #[derive(Clone)]
 pub struct BackendTls {
@@ -120,17 +131,12 @@ impl std::fmt::Debug for BackendTls {
 }
 
 impl BackendTls {
-    /// Reads the CA and client certificate. `what` names the cluster in errors and logs.
+    /// Reads the CA and client certificate. `what` names the cluster in errors.
     pub fn build(files: &BackendFiles, what: &str) -> Result<BackendTls, TlsError> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Setup(e.to_string()))?;
         let builder = if files.insecure_skip_verify {
-            tracing::warn!(
-                cluster = what,
-                "TLS certificates of the nodes are NOT verified (tls_insecure_skip_verify): \
-                 anyone on the path can read and change the traffic"
-            );
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider())))

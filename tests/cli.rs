@@ -46,6 +46,36 @@ fn bad_flags_and_config_are_reported() {
     std::fs::write(&bad, "cluster:\n  seds: []\n").unwrap();
     let err = refused(&["--config", bad.to_str().unwrap()]);
     assert!(err.contains("seds"), "{err}");
+    // TLS: a listener without its certificate, and certificate files that cannot be read.
+    let err = refused(&[
+        "--cluster",
+        "127.0.0.1:7000",
+        "--tls-listen",
+        "127.0.0.1:16390",
+    ]);
+    assert!(
+        err.contains("tls.listen") && err.contains("cert_file"),
+        "{err}"
+    );
+    std::fs::write(
+        &bad,
+        "cluster:\n  seeds: [127.0.0.1:7000]\ntls:\n  cert_file: /nonexistent/cert.pem\n  key_file: /nonexistent/key.pem\n",
+    )
+    .unwrap();
+    let err = refused(&[
+        "--config",
+        bad.to_str().unwrap(),
+        "--tls-listen",
+        "127.0.0.1:16390",
+    ]);
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    std::fs::write(
+        &bad,
+        "cluster:\n  seeds: [127.0.0.1:7000]\n  tls: true\n  tls_ca_file: /nonexistent/ca.pem\n",
+    )
+    .unwrap();
+    let err = refused(&["--config", bad.to_str().unwrap()]);
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

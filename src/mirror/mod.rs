@@ -137,7 +137,10 @@ impl Mirrors {
         let mut resources = Vec::with_capacity(m.resources.len());
         for r in &m.resources {
             let tls = match r.tls_files() {
-                Some(files) => Some(crate::tls::BackendTls::build(&files, &r.name)?),
+                Some(files) => {
+                    crate::tls::warn_if_insecure(&files, &r.name);
+                    Some(crate::tls::BackendTls::build(&files, &r.name)?)
+                }
                 None => None,
             };
             resources.push(Resource {
