@@ -39,10 +39,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, id: u64) {
     let _ = stream.set_nodelay(true);
     let (peer, local) = (stream.peer_addr().ok(), stream.local_addr().ok());
     let (rd, wr) = stream.into_split();
-    serve_halves(shared, rd, wr, peer, local, id).await;
+    serve_halves(shared, rd, wr, peer, local, id, false).await;
 }
 
-/// Serves one client over any byte stream (TLS), as `serve` does.
+/// Serves one client over a stream that buffers what is written until flushed (TLS), as
+/// `serve` does.
 pub async fn serve_stream<S>(
     shared: Arc<Shared>,
     stream: S,
@@ -53,7 +54,7 @@ pub async fn serve_stream<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
-    serve_halves(shared, rd, wr, peer, local, id).await;
+    serve_halves(shared, rd, wr, peer, local, id, true).await;
 }
 
 async fn serve_halves<R, W>(
@@ -63,6 +64,7 @@ async fn serve_halves<R, W>(
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
     id: u64,
+    buffered: bool,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -76,7 +78,7 @@ async fn serve_halves<R, W>(
     let limits = &shared.config.limits;
     let (window, window_bytes) = (limits.pipeline_window, limits.pipeline_window_bytes);
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
-    let mut out = Output::default();
+    let mut out = Output::new(buffered);
     let mut inflight = ReplyQueue::new();
     // Set once no more requests will be handled: QUIT or a protocol error.
     let mut closing = false;

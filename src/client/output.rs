@@ -17,11 +17,21 @@ pub struct Output {
     frames: VecDeque<Bytes>,
     /// Bytes in `frames`.
     bytes: usize,
-    /// Written to a stream that may buffer (TLS) and not flushed since.
+    /// The stream keeps written bytes until flushed (TLS); plain TCP does not.
+    buffered: bool,
+    /// Written to a buffering stream and not flushed since.
     unflushed: bool,
 }
 
 impl Output {
+    /// Output for a stream that keeps written bytes until flushed (`buffered`: TLS) or not.
+    pub fn new(buffered: bool) -> Output {
+        Output {
+            buffered,
+            ..Output::default()
+        }
+    }
+
     /// Queues a complete reply (or push frame) after the ones already queued.
     pub fn push(&mut self, frame: Bytes) {
         if frame.is_empty() {
@@ -70,7 +80,7 @@ impl Output {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         self.consume(written);
-        self.unflushed = true;
+        self.unflushed = self.buffered;
         Ok(())
     }
 
