@@ -159,11 +159,10 @@ async fn command_describes_what_slotgate_accepts() {
         !list.contains(&"config|set".to_string()),
         "refused subcommand listed"
     );
-    assert!(
-        !list
-            .iter()
-            .any(|n| n.starts_with("cluster|") || n.starts_with("acl|"))
-    );
+    assert!(!list.iter().any(|n| n.starts_with("cluster|")));
+    // ACL: only WHOAMI (and HELP) are accepted, so only they are listed.
+    assert!(list.contains(&"acl|whoami".to_string()));
+    assert!(!list.contains(&"acl|setuser".to_string()));
     assert!(list.contains(&"get".to_string()));
     assert!(
         !list.contains(&"monitor".to_string()),

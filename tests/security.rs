@@ -31,6 +31,8 @@ async fn info_slotgate(proxy: &Proxy) -> String {
 async fn tls_on_both_sides_round_trips_and_follows_a_failover() {
     let (pki, _ca) = Pki::standard();
     let cluster = Cluster::start_tls(3, 1, pki.dir());
+    // A mirror cluster over TLS too, with the same fields under its resource entry.
+    let mirror = Cluster::start_tls(1, 0, pki.dir());
     let proxy = Proxy::start_with(&cluster, |c| {
         c.cluster.seeds = tls_seeds(&cluster);
         c.cluster.tls = true;
@@ -38,6 +40,16 @@ async fn tls_on_both_sides_round_trips_and_follows_a_failover() {
         c.tls.listen = "127.0.0.1:0".into();
         c.tls.cert_file = pki.path("proxy.crt");
         c.tls.key_file = pki.path("proxy.key");
+        c.mirror.mode = slotgate::config::MultiWriteMode::AllResourcesCheckError;
+        c.mirror
+            .resources
+            .push(slotgate::config::MirrorResourceConfig {
+                name: "tls-mirror".into(),
+                cluster: tls_seeds(&mirror),
+                tls: true,
+                tls_ca_file: Some(pki.path("ca.crt")),
+                ..Default::default()
+            });
     })
     .await;
     // Every master is reached at its TLS port, as the nodes report it over TLS.
@@ -63,6 +75,16 @@ async fn tls_on_both_sides_round_trips_and_follows_a_failover() {
         .await
         .unwrap();
     assert_eq!(mget, b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n");
+    // Every write reached the mirror (the client waited for it: all_resources_check_error).
+    let mut on_mirror = mirror.node(mirror.master_ports[0]).await;
+    for i in [0, 77, 199] {
+        let mirrored: Option<String> = redis::cmd("GET")
+            .arg(format!("tls:{i}"))
+            .query_async(&mut on_mirror)
+            .await
+            .unwrap();
+        assert_eq!(mirrored, Some(i.to_string()));
+    }
     // The writes are on the cluster (read over a plain admin connection).
     let owner = support::key_on(&cluster, cluster.master_ports[0], "tls:fo").await;
     let mut node = cluster.node(cluster.master_ports[0]).await;

@@ -239,7 +239,8 @@ async fn serve_halves<R, W>(
             _ = watchdog.fired() => {
                 let idle = inflight.is_empty() && out.is_empty() && !subscribed && !state.blocking
                     && deferred.is_none();
-                match watchdog.check(idle) {
+                let reading = !closing && !eof && deferred.is_none() && room;
+                match watchdog.check(idle, reading) {
                     Some(Expired::Idle) => {
                         shared.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
                         info!(peer = %display_addr(peer), "client idle past limits.client_idle_timeout_s: closing");

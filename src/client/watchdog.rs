@@ -75,11 +75,16 @@ impl Watchdog {
         }
     }
 
-    /// After `fired`: the limit the client passed, if any (`idle_allowed`: nothing is in
-    /// flight, the client neither subscribes nor blocks), else re-arms the timer.
-    pub fn check(&mut self, idle_allowed: bool) -> Option<Expired> {
+    /// After `fired`: the limit the client passed, if any, else re-arms the timer.
+    /// `idle_allowed`: nothing is in flight, the client neither subscribes nor blocks.
+    /// `reading`: slotgate reads from the client now; while it does not (its pipeline window
+    /// is full), an incomplete request is not the client's delay and its clock restarts.
+    pub fn check(&mut self, idle_allowed: bool, reading: bool) -> Option<Expired> {
         let now = Instant::now();
         let mut next = now + Duration::from_secs(3600);
+        if !reading && self.partial_since.is_some() {
+            self.partial_since = Some(now);
+        }
         if let (Some(limit), Some(since)) = (self.read, self.partial_since) {
             if now >= since + limit {
                 return Some(Expired::SlowRequest);
@@ -119,21 +124,29 @@ mod tests {
         w.input();
         w.scanned(true, false);
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert_eq!(w.check(true), None);
+        assert_eq!(w.check(true, true), None);
         // More bytes of the same request do not reset its clock.
         w.input();
         w.scanned(true, false);
         // The timer fires when the request is 1000 ms old (paused time runs to it).
         w.fired().await;
-        assert_eq!(w.check(true), Some(Expired::SlowRequest));
+        assert_eq!(w.check(true, true), Some(Expired::SlowRequest));
         // A request completed and the next one began: a new clock.
         w.input();
         w.scanned(true, true);
         tokio::time::advance(Duration::from_millis(900)).await;
-        assert_eq!(w.check(true), None);
+        assert_eq!(w.check(true, true), None);
         w.scanned(false, true);
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(w.check(true), None);
+        assert_eq!(w.check(true, true), None);
+        // While slotgate does not read (a full pipeline window), the clock does not run.
+        w.scanned(true, true);
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert_eq!(w.check(true, false), None);
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert_eq!(w.check(true, true), None);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(w.check(true, true), Some(Expired::SlowRequest));
     }
 
     #[tokio::test(start_paused = true)]
@@ -141,11 +154,11 @@ mod tests {
         let mut w = Watchdog::new(&limits(2, 0));
         tokio::time::advance(Duration::from_secs(3)).await;
         w.fired().await;
-        assert_eq!(w.check(false), None);
+        assert_eq!(w.check(false, true), None);
         w.fired().await;
-        assert_eq!(w.check(true), Some(Expired::Idle));
+        assert_eq!(w.check(true, true), Some(Expired::Idle));
         w.input();
-        assert_eq!(w.check(true), None);
+        assert_eq!(w.check(true, true), None);
     }
 
     #[tokio::test]
