@@ -28,17 +28,27 @@ fn resp_request(args: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// `input` cut at the offsets `cuts` (in order, clamped), the last chunk ending at its end.
+fn chunks<'a>(input: &'a [u8], cuts: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut fed = 0;
+    cuts.iter()
+        .chain(std::iter::once(&input.len()))
+        .map(move |&cut| {
+            let cut = cut.clamp(fed, input.len());
+            let chunk = &input[fed..cut];
+            fed = cut;
+            chunk
+        })
+}
+
 /// Scans `input` fed in the chunks `cuts` gives; the arguments of every request, or the
 /// error that ended the stream.
 fn scan_requests(input: &[u8], cuts: &[usize]) -> Result<Vec<Vec<Vec<u8>>>, String> {
     let mut scanner = RequestScanner::new(limits());
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
-    let mut fed = 0;
-    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
-        let cut = cut.clamp(fed, input.len());
-        buf.extend_from_slice(&input[fed..cut]);
-        fed = cut;
+    for chunk in chunks(input, cuts) {
+        buf.extend_from_slice(chunk);
         // Every `Some` consumes bytes: the loop ends within the input's length.
         for _ in 0..=input.len() + 1 {
             match scanner.next(&mut buf, true) {
@@ -158,11 +168,8 @@ fn scan_replies(input: &[u8], cuts: &[usize]) -> Result<Vec<usize>, String> {
     let mut scanner = ReplyScanner::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut out = Vec::new();
-    let mut fed = 0;
-    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
-        let cut = cut.clamp(fed, input.len());
-        buf.extend_from_slice(&input[fed..cut]);
-        fed = cut;
+    for chunk in chunks(input, cuts) {
+        buf.extend_from_slice(chunk);
         for _ in 0..=input.len() + 1 {
             match scanner.next(&buf) {
                 Ok(Some(n)) => {
