@@ -32,8 +32,9 @@ fn resp_request(args: &[Vec<u8>]) -> Vec<u8> {
 fn chunks<'a>(input: &'a [u8], cuts: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
     let mut fed = 0;
     cuts.iter()
-        .chain(std::iter::once(&input.len()))
-        .map(move |&cut| {
+        .copied()
+        .chain(std::iter::once(input.len()))
+        .map(move |cut| {
             let cut = cut.clamp(fed, input.len());
             let chunk = &input[fed..cut];
             fed = cut;
