@@ -681,3 +681,172 @@ async fn failed_logins_are_counted_and_rate_limited_per_address() {
     let info = String::from_utf8_lossy(&info);
     assert!(info.contains("acl_users:1\r\n"), "{info}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_users_pipeline_block_and_subscribe_as_themselves() {
+    let cluster = Cluster::start_with(3, 0);
+    create_users(&cluster).await;
+    let proxy = Proxy::start(&cluster).await;
+    let mut app = support::RawClient::connect(proxy.port).await;
+    assert_eq!(
+        raw(&mut app, &["AUTH", "appuser", "apppw"]).await,
+        b"+OK\r\n"
+    );
+    // One write: writes over every master, one forbidden key in the middle.
+    let mut pipeline = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..60 {
+        let key = if i == 30 {
+            "other:9".to_string()
+        } else {
+            format!("app:{i}")
+        };
+        pipeline
+            .extend(format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n", key.len()).bytes());
+        if i != 30 {
+            expected.extend_from_slice(b"+OK\r\n");
+        }
+    }
+    app.send(&pipeline).await;
+    let mut got = Vec::new();
+    for _ in 0..60 {
+        got.extend(read_reply(&mut app).await);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert_eq!(text.matches("+OK\r\n").count(), 59, "{text}");
+    assert_eq!(text.matches("-NOPERM").count(), 1, "{text}");
+    // The forbidden write is the 31st reply.
+    let replies: Vec<&str> = text.split_inclusive("\r\n").collect();
+    assert!(replies[30].starts_with("-NOPERM"), "{text}");
+
+    // A blocking command runs on a connection of the user's own, and is woken up.
+    let mut blocked = support::RawClient::connect(proxy.port).await;
+    assert_eq!(
+        raw(&mut blocked, &["AUTH", "appuser", "apppw"]).await,
+        b"+OK\r\n"
+    );
+    blocked
+        .send(b"*3\r\n$5\r\nBLPOP\r\n$6\r\napp:bl\r\n$1\r\n5\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(raw(&mut app, &["RPUSH", "app:bl", "x"]).await, b":1\r\n");
+    assert_eq!(
+        read_reply(&mut blocked).await,
+        b"*2\r\n$6\r\napp:bl\r\n$1\r\nx\r\n"
+    );
+    let forbidden = raw(&mut blocked, &["BLPOP", "other:bl", "1"]).await;
+    assert!(
+        forbidden.starts_with(b"-NOPERM"),
+        "{}",
+        String::from_utf8_lossy(&forbidden)
+    );
+
+    // Subscriptions run as the user: its channels are heard, others refused by the node.
+    let mut sub = support::RawClient::connect(proxy.port).await;
+    assert_eq!(
+        raw(&mut sub, &["AUTH", "appuser", "apppw"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        raw(&mut sub, &["SUBSCRIBE", "app:news"]).await,
+        b"*3\r\n$9\r\nsubscribe\r\n$8\r\napp:news\r\n:1\r\n"
+    );
+    assert_eq!(
+        raw(&mut app, &["PUBLISH", "app:news", "hi"]).await,
+        b":1\r\n"
+    );
+    assert_eq!(
+        read_reply(&mut sub).await,
+        b"*3\r\n$7\r\nmessage\r\n$8\r\napp:news\r\n$2\r\nhi\r\n"
+    );
+    let refused = raw(&mut sub, &["SUBSCRIBE", "secret"]).await;
+    assert!(
+        refused.starts_with(b"-NOPERM"),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+}
+
+/// Reads one reply from a raw connection.
+async fn read_reply(client: &mut support::RawClient) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::new();
+    let mut scanner = slotgate::resp::ReplyScanner::new();
+    loop {
+        if let Some(n) = scanner.next(&buf).unwrap() {
+            assert_eq!(n, buf.len(), "more than one reply read at once");
+            return buf.to_vec();
+        }
+        let mut byte = [0u8; 1];
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), client.stream_mut().read(&mut byte))
+                .await
+                .expect("no reply")
+                .unwrap();
+        assert!(read > 0, "closed");
+        buf.extend_from_slice(&byte);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_pipeline_and_move_large_values_over_tls_nodes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (pki, _ca) = Pki::standard();
+    let cluster = Cluster::start_tls(3, 0, pki.dir());
+    let proxy = Proxy::start_with(&cluster, |c| {
+        c.cluster.seeds = tls_seeds(&cluster);
+        c.cluster.tls = true;
+        c.cluster.tls_ca_file = Some(pki.path("ca.crt"));
+        c.tls.listen = "127.0.0.1:0".into();
+        c.tls.cert_file = pki.path("proxy.crt");
+        c.tls.key_file = pki.path("proxy.key");
+    })
+    .await;
+    let mut client = support::tls::connect(proxy.tls_port.unwrap(), &pki.path("ca.crt"), None)
+        .await
+        .unwrap();
+    // 1000 writes then 1000 reads over every master, in one write.
+    let mut pipeline = Vec::new();
+    for i in 0..1000 {
+        let (k, v) = (format!("p:{i}"), format!("value-{i}"));
+        pipeline.extend(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n",
+                k.len(),
+                v.len()
+            )
+            .bytes(),
+        );
+    }
+    for i in 0..1000 {
+        let k = format!("p:{i}");
+        pipeline.extend(format!("*2\r\n$3\r\nGET\r\n${}\r\n{k}\r\n", k.len()).bytes());
+    }
+    let mut expected = b"+OK\r\n".repeat(1000);
+    for i in 0..1000 {
+        let v = format!("value-{i}");
+        expected.extend(format!("${}\r\n{v}\r\n", v.len()).bytes());
+    }
+    client.write_all(&pipeline).await.unwrap();
+    client.flush().await.unwrap();
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(Duration::from_secs(20), client.read_exact(&mut got))
+        .await
+        .expect("pipelined replies did not all arrive")
+        .unwrap();
+    assert!(got == expected, "pipelined replies differ");
+    // A 4 MB value both ways.
+    let big = "x".repeat(4 * 1024 * 1024);
+    let set = support::tls::command(&mut client, &["SET", "big", &big])
+        .await
+        .unwrap();
+    assert_eq!(set, b"+OK\r\n");
+    let get = support::tls::command(&mut client, &["GET", "big"])
+        .await
+        .unwrap();
+    assert_eq!(
+        get.len(),
+        big.len() + format!("${}\r\n\r\n", big.len()).len()
+    );
+    assert!(get.ends_with(b"xxx\r\n"));
+}
