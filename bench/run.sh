@@ -66,14 +66,16 @@ SA_PORT=$(free_port)
 redis-server --port "$SA_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
     --pidfile "$WORK/standalone.pid" --dir "$WORK" --logfile "$WORK/standalone.log"
 SG_PORT=$(free_port)
+SG_ADMIN_PORT=$(free_port)
 "$BIN" --listen "127.0.0.1:$SG_PORT" --cluster "$SEEDS" --threads "$THREADS" --log-level warn \
-    2>"$WORK/slotgate.log" &
+    --admin-listen "127.0.0.1:$SG_ADMIN_PORT" 2>"$WORK/slotgate.log" &
 SG_PID=$!
 # A second slotgate with a mirror (the same cluster, first_resource_only): reads must cost
 # what they cost without one.
 SGM_PORT=$(free_port)
 "$BIN" --listen "127.0.0.1:$SGM_PORT" --cluster "$SEEDS" --threads "$THREADS" --log-level warn \
-    --mirror "$SEEDS" --multi-write-mode first_resource_only 2>"$WORK/slotgate-mirror.log" &
+    --mirror "$SEEDS" --multi-write-mode first_resource_only --admin-listen "" \
+    2>"$WORK/slotgate-mirror.log" &
 SGM_PID=$!
 for port in "$SG_PORT" "$SGM_PORT"; do
     for _ in $(seq 100); do

@@ -49,6 +49,8 @@ struct OpenGroup {
 struct Group {
     addr: Arc<str>,
     state: GroupState,
+    /// When it was queued, for the latency histogram (one group in `LATENCY_SAMPLE`).
+    sent_at: Option<std::time::Instant>,
     /// The pass (`Batcher::begin_pass`) in which its reply channel was last found empty:
     /// the other commands of the group skip polling it again in the same pass.
     pending_in_pass: u64,
@@ -161,6 +163,7 @@ impl Batcher {
             self.sent.push_back(Group {
                 addr: g.addr,
                 state: GroupState::Waiting(rx, g.count),
+                sent_at: crate::dispatch::sample_clock(),
                 pending_in_pass: 0,
             });
         }
@@ -199,6 +202,9 @@ impl Batcher {
             };
             let remaining = *count;
             group.state = GroupState::Replied { result, remaining };
+            if let Some(t) = group.sent_at {
+                shared.primary.record_latency(t);
+            }
         }
         let GroupState::Replied { result, remaining } = &mut group.state else {
             return Resolved::Pending;

@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::conn::split_addr;
 use crate::error::ConfigError;
 use crate::resp::Limits;
 
 /// Everything slotgate is configured with.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address clients connect to, `HOST:PORT`.
@@ -30,10 +30,29 @@ pub struct Config {
     pub mirror: MirrorConfig,
     /// The TLS listener for clients.
     pub tls: TlsListenConfig,
+    /// The admin HTTP listener (metrics, probes, effective config).
+    pub admin: AdminConfig,
+}
+
+/// The admin HTTP listener (`admin.*`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `HOST:PORT` of the HTTP listener serving /metrics, /health, /ready and /config;
+    /// empty disables it.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9121".into(),
+        }
+    }
 }
 
 /// A TLS listener beside the plain one (`tls.*`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsListenConfig {
     /// Address of the TLS listener, `HOST:PORT`; empty: no TLS listener.
@@ -107,7 +126,7 @@ backend_tls_files!(ClusterConfig);
 backend_tls_files!(MirrorResourceConfig);
 
 /// Whom the client waits for when writes are mirrored.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum MultiWriteMode {
     /// Reply when the primary answers; mirrors are written in the background.
@@ -123,7 +142,7 @@ pub enum MultiWriteMode {
 }
 
 /// What `first_resource_only` does with a mirror write when the client's backlog is full.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFull {
     /// Drop it: counted per resource and its key logged, so an operator can repair it.
@@ -151,7 +170,7 @@ impl std::str::FromStr for MultiWriteMode {
 }
 
 /// Multi-write settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorConfig {
     pub mode: MultiWriteMode,
@@ -171,7 +190,7 @@ pub struct MirrorConfig {
 }
 
 /// One mirror: a cluster given by seeds, or a standalone Redis.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorResourceConfig {
     /// Name used in INFO, logs and errors.
@@ -201,7 +220,7 @@ pub struct MirrorResourceConfig {
 }
 
 /// The Redis Streams queue of the async mode.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     /// The Redis (standalone) holding the stream.
@@ -251,7 +270,7 @@ impl Default for QueueConfig {
 }
 
 /// The Redis Cluster behind the proxy.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Nodes to ask for the topology at start, `HOST:PORT` each; any one that answers is
@@ -301,7 +320,7 @@ pub struct ClusterConfig {
 }
 
 /// Where read-only commands of a slot go.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadFrom {
     /// The slot's master (no stale reads).
@@ -314,7 +333,7 @@ pub enum ReadFrom {
 }
 
 /// Bounds that protect the proxy from a single client.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Most client connections at once; further ones are told so and closed.
@@ -361,6 +380,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             mirror: MirrorConfig::default(),
             tls: TlsListenConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -411,6 +431,26 @@ impl Default for LimitsConfig {
 }
 
 impl Config {
+    /// The configuration as YAML with every password replaced by `<redacted>`
+    /// (`GET /config`).
+    pub fn redacted_yaml(&self) -> String {
+        let mut c = self.clone();
+        let hide = |p: &mut Option<String>| {
+            if p.is_some() {
+                *p = Some("<redacted>".into());
+            }
+        };
+        hide(&mut c.password);
+        hide(&mut c.cluster.password);
+        for r in &mut c.mirror.resources {
+            hide(&mut r.password);
+        }
+        if let Some(q) = &mut c.mirror.queue {
+            hide(&mut q.password);
+        }
+        serde_yaml::to_string(&c).unwrap_or_else(|e| format!("# cannot show the config: {e}\n"))
+    }
+
     /// Reads and parses a YAML file (not yet validated).
     pub fn from_file(path: &str) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -501,6 +541,15 @@ impl Config {
         self.cluster.validate_tls("cluster.")?;
         for (i, r) in self.mirror.resources.iter().enumerate() {
             r.validate_tls(&format!("mirror.resources[{i}]."))?;
+        }
+        if !self.admin.listen.is_empty() && !is_host_port(&self.admin.listen) {
+            return invalid(
+                "admin.listen",
+                &format!(
+                    "{:?} is not HOST:PORT (empty disables it)",
+                    self.admin.listen
+                ),
+            );
         }
         if !self.tls.listen.is_empty() {
             if !is_host_port(&self.tls.listen) {

@@ -62,7 +62,7 @@ pub struct Cluster {
 const LATENCY_SAMPLE: u32 = 8;
 
 /// The current time for one command in `LATENCY_SAMPLE`, counted per thread.
-fn sample_clock() -> Option<Instant> {
+pub(crate) fn sample_clock() -> Option<Instant> {
     thread_local! {
         static COUNT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     }
@@ -526,6 +526,11 @@ impl Cluster {
     /// Counts a reply delivered outside `finish` (batched requests).
     pub fn count_reply(&self, reply: &[u8]) {
         self.record(None, reply);
+    }
+
+    /// Records the latency of a batch of requests sent at `sent_at` (sampled).
+    pub fn record_latency(&self, sent_at: Instant) {
+        self.counters.latency.record(sent_at.elapsed());
     }
 
     fn record(&self, queued_at: Option<Instant>, reply: &[u8]) {

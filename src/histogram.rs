@@ -12,6 +12,8 @@ const BUCKETS: usize = 41;
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS],
     max_us: AtomicU64,
+    /// Sum of the observations, in microseconds (Prometheus's `_sum`).
+    sum_us: AtomicU64,
 }
 
 impl Default for Histogram {
@@ -19,6 +21,7 @@ impl Default for Histogram {
         Histogram {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             max_us: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
         }
     }
 }
@@ -29,6 +32,25 @@ impl Histogram {
         let bucket = (64 - us.leading_zeros() as usize).min(BUCKETS - 1);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// For Prometheus: the sum in seconds, the count, and cumulative counts per bucket
+    /// upper bound in seconds (1 us, 2 us, 4 us, ... 2^26 us = 67 s, then `+Inf`).
+    pub fn exposition(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        const SHOWN: usize = 27;
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(SHOWN + 1);
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            if i < SHOWN {
+                // Bucket i holds [2^(i-1), 2^i) us.
+                buckets.push(((1u64 << i) as f64 / 1e6, cumulative));
+            }
+        }
+        buckets.push((f64::INFINITY, cumulative));
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, cumulative, buckets)
     }
 
     /// Observations so far.

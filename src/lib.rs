@@ -2,6 +2,7 @@
 //! to it and use a whole Redis Cluster: commands are routed by hash slot, redirects and
 //! topology changes are handled here, and replies pass through unchanged.
 
+pub mod admin;
 pub mod auth;
 pub mod batch;
 pub mod backend {

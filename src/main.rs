@@ -22,6 +22,10 @@ struct Cli {
     /// Address to accept TLS clients on (needs tls.cert_file and tls.key_file).
     #[arg(long, value_name = "HOST:PORT")]
     tls_listen: Option<String>,
+    /// Address of the admin HTTP listener (/metrics, /health, /ready, /config); an empty
+    /// value disables it.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<String>,
     /// Seed nodes of the cluster, comma-separated.
     #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',')]
     cluster: Option<Vec<String>>,
@@ -61,6 +65,9 @@ fn load(cli: &Cli) -> Result<Config, slotgate::error::ConfigError> {
     }
     if let Some(listen) = &cli.tls_listen {
         config.tls.listen = listen.clone();
+    }
+    if let Some(listen) = &cli.admin_listen {
+        config.admin.listen = listen.clone();
     }
     if let Some(seeds) = &cli.cluster {
         config.cluster.seeds = seeds.iter().filter(|s| !s.is_empty()).cloned().collect();

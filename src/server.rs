@@ -70,34 +70,41 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The sockets clients connect to: the plain listener and, with `tls.listen`, the TLS one.
+/// The sockets slotgate serves: the plain client listener and, when configured, the TLS
+/// one (`tls.listen`) and the admin HTTP one (`admin.listen`).
 pub struct Listeners {
     pub plain: TcpListener,
     pub tls: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
 }
 
-/// As `run_on`, binding the TLS listener (`tls.listen`) when one is configured.
+async fn bind_optional(addr: &str) -> Result<Option<TcpListener>, StartError> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// As `run_on`, binding the TLS listener (`tls.listen`) and the admin listener
+/// (`admin.listen`) when they are configured.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = Duration>,
 ) -> Result<(), StartError> {
-    let tls = if config.tls.listen.is_empty() {
-        None
-    } else {
-        Some(
-            TcpListener::bind(&config.tls.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.tls.listen.clone(),
-                    source,
-                })?,
-        )
-    };
+    let tls = bind_optional(&config.tls.listen).await?;
+    let admin = bind_optional(&config.admin.listen).await?;
     run_on(
         Listeners {
             plain: listener,
             tls,
+            admin,
         },
         config,
         shutdown,
@@ -162,7 +169,7 @@ fn handshake_timeout(config: &Config) -> Duration {
 /// once). The first topology refresh runs before the first client is accepted when the
 /// cluster answers within the connect timeout.
 pub async fn run_on(
-    listeners: Listeners,
+    mut listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = Duration>,
 ) -> Result<(), StartError> {
@@ -194,6 +201,10 @@ pub async fn run_on(
     }
     let workers = Workers::start(shared.config.worker_threads()).map_err(StartError::Workers)?;
     let reloader = client_tls.clone().and_then(reload_on_sighup);
+    let admin = listeners
+        .admin
+        .take()
+        .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone())));
     let handshake = handshake_timeout(&shared.config);
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_clients));
     let next_id = AtomicU64::new(1);
@@ -285,6 +296,9 @@ pub async fn run_on(
     drop(listeners);
     if let Some(r) = reloader {
         r.abort();
+    }
+    if let Some(a) = admin {
+        a.abort();
     }
     let _ = shared.draining.send(true);
     let deadline = tokio::time::Instant::now() + drain;

@@ -101,9 +101,11 @@ fn free_port() -> u16 {
 fn binary_serves_redis_cli_and_redis_benchmark() {
     let cluster = Cluster::start();
     let port = free_port();
+    let admin = free_port();
     let mut proxy = Running(
         slotgate()
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--cluster", &cluster.seeds])
             .args(["--log-level", "warn"])
             .args(["--threads", "3"])
@@ -132,6 +134,16 @@ fn binary_serves_redis_cli_and_redis_benchmark() {
     assert_eq!(workers, 3, "worker threads for --threads 3");
     let info = redis_cli(port, &["info", "slotgate"]);
     assert!(info.contains("worker_threads:3"), "{info}");
+    // `--admin-listen`: the admin listener answers its probes.
+    {
+        use std::io::{Read, Write};
+        let mut http = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+        http.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        http.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 
     let out = Command::new("redis-benchmark")
         .args([

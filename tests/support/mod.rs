@@ -180,6 +180,8 @@ pub struct Proxy {
     pub port: u16,
     /// The TLS listener's port, when one is configured.
     pub tls_port: Option<u16>,
+    /// The admin listener's port, when a test configures one.
+    pub admin_port: Option<u16>,
     /// The client password, when one is configured.
     password: Option<String>,
     stop: Option<oneshot::Sender<()>>,
@@ -209,7 +211,19 @@ impl Proxy {
         };
         config.cluster.seeds = cluster.seeds.split(',').map(String::from).collect();
         config.threads = test_threads();
+        // Many proxies run at once: the admin listener only where a test asks for it, on a
+        // free port (`admin_port`).
+        config.admin.listen = String::new();
         tweak(&mut config);
+        let admin = if config.admin.listen.is_empty() {
+            None
+        } else {
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        };
+        let admin_port = admin.as_ref().map(|l| l.local_addr().unwrap().port());
+        if let Some(p) = admin_port {
+            config.admin.listen = format!("127.0.0.1:{p}");
+        }
         let tls = if config.tls.listen.is_empty() {
             None
         } else {
@@ -225,6 +239,7 @@ impl Proxy {
         let listeners = slotgate::server::Listeners {
             plain: listener,
             tls,
+            admin,
         };
         tokio::spawn(async move {
             let run = slotgate::server::run_on(listeners, config, async {
@@ -238,6 +253,7 @@ impl Proxy {
         Proxy {
             port,
             tls_port,
+            admin_port,
             password,
             stop: Some(stop),
         }

@@ -1,0 +1,221 @@
+//! Operating slotgate: the admin listener's /metrics (parsed as Prometheus text), /health,
+//! /ready through a failover, and /config with its secrets redacted.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Cluster, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET path` on the admin listener: status code and body.
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: slotgate\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("admin listener did not answer")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+/// The value of the sample `name` with `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let s = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
+    match &s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+        prometheus_parse::Value::Summary(_) => panic!("{name} is a summary"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&cluster, |c| c.admin.listen = "127.0.0.1:0".into()).await;
+    let admin = proxy.admin_port.unwrap();
+    let (status, text) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    let before = parse_metrics(&text);
+    for family in [
+        "slotgate_uptime_seconds",
+        "slotgate_client_connections",
+        "slotgate_client_connections_accepted_total",
+        "slotgate_client_connections_rejected_total",
+        "slotgate_client_connections_closed_by_limit_total",
+        "slotgate_auth_failures_total",
+        "slotgate_auth_rate_limited_total",
+        "slotgate_commands_total",
+        "slotgate_backend_requests_total",
+        "slotgate_backend_errors_total",
+        "slotgate_redirects_total",
+        "slotgate_retries_total",
+        "slotgate_backend_latency_seconds",
+        "slotgate_topology_generation",
+        "slotgate_slots_covered",
+        "slotgate_masters",
+        "slotgate_session_connections",
+        "slotgate_acl_users",
+    ] {
+        assert!(
+            before.samples.iter().any(|s| s.metric == family),
+            "{family} missing:\n{text}"
+        );
+    }
+    assert_eq!(
+        sample(&before, "slotgate_slots_covered", &[("cluster", "primary")]),
+        16384.0
+    );
+    let mut con = proxy.client(2).await;
+    for i in 0..200 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("m:{i}"))
+            .arg(i)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let _: redis::RedisResult<()> = redis::cmd("INCR")
+        .arg("m:1x")
+        .arg("extra")
+        .query_async(&mut con)
+        .await;
+    let (_, text) = http_get(admin, "/metrics").await;
+    let after = parse_metrics(&text);
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    assert!(moved("slotgate_commands_total", &[]) >= 201.0);
+    assert!(moved("slotgate_backend_requests_total", &[("cluster", "primary")]) >= 200.0);
+    assert!(moved("slotgate_client_connections_accepted_total", &[]) >= 1.0);
+    assert!(sample(&after, "slotgate_client_connections", &[]) >= 1.0);
+    assert!(
+        moved(
+            "slotgate_backend_latency_seconds",
+            &[("cluster", "primary")]
+        ) >= 10.0,
+        "one command in 8 is timed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_the_slot_table_and_the_masters() {
+    let cluster = Cluster::start_with(3, 1);
+    let proxy = Proxy::start_with(&cluster, |c| {
+        c.admin.listen = "127.0.0.1:0".into();
+        c.cluster.connect_timeout_ms = 500;
+    })
+    .await;
+    let admin = proxy.admin_port.unwrap();
+    assert_eq!(http_get(admin, "/health").await, (200, "ok\n".into()));
+    assert_eq!(http_get(admin, "/ready").await.0, 200);
+    // A stopped master: not ready (its PING times out) until its replica is promoted.
+    let victim = cluster.master_ports[1];
+    let dir = cluster.dir.to_str().unwrap().to_string();
+    cluster.fault(&["stop", &dir, &victim.to_string()]);
+    let resume = Resume {
+        cluster: &cluster,
+        port: victim,
+    };
+    let (status, body) = http_get(admin, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(&victim.to_string()), "{body}");
+    // The replica takes over (cluster-node-timeout 2 s): ready again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(admin, "/ready").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready after the failover: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(resume);
+    assert_eq!(http_get(admin, "/nope").await.0, 404);
+}
+
+/// Sends SIGCONT to a stopped node when dropped, even if the test fails.
+struct Resume<'a> {
+    cluster: &'a Cluster,
+    port: u16,
+}
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let dir = self.cluster.dir.to_str().unwrap().to_string();
+        self.cluster
+            .fault(&["resume", &dir, &self.port.to_string()]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_until_the_slot_table_is_complete() {
+    let cluster = Cluster::start_with(1, 0);
+    // A seed that is not a node: no slot table at all.
+    let proxy = Proxy::start_unready(&cluster, |c| {
+        c.admin.listen = "127.0.0.1:0".into();
+        c.cluster.seeds = vec!["127.0.0.1:1".into()];
+        c.cluster.connect_timeout_ms = 200;
+    })
+    .await;
+    let admin = proxy.admin_port.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
+            Ok(_) => break http_get(admin, "/ready").await,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("admin listener never opened: {e}"),
+        }
+    };
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("16384 of 16384 slots have no known owner"),
+        "{body}"
+    );
+    assert_eq!(http_get(admin, "/health").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_is_shown_with_its_secrets_redacted() {
+    let cluster = Cluster::start_with(1, 0);
+    let proxy = Proxy::start_with(&cluster, |c| {
+        c.admin.listen = "127.0.0.1:0".into();
+        c.password = Some("client-secret".into());
+        c.limits.max_clients = 1234;
+    })
+    .await;
+    let (status, body) = http_get(proxy.admin_port.unwrap(), "/config").await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("client-secret"), "{body}");
+    assert!(body.contains("password: <redacted>"), "{body}");
+    assert!(body.contains("max_clients: 1234"), "{body}");
+    let parsed = slotgate::config::Config::from_yaml(&body.replace("<redacted>", "x")).unwrap();
+    assert_eq!(parsed.limits.max_clients, 1234);
+}
