@@ -32,6 +32,32 @@ pub struct Config {
     pub tls: TlsListenConfig,
     /// The admin HTTP listener (metrics, probes, effective config).
     pub admin: AdminConfig,
+    /// What SIGTERM does with the clients (graceful restart).
+    pub drain: DrainConfig,
+}
+
+/// Graceful shutdown (`drain.*`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    /// How long SIGTERM lets clients finish before the process exits, in milliseconds.
+    pub timeout_ms: u64,
+    /// `HOST:PORT` named in the `MOVING` push sent to clients with maintenance
+    /// notifications on; empty: none, so they reconnect to the address they used after half
+    /// of `moving_ttl_s` (a Kubernetes Service, or a restart on the same port).
+    pub moving_endpoint: String,
+    /// The `MOVING` push's time to live, in seconds; a notified client is closed after it.
+    pub moving_ttl_s: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            timeout_ms: 10_000,
+            moving_endpoint: String::new(),
+            moving_ttl_s: 2,
+        }
+    }
 }
 
 /// The admin HTTP listener (`admin.*`).
@@ -381,6 +407,7 @@ impl Default for Config {
             mirror: MirrorConfig::default(),
             tls: TlsListenConfig::default(),
             admin: AdminConfig::default(),
+            drain: DrainConfig::default(),
         }
     }
 }
@@ -550,6 +577,18 @@ impl Config {
                     self.admin.listen
                 ),
             );
+        }
+        if !self.drain.moving_endpoint.is_empty() && !is_host_port(&self.drain.moving_endpoint) {
+            return invalid(
+                "drain.moving_endpoint",
+                &format!(
+                    "{:?} is not HOST:PORT (empty: none)",
+                    self.drain.moving_endpoint
+                ),
+            );
+        }
+        if self.drain.moving_ttl_s == 0 || self.drain.moving_ttl_s > 3600 {
+            return invalid("drain.moving_ttl_s", "must be between 1 and 3600");
         }
         if !self.tls.listen.is_empty() {
             if !is_host_port(&self.tls.listen) {

@@ -19,6 +19,7 @@ pub mod command;
 pub mod config;
 pub mod counter;
 pub mod dispatch;
+pub mod drain;
 pub mod error;
 pub mod fasthash;
 #[cfg(test)]

@@ -43,6 +43,8 @@ pub struct ClientState {
     pub silence_this: Option<bool>,
     /// This client's entry in `CLIENT LIST`.
     pub entry: Option<std::sync::Arc<crate::clients::ClientEntry>>,
+    /// CLIENT MAINT_NOTIFICATIONS ON (RESP3): told `MOVING` when slotgate shuts down.
+    pub maint_notifications: bool,
     /// The cluster user the client logged in as (`AUTH username password`); `None`: its
     /// commands run as slotgate's own account.
     pub user: Option<crate::backend::users::UserLease>,
@@ -91,6 +93,7 @@ impl ClientState {
             replies: ReplyMode::On,
             silence_this: None,
             entry: None,
+            maint_notifications: false,
             user: None,
         }
     }
@@ -404,7 +407,11 @@ fn client(spec: &CmdSpec, req: &Request, state: &mut ClientState, shared: &Share
         // redis-py 8 asks every RESP3 connection for maintenance push notifications: none
         // come from slotgate, whose clients never see a node move.
         Cmd::ClientMaintNotifications if n >= 3 => match state.proto {
-            Proto::Resp3 => OK.into(),
+            Proto::Resp3 => {
+                // ON asks for the MOVING push slotgate sends when it shuts down (`drain`).
+                state.maint_notifications = req.arg(2).eq_ignore_ascii_case(b"ON");
+                OK.into()
+            }
             Proto::Resp2 => {
                 err("ERR CLIENT MAINT_NOTIFICATIONS requires the RESP3 protocol (HELLO 3)")
             }

@@ -116,7 +116,12 @@ fn main() -> ExitCode {
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or collector gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     // This runtime runs the accept loop and background tasks (topology, multi-write log and
     // probe, the consumer); clients are served by the worker threads (`--threads`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -132,7 +137,7 @@ fn main() -> ExitCode {
     if let Some(Command::Consume) = cli.command {
         return runtime.block_on(async {
             let stop = async {
-                shutdown_signal().await;
+                shutdown_signal(Duration::ZERO).await;
             };
             match slotgate::mirror::consumer::run(config, stop).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -155,7 +160,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match slotgate::server::run(listener, config, shutdown_signal()).await {
+        let drain = Duration::from_millis(config.drain.timeout_ms);
+        match slotgate::server::run(listener, config, shutdown_signal(drain)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("slotgate: {e}");
@@ -165,11 +171,8 @@ fn main() -> ExitCode {
     })
 }
 
-/// How long SIGTERM lets connected clients finish the commands they sent.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Completes on SIGTERM (graceful: a drain deadline) or SIGINT (fast: no drain).
-async fn shutdown_signal() -> Duration {
+/// Completes on SIGTERM (graceful: `drain` as the deadline) or SIGINT (fast: no drain).
+async fn shutdown_signal(drain: Duration) -> Duration {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -183,7 +186,7 @@ async fn shutdown_signal() -> Duration {
             };
         tokio::select! {
             _ = ctrl_c => Duration::ZERO,
-            _ = term.recv() => DRAIN_DEADLINE,
+            _ = term.recv() => drain,
         }
     }
     #[cfg(not(unix))]

@@ -312,7 +312,11 @@ pub async fn run_on(
     while left() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    info!(clients_cut = left(), "shut down");
+    info!(
+        clients_cut = left(),
+        moving_sent = shared.stats.moving_sent.load(Ordering::Relaxed),
+        "shut down"
+    );
     // Clients still connected after the deadline are cut when their worker stops.
     let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
     Ok(())

@@ -27,6 +27,8 @@ pub struct Stats {
     pub auth_rate_limited: AtomicU64,
     /// TLS clients whose handshake failed or timed out.
     pub tls_handshake_failures: AtomicU64,
+    /// Clients told `MOVING` at shutdown (maintenance notifications on).
+    pub moving_sent: AtomicU64,
 }
 
 /// State shared by every client task.

@@ -92,6 +92,8 @@ async fn serve_halves<R, W>(
     // Made when the client subscribes: checks whether its subscriptions' nodes changed.
     let mut follow_check: Option<tokio::time::Interval> = None;
     let mut draining = shared.draining.subscribe();
+    // Set once the client was told MOVING: it is closed when this completes.
+    let mut moving: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     // Set once the replies due now waited a scheduler turn for more to join them.
     let mut gathered = false;
 
@@ -229,12 +231,26 @@ async fn serve_halves<R, W>(
                     }
                 }
             }
-            changed = draining.changed(), if !closing => {
-                // Shutting down (or slotgate's state is gone): answer what was sent, then
-                // close.
+            changed = draining.changed(), if !closing && moving.is_none() => {
+                // Shutting down (or slotgate's state is gone). A client with maintenance
+                // notifications on is told MOVING and served until it reconnects elsewhere
+                // (closed after the push's ttl at the latest); any other one gets the
+                // replies to what it sent, then is closed.
                 if changed.is_err() || *draining.borrow() {
-                    closing = true;
+                    if state.maint_notifications && state.proto == Proto::Resp3 {
+                        let drain = &shared.config.drain;
+                        out.push(crate::drain::moving_frame(drain));
+                        shared.stats.moving_sent.fetch_add(1, Ordering::Relaxed);
+                        moving = Some(Box::pin(tokio::time::sleep(
+                            std::time::Duration::from_secs(drain.moving_ttl_s),
+                        )));
+                    } else {
+                        closing = true;
+                    }
                 }
+            }
+            _ = async { moving.as_mut().expect("guarded").await }, if moving.is_some() && !closing => {
+                closing = true;
             }
             _ = watchdog.fired() => {
                 let idle = inflight.is_empty() && out.is_empty() && !subscribed && !state.blocking

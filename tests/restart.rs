@@ -1,0 +1,145 @@
+//! Restarts clients do not notice: redis-py 8's own clients loop on commands while slotgate
+//! is stopped with SIGTERM and a new one takes the same port. RESP3 clients (maintenance
+//! notifications on) are told MOVING and reconnect; RESP2 clients are closed at a reply
+//! boundary and reconnect; no client sees an error and no acknowledged write is lost.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::Cluster;
+
+/// Kills the child process when dropped, even if the test fails.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts slotgate on `port`; `None` if it exited at once (the port still taken).
+fn start(seeds: &str, port: u16, log: &std::path::Path) -> Option<Running> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slotgate"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--cluster", seeds])
+        .args(["--admin-listen", ""])
+        .args(["--log-level", "info"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        let info = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "info", "slotgate"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if info.contains("cluster_slots_assigned:16384") {
+            return Some(Running(child));
+        }
+        assert!(Instant::now() < deadline, "slotgate never ready: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn redis_py_clients_do_not_notice_a_restart_on_the_same_port() {
+    let python = Command::new("python3")
+        .args(["-c", "import redis; print(redis.__version__)"])
+        .output()
+        .expect("python3 is needed (README, Tests)");
+    let version = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    assert!(
+        python.status.success() && version.starts_with('8'),
+        "redis-py 8 is needed: pip install 'redis>=8,<9' (found {version:?}: {})",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let cluster = Cluster::start();
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("slotgate-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
+    let old = start(&cluster.seeds, port, &log_a).expect("first slotgate");
+    let script = support::repo_root().join("tests/python/restart_client.py");
+    let clients = Running(
+        Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg("8")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // SIGTERM: the old one stops accepting at once; the new one takes the port.
+    let status = Command::new("kill")
+        .args(["-TERM", &old.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        if let Some(r) = start(&cluster.seeds, port, &log_b) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the port never came free");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut clients = clients;
+    let output = std::mem::replace(&mut clients.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}\n{stderr}");
+    for line in lines {
+        let field = |name: &str| -> u64 {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(field("errors"), 0, "{line}");
+        assert!(field("ops") > 100, "{line}");
+        // Every acknowledged increment is there (a retried one may count twice).
+        assert!(field("final") >= field("acked"), "{line}");
+    }
+    // The old slotgate told the RESP3 clients MOVING before it went.
+    let waited = Instant::now();
+    let old_log = loop {
+        let text = std::fs::read_to_string(&log_a).unwrap();
+        if text.contains("shut down") || waited.elapsed() > Duration::from_secs(15) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let moving: u64 = old_log
+        .split("moving_sent=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no shutdown line in the old slotgate's log:\n{old_log}"));
+    assert!(moving >= 2, "MOVING sent to {moving} clients:\n{old_log}");
+    drop(new);
+    drop(old);
+    let _ = std::fs::remove_dir_all(&dir);
+}
