@@ -34,6 +34,27 @@ pub struct Config {
     pub admin: AdminConfig,
     /// What SIGTERM does with the clients (graceful restart).
     pub drain: DrainConfig,
+    /// SLOWLOG as slotgate keeps it.
+    pub slowlog: SlowlogConfig,
+}
+
+/// The slow log (`slowlog.*`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlowlogConfig {
+    /// Commands slower than this end to end, in microseconds, are logged (0: every one).
+    pub threshold_us: u64,
+    /// Entries kept (0: none).
+    pub max_len: usize,
+}
+
+impl Default for SlowlogConfig {
+    fn default() -> Self {
+        SlowlogConfig {
+            threshold_us: 10_000,
+            max_len: 128,
+        }
+    }
 }
 
 /// Graceful shutdown (`drain.*`).
@@ -408,6 +429,7 @@ impl Default for Config {
             tls: TlsListenConfig::default(),
             admin: AdminConfig::default(),
             drain: DrainConfig::default(),
+            slowlog: SlowlogConfig::default(),
         }
     }
 }

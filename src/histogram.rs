@@ -7,6 +7,10 @@ use std::time::Duration;
 /// Buckets: `[0,1) us`, `[1,2)`, `[2,4)`, ... up to about 2^40 us.
 const BUCKETS: usize = 41;
 
+/// A histogram for Prometheus: sum in seconds, count, cumulative counts per bucket upper
+/// bound in seconds.
+pub type Exposition = (f64, u64, Vec<(f64, u64)>);
+
 /// Counts of observed durations.
 #[derive(Debug)]
 pub struct Histogram {
@@ -37,7 +41,7 @@ impl Histogram {
 
     /// For Prometheus: the sum in seconds, the count, and cumulative counts per bucket
     /// upper bound in seconds (1 us, 2 us, 4 us, ... 2^26 us = 67 s, then `+Inf`).
-    pub fn exposition(&self) -> (f64, u64, Vec<(f64, u64)>) {
+    pub fn exposition(&self) -> Exposition {
         const SHOWN: usize = 27;
         let mut cumulative = 0;
         let mut buckets = Vec::with_capacity(SHOWN + 1);

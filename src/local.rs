@@ -176,6 +176,20 @@ pub fn answer(
         // The credentials were checked before (`auth::login`): only the reply is left.
         Cmd::Auth if n == 2 || n == 3 => OK.into(),
         Cmd::AclWhoami if n == 2 => bulk(state.proto, state.user_name().as_bytes()),
+        Cmd::SlowlogGet if n == 2 => shared.slowlog.get(None, state.proto).into(),
+        Cmd::SlowlogGet if n == 3 => match crate::resp::request::parse_i64(req.arg(2)) {
+            Some(c) if c >= -1 => shared.slowlog.get(Some(c), state.proto).into(),
+            _ => err("ERR count should be greater than or equal to -1"),
+        },
+        Cmd::SlowlogLen if n == 2 => {
+            let mut e = Encoder::new(state.proto);
+            e.integer(shared.slowlog.len() as i64);
+            e.finish().into()
+        }
+        Cmd::SlowlogReset if n == 2 => {
+            shared.slowlog.reset();
+            OK.into()
+        }
         Cmd::Hello => hello(req, state, shared),
         Cmd::ClientSetName
         | Cmd::ClientSetInfo

@@ -40,6 +40,7 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
         &config,
     );
     let mirrors = crate::mirror::Mirrors::build(&config)?;
+    let commands = crate::command_stats::CommandStats::new(config.worker_threads());
     Ok(Arc::new(Shared {
         mirrors,
         config,
@@ -49,6 +50,8 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
         scripts: Default::default(),
         clients: Default::default(),
         auth_failures: Default::default(),
+        commands,
+        slowlog: Default::default(),
         draining: tokio::sync::watch::Sender::new(false),
     }))
 }

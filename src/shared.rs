@@ -49,6 +49,10 @@ pub struct Shared {
     pub scripts: dashmap::DashMap<Bytes, Bytes>,
     /// Failed logins per client address (`limits.auth_failures_per_minute`).
     pub auth_failures: crate::auth::AuthFailures,
+    /// Calls, errors and latency per command.
+    pub commands: crate::command_stats::CommandStats,
+    /// SLOWLOG.
+    pub slowlog: crate::slowlog::SlowLog,
     /// Connected clients, for CLIENT LIST.
     pub clients: crate::clients::Clients,
 }

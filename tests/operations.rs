@@ -78,6 +78,10 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
         "slotgate_masters",
         "slotgate_session_connections",
         "slotgate_acl_users",
+        "slotgate_command_calls_total",
+        "slotgate_command_errors_total",
+        "slotgate_command_latency_seconds",
+        "slotgate_slowlog_entries",
     ] {
         assert!(
             before.samples.iter().any(|s| s.metric == family),
@@ -104,8 +108,18 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
         .await;
     let (_, text) = http_get(admin, "/metrics").await;
     let after = parse_metrics(&text);
+    // Families with a label per command appear with the first call: absent counts as 0.
     let moved = |name: &str, labels: &[(&str, &str)]| {
-        sample(&after, name, labels) - sample(&before, name, labels)
+        let had = before
+            .samples
+            .iter()
+            .any(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
+        let was = if had {
+            sample(&before, name, labels)
+        } else {
+            0.0
+        };
+        sample(&after, name, labels) - was
     };
     assert!(moved("slotgate_commands_total", &[]) >= 201.0);
     assert!(moved("slotgate_backend_requests_total", &[("cluster", "primary")]) >= 200.0);
@@ -118,6 +132,96 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
         ) >= 10.0,
         "one command in 8 is timed"
     );
+    assert_eq!(
+        moved("slotgate_command_calls_total", &[("command", "set")]),
+        200.0
+    );
+    assert!(
+        text.contains("slotgate_command_latency_seconds_count{command=\"set\"} 200\n"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("latency_seconds") && l.contains("set"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        sample(
+            &after,
+            "slotgate_command_errors_total",
+            &[("command", "incr")]
+        ) >= 1.0
+    );
+    // Commands outside the table share one label: the cardinality stays bounded.
+    let _: redis::RedisResult<()> = redis::cmd("NOSUCHCOMMAND").query_async(&mut con).await;
+    let (_, text) = http_get(admin, "/metrics").await;
+    let last = parse_metrics(&text);
+    assert!(
+        sample(
+            &last,
+            "slotgate_command_errors_total",
+            &[("command", "other")]
+        ) >= 1.0
+    );
+    assert!(
+        !text.contains("nosuchcommand"),
+        "an unknown command became a label"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowlog_keeps_slotgates_own_timing_with_the_node() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&cluster, |c| c.slowlog.threshold_us = 100_000).await;
+    let mut con = proxy.client(2).await;
+    let _: () = redis::cmd("SET")
+        .arg("fast")
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // A Lua script that runs for 200 ms on the node owning `slow`.
+    let _: redis::Value = redis::cmd("EVAL")
+        .arg(
+            "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] \
+              while true do local n = redis.call('TIME') \
+              if n[1] * 1000000 + n[2] - s > 200000 then break end end return 1",
+        )
+        .arg(1)
+        .arg("slow")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let len: i64 = redis::cmd("SLOWLOG")
+        .arg("LEN")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+    let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let entry = &entries[0];
+    let micros: i64 = redis::from_redis_value(&entry[2]).unwrap();
+    assert!(micros >= 200_000, "{micros}");
+    let args: Vec<String> = redis::from_redis_value(&entry[3]).unwrap();
+    assert_eq!(args[0], "EVAL");
+    assert_eq!(args[3], "slow");
+    let node: String = redis::from_redis_value(&entry[6]).unwrap();
+    let owner = cluster.owner_of(slotgate::slot::slot_of(b"slow")).await;
+    assert_eq!(node, format!("127.0.0.1:{owner}"));
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let len: i64 = redis::cmd("SLOWLOG")
+        .arg("LEN")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(len, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

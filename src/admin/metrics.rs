@@ -235,6 +235,35 @@ pub async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         none(),
         st.total_commands.get(),
     );
+    for f in shared.commands.snapshot() {
+        let (sum, count, buckets) = f.latency;
+        let (calls, errors) = (f.calls, f.errors);
+        let l = || vec![("command", crate::command_stats::label(f.index))];
+        s.counter(
+            "slotgate_command_calls",
+            "Client commands answered, by command (commands outside the table: other).",
+            l(),
+            calls,
+        );
+        s.counter(
+            "slotgate_command_errors",
+            "Client commands answered with an error, by command.",
+            l(),
+            errors,
+        );
+        s.add(
+            "slotgate_command_latency_seconds",
+            "Time from reading a command to its reply being ready, by command.",
+            l(),
+            Value::Histogram(sum, count, buckets),
+        );
+    }
+    s.gauge(
+        "slotgate_slowlog_entries",
+        "Entries in slotgate's SLOWLOG.",
+        none(),
+        shared.slowlog.len() as f64,
+    );
     s.cluster(&shared.primary);
     if let Some(m) = &shared.mirrors {
         for r in &m.resources {

@@ -31,7 +31,7 @@ use crate::resp::encode::error;
 use crate::resp::{Proto, Request, RequestScanner};
 use crate::shared::Shared;
 use output::Output;
-use pipeline::{Entry, ReplyQueue};
+use pipeline::{Entry, Meta, ReplyQueue};
 use watchdog::{Expired, Watchdog};
 
 /// Serves one plain TCP client until it disconnects, sends QUIT, or breaks the protocol.
@@ -100,8 +100,12 @@ async fn serve_halves<R, W>(
     // Set when the client is dropped before every reply was written (it left, or reads too
     // slowly): what is in flight still completes for the mirrors' sake.
     let mut abandoned = false;
+    // Whether requests are kept for the slow log.
+    let keep_raw = shared.config.slowlog.max_len > 0;
     'serve: loop {
         let mut parsed = 0u64;
+        // One clock reading for every request of this read.
+        let mut read_at: Option<std::time::Instant> = None;
         while !closing && inflight.len() < window && inflight.bytes() < window_bytes {
             let req = match deferred.take() {
                 Some(req) => req,
@@ -117,7 +121,7 @@ async fn serve_halves<R, W>(
                     Err(e) => {
                         debug!(error = %e, "protocol error from client");
                         let reply = error(&format!("ERR Protocol error: {e}"));
-                        inflight.push(Entry::Ready(reply), 0, 0, false);
+                        inflight.push(Entry::Ready(reply), 0, Meta::default());
                         closing = true;
                         break;
                     }
@@ -138,19 +142,22 @@ async fn serve_halves<R, W>(
             }
             state.barrier = false;
             state.blocking = false;
-            let size = req.raw.len();
+            let size = u32::try_from(req.raw.len()).unwrap_or(u32::MAX);
+            let raw = keep_raw.then(|| req.raw.clone());
             let silent_by_mode = state.replies.take_for_command();
             if let Some(spec) = spec {
                 registration.entry.set_command(spec);
             }
             let (step, close) = handle(&shared, &mut state, req, spec).await;
             let silent = state.silence_this.take().unwrap_or(silent_by_mode);
-            inflight.push(
-                Entry::new(&shared, step, state.proto),
-                generation,
+            let meta = Meta {
                 size,
                 silent,
-            );
+                command: crate::command_stats::index_of(spec),
+                started: Some(*read_at.get_or_insert_with(std::time::Instant::now)),
+                raw,
+            };
+            inflight.push(Entry::new(&shared, step, state.proto), generation, meta);
 
             closing = close;
         }
@@ -161,8 +168,12 @@ async fn serve_halves<R, W>(
             shared.stats.total_commands.add(parsed);
             registration.entry.touch();
         }
-        while let Some(reply) = inflight.pop_ready() {
-            out.push(reply);
+        let mut done_at = None;
+        while let Some((reply, meta)) = inflight.pop_ready() {
+            finished(&shared, &state, peer, &meta, &reply, &mut done_at);
+            if !meta.silent {
+                out.push(reply);
+            }
         }
         // Replies are ready but later ones of the same pipeline are still out: let the other
         // tasks of this worker run once (backend connections whose replies have arrived), so
@@ -171,8 +182,11 @@ async fn serve_halves<R, W>(
             gathered = true;
             tokio::task::yield_now().await;
             if inflight.advance_now(&shared, &mut state.batch) {
-                while let Some(reply) = inflight.pop_ready() {
-                    out.push(reply);
+                while let Some((reply, meta)) = inflight.pop_ready() {
+                    finished(&shared, &state, peer, &meta, &reply, &mut done_at);
+                    if !meta.silent {
+                        out.push(reply);
+                    }
                 }
             }
         }
@@ -311,6 +325,33 @@ async fn serve_halves<R, W>(
     }
     if out.flush(&mut wr).await.is_ok() {
         let _ = wr.shutdown().await;
+    }
+}
+
+/// Counts a command whose reply is ready (per-command figures) and logs it in the slow log
+/// when it took longer than `slowlog.threshold_us`; `done_at` is read once per batch of
+/// replies.
+fn finished(
+    shared: &Shared,
+    state: &ClientState,
+    peer: Option<SocketAddr>,
+    meta: &Meta,
+    reply: &[u8],
+    done_at: &mut Option<std::time::Instant>,
+) {
+    let Some(started) = meta.started else { return };
+    let now = *done_at.get_or_insert_with(std::time::Instant::now);
+    let took = now.saturating_duration_since(started);
+    let error = matches!(reply.first(), Some(b'-' | b'!'));
+    shared.commands.record(meta.command, error, took);
+    let slowlog = &shared.config.slowlog;
+    if let Some(raw) = &meta.raw
+        && took.as_micros() >= u128::from(slowlog.threshold_us)
+    {
+        let node = crate::slowlog::node_for(shared, raw);
+        shared
+            .slowlog
+            .record(raw, took, peer, state.name.clone(), node, slowlog.max_len);
     }
 }
 

@@ -33,6 +33,21 @@ use crate::plan::{Post, Step, complete};
 use crate::resp::{Proto, Request};
 use crate::shared::Shared;
 
+/// What the pipeline keeps of a request until its reply is written.
+#[derive(Debug, Default)]
+pub struct Meta {
+    /// Its size in bytes (`limits.pipeline_window_bytes`).
+    pub size: u32,
+    /// Its reply is dropped instead of written (CLIENT REPLY OFF / SKIP).
+    pub silent: bool,
+    /// Its command-table index (`command_stats::index_of`).
+    pub command: u16,
+    /// When it was read (one clock reading per read from the client).
+    pub started: Option<std::time::Instant>,
+    /// The request itself, kept for the slow log.
+    pub raw: Option<Bytes>,
+}
+
 /// A boxed future that produces one reply.
 type ReplyFuture<'a> = Pin<Box<dyn Future<Output = Bytes> + Send + 'a>>;
 
@@ -310,9 +325,8 @@ impl<'a> FollowUp<'a> {
 /// The client's in-flight requests, in request order (see the module's ordering rules).
 pub struct ReplyQueue<'a> {
     entries: VecDeque<Entry<'a>>,
-    /// Size of each entry's request, in the same order, for the byte bound, and whether its
-    /// reply is dropped instead of written (CLIENT REPLY OFF / SKIP).
-    sizes: VecDeque<(u32, bool)>,
+    /// What is known of each entry's request, in the same order.
+    meta: VecDeque<Meta>,
     /// Bytes of the requests in flight (`limits.pipeline_window_bytes`).
     bytes: usize,
     /// Table generation when the oldest entry in flight was routed: while the table keeps
@@ -326,7 +340,7 @@ impl<'a> ReplyQueue<'a> {
     pub fn new() -> Self {
         ReplyQueue {
             entries: VecDeque::new(),
-            sizes: VecDeque::new(),
+            meta: VecDeque::new(),
             bytes: 0,
             generation: None,
             following: false,
@@ -347,37 +361,32 @@ impl<'a> ReplyQueue<'a> {
         self.bytes
     }
 
-    /// Adds the entry of a request of `size` bytes, routed with table `generation`; a
-    /// `silent` entry's reply is dropped when it completes.
-    pub fn push(&mut self, entry: Entry<'a>, generation: u64, size: usize, silent: bool) {
+    /// Adds the entry of a request, routed with table `generation`.
+    pub fn push(&mut self, entry: Entry<'a>, generation: u64, meta: Meta) {
         if self.entries.is_empty() {
             self.generation = Some(generation);
         }
-        let size = u32::try_from(size).unwrap_or(u32::MAX);
-        self.bytes += size as usize;
-        self.sizes.push_back((size, silent));
+        self.bytes += meta.size as usize;
+        self.meta.push_back(meta);
         self.entries.push_back(entry);
     }
 
-    /// The reply at the head, if complete (silent replies completed before it are dropped).
-    pub fn pop_ready(&mut self) -> Option<Bytes> {
-        loop {
-            let Some(Entry::Ready(_)) = self.entries.front() else {
-                return None;
-            };
-            let Some(Entry::Ready(reply)) = self.entries.pop_front() else {
-                return None;
-            };
-            let (size, silent) = self.sizes.pop_front().unwrap_or((0, false));
-            self.bytes -= size as usize;
-            if self.entries.is_empty() {
-                self.generation = None;
-                self.following = false;
-            }
-            if !silent {
-                return Some(reply);
-            }
+    /// The reply at the head, if complete, with what is known of its request (a `silent`
+    /// one is not written).
+    pub fn pop_ready(&mut self) -> Option<(Bytes, Meta)> {
+        let Some(Entry::Ready(_)) = self.entries.front() else {
+            return None;
+        };
+        let Some(Entry::Ready(reply)) = self.entries.pop_front() else {
+            return None;
+        };
+        let meta = self.meta.pop_front().unwrap_or_default();
+        self.bytes -= meta.size as usize;
+        if self.entries.is_empty() {
+            self.generation = None;
+            self.following = false;
         }
+        Some((reply, meta))
     }
 
     /// Advances every entry; ready when the head is complete.

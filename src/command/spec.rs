@@ -24,6 +24,9 @@ pub enum Cmd {
     ClientId,
     /// ACL WHOAMI: the user this client logged in as.
     AclWhoami,
+    SlowlogGet,
+    SlowlogLen,
+    SlowlogReset,
     ClientInfo,
     ClientList,
     ClientReply,

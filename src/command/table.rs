@@ -468,7 +468,12 @@ pub static COMMANDS: &[CmdSpec] = &[
     refused("ACL|SETUSER", NODE_ADMIN),
     refused("ACL|USERS", NODE_ADMIN),
     refused("MODULE", NODE_ADMIN),
-    refused("SLOWLOG", NODE_ADMIN),
+    // SLOWLOG: slotgate's own timing of each command, end to end.
+    container("SLOWLOG"),
+    answered("SLOWLOG|GET", Cmd::SlowlogGet),
+    answered("SLOWLOG|LEN", Cmd::SlowlogLen),
+    answered("SLOWLOG|RESET", Cmd::SlowlogReset),
+    CmdSpec::new("SLOWLOG|HELP", NONE),
     refused("LATENCY", NODE_ADMIN),
     refused("PFDEBUG", NODE_ADMIN),
     refused("PFSELFTEST", NODE_ADMIN),
