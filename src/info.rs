@@ -34,7 +34,7 @@ pub fn scope(req: &Request) -> InfoScope {
     }
     let names: Vec<&[u8]> = (1..req.len()).map(|i| req.arg(i)).collect();
     let is = |n: &[u8], s: &str| n.eq_ignore_ascii_case(s.as_bytes());
-    let ours = |n: &[u8]| is(n, "slotgate") || is(n, "multiwrite");
+    let ours = |n: &[u8]| is(n, "slotgate") || is(n, "multiwrite") || is(n, "hotkeys");
     if names.iter().all(|n| ours(n)) {
         InfoScope::SlotgateOnly
     } else if names
@@ -307,6 +307,8 @@ pub fn slotgate_section(shared: &Shared) -> String {
 /// The sections slotgate adds: `# Slotgate`, and `# Multiwrite` when writes are mirrored.
 pub async fn proxy_sections(shared: &Shared) -> String {
     let mut text = slotgate_section(shared);
+    text.push_str("\r\n");
+    text.push_str(&shared.hotkeys.info_section());
     if let Some(m) = &shared.mirrors {
         let lag = match &m.queue {
             Some(q) => q.lag().await,

@@ -26,6 +26,7 @@ pub mod fasthash;
 #[cfg(test)]
 pub mod fixtures;
 pub mod histogram;
+pub mod hotkeys;
 pub mod info;
 pub mod local;
 pub mod mirror;

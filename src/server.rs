@@ -41,6 +41,7 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
     );
     let mirrors = crate::mirror::Mirrors::build(&config)?;
     let commands = crate::command_stats::CommandStats::new(config.worker_threads());
+    let hotkeys = crate::hotkeys::HotKeys::new(config.worker_threads());
     Ok(Arc::new(Shared {
         mirrors,
         config,
@@ -50,6 +51,7 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
         scripts: Default::default(),
         clients: Default::default(),
         auth_failures: Default::default(),
+        hotkeys,
         commands,
         slowlog: Default::default(),
         draining: tokio::sync::watch::Sender::new(false),

@@ -53,6 +53,8 @@ pub struct Shared {
     pub commands: crate::command_stats::CommandStats,
     /// SLOWLOG.
     pub slowlog: crate::slowlog::SlowLog,
+    /// The hottest keys (sampled).
+    pub hotkeys: crate::hotkeys::HotKeys,
     /// Connected clients, for CLIENT LIST.
     pub clients: crate::clients::Clients,
 }

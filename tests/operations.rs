@@ -169,6 +169,58 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_loads_hottest_key_is_reported_first() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&cluster, |c| c.admin.listen = "127.0.0.1:0".into()).await;
+    let mut con = proxy.client(2).await;
+    for i in 0..3000u32 {
+        let key = match i % 10 {
+            0..=4 => "hot:first".to_string(),
+            5 | 6 => "hot:second".to_string(),
+            _ => format!("cold:{i}"),
+        };
+        let _: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("hotkeys")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let first = info
+        .lines()
+        .find(|l| l.starts_with("hotkey0:"))
+        .unwrap_or_default();
+    let second = info
+        .lines()
+        .find(|l| l.starts_with("hotkey1:"))
+        .unwrap_or_default();
+    assert!(first.starts_with("hotkey0:key=hot:first,calls="), "{info}");
+    assert!(
+        second.starts_with("hotkey1:key=hot:second,calls="),
+        "{info}"
+    );
+    let (_, text) = http_get(proxy.admin_port.unwrap(), "/metrics").await;
+    let scrape = parse_metrics(&text);
+    let hot = sample(&scrape, "slotgate_hotkey_calls", &[("key", "hot:first")]);
+    assert!(
+        (1000.0..=2000.0).contains(&hot),
+        "{hot}: 1500 calls, sampled"
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "slotgate_hotkey_calls")
+            .count()
+            <= slotgate::hotkeys::TOP
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowlog_keeps_slotgates_own_timing_with_the_node() {
     let cluster = Cluster::start_with(3, 0);
     let proxy = Proxy::start_with(&cluster, |c| c.slowlog.threshold_us = 100_000).await;

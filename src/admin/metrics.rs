@@ -258,6 +258,14 @@ pub async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             Value::Histogram(sum, count, buckets),
         );
     }
+    for (key, calls) in shared.hotkeys.top() {
+        s.gauge(
+            "slotgate_hotkey_calls",
+            "Estimated commands on each of the hottest keys over the last one to two minutes (sampled).",
+            vec![("key", crate::hotkeys::shown(&key))],
+            calls as f64,
+        );
+    }
     s.gauge(
         "slotgate_slowlog_entries",
         "Entries in slotgate's SLOWLOG.",

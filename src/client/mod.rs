@@ -142,6 +142,12 @@ async fn serve_halves<R, W>(
             }
             state.barrier = false;
             state.blocking = false;
+            if let Some(spec) = spec
+                && crate::hotkeys::sampled()
+                && let Some(i) = spec.key_indices(&req).next()
+            {
+                shared.hotkeys.add(req.arg(i));
+            }
             let size = u32::try_from(req.raw.len()).unwrap_or(u32::MAX);
             let raw = keep_raw.then(|| req.raw.clone());
             let silent_by_mode = state.replies.take_for_command();
