@@ -375,3 +375,27 @@ async fn config_is_shown_with_its_secrets_redacted() {
     let parsed = slotgate::config::Config::from_yaml(&body.replace("<redacted>", "x")).unwrap();
     assert_eq!(parsed.limits.max_clients, 1234);
 }
+
+/// The Grafana dashboard only queries metric families slotgate exports.
+#[test]
+fn the_dashboard_uses_exported_metric_names() {
+    let root = support::repo_root();
+    let dashboard = std::fs::read_to_string(root.join("config/grafana-dashboard.json")).unwrap();
+    let source = std::fs::read_to_string(root.join("src/admin/metrics.rs")).unwrap();
+    let mut checked = 0;
+    for (i, _) in dashboard.match_indices("slotgate_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let family = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_total");
+        assert!(
+            source.contains(&format!("\"{family}\"")),
+            "the dashboard queries {name}, which slotgate does not export"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 15, "{checked}");
+}
