@@ -6,7 +6,9 @@
 # interleaved over several rounds (slotgate, cluster, standalone, slotgate, ...). Prints the
 # medians (ops/s, p50, p99), the median of the per-round ratios slotgate / standalone,
 # slotgate's CPU time per request (from /proc), its RSS at rest, peak and with 10,000 idle
-# connections, and writes every measurement to bench/results/<timestamp>.csv.
+# connections, and writes every measurement to bench/results/<timestamp>.csv. The
+# `*_scraped` workloads run while /metrics is scraped every second beside them; the CPU one
+# scrape costs is measured at rest (200 scrapes).
 #
 # Usage: bench/run.sh [--rounds N] [--quick] [--threads N]
 #   --rounds N   rounds per workload (default 5)
@@ -46,6 +48,7 @@ BLOCKERS_PID=""
 
 cleanup() {
     [[ -n $BLOCKERS_PID ]] && kill "$BLOCKERS_PID" 2>/dev/null || true
+    [[ -n ${SCRAPER_PID:-} ]] && kill "$SCRAPER_PID" 2>/dev/null || true
     [[ -n $SG_PID ]] && kill "$SG_PID" 2>/dev/null && wait "$SG_PID" 2>/dev/null || true
     [[ -n $SGM_PID ]] && kill "$SGM_PID" 2>/dev/null && wait "$SGM_PID" 2>/dev/null || true
     [[ -f $WORK/standalone.pid ]] && kill "$(cat "$WORK/standalone.pid")" 2>/dev/null || true
@@ -105,7 +108,52 @@ WORKLOADS=(
     "get_c1000|100000|-t get -c 1000 -r 1000000"
     "get_blpop100|200000|-t get -c 50 -r 1000000 -P 1 -d 100"
     "get_p1_mirror|200000|-t get -c 50 -r 1000000 -P 1 -d 100"
+    "set_p1_scraped|200000|-t set -c 50 -r 1000000 -P 1 -d 100"
+    "get_p1_scraped|200000|-t get -c 50 -r 1000000 -P 1 -d 100"
 )
+
+# GETs /metrics from slotgate's admin listener every second until killed.
+SCRAPER_PID=""
+start_scraper() {
+    python3 - "$SG_ADMIN_PORT" <<'PY' &
+import socket, sys, time
+port = int(sys.argv[1])
+while True:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+    while s.recv(65536):
+        pass
+    s.close()
+    time.sleep(1)
+PY
+    SCRAPER_PID=$!
+}
+
+stop_scraper() {
+    [[ -n $SCRAPER_PID ]] && kill "$SCRAPER_PID" 2>/dev/null && wait "$SCRAPER_PID" 2>/dev/null || true
+    SCRAPER_PID=""
+}
+
+# CPU of one scrape, at rest: 200 scrapes back to back.
+scrape_cpu_before=$(cpu_ticks "$SG_PID")
+SCRAPE_BYTES=$(python3 - "$SG_ADMIN_PORT" <<'PY'
+import socket, sys
+port = int(sys.argv[1])
+size = 0
+for _ in range(200):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+    body = b""
+    while chunk := s.recv(65536):
+        body += chunk
+    s.close()
+    size = len(body)
+print(size)
+PY
+)
+scrape_cpu_after=$(cpu_ticks "$SG_PID")
+SCRAPE_CPU_MS=$(python3 -c "print(f'{($scrape_cpu_after - $scrape_cpu_before) * 1e3 / $TICK / 200:.3f}')")
+echo "one /metrics scrape at rest: ${SCRAPE_CPU_MS} ms CPU, ${SCRAPE_BYTES} bytes" >&2
 
 # Opens 100 connections blocked in BLPOP against a port until killed.
 start_blockers() {
@@ -150,11 +198,13 @@ for round in $(seq "$ROUNDS"); do
                 pid=$SGM_PID
             fi
             [[ $name == get_blpop100 ]] && start_blockers "${conn[-1]}"
+            [[ $target == slotgate && $name == *_scraped ]] && start_scraper
             before=$(cpu_ticks "$pid")
             # shellcheck disable=SC2086
             line=$(redis-benchmark "${conn[@]}" -n "$requests" --csv $run_args 2>/dev/null | tail -n 1 || true)
             after=$(cpu_ticks "$pid")
             [[ $name == get_blpop100 ]] && stop_blockers
+            stop_scraper
             cpu=""
             if [[ $target == slotgate ]]; then
                 cpu=$(python3 -c "print(f'{($after - $before) * 1e6 / $TICK / $requests:.3f}')")
@@ -228,6 +278,11 @@ if base and blocked:
     print(f"\nGET with 100 clients blocked in BLPOP: {blocked / base:.2f}x the throughput without them")
 def cpu(w):
     return med(r["slotgate_cpu_us_per_req"] for r in rows if r["workload"] == w and r["target"] == "slotgate")
+for w in ("set_p1", "get_p1"):
+    plain, scraped = summary.get(w, (None, None))[0], summary.get(w + "_scraped", (None, None))[0]
+    if plain and scraped:
+        print(f"{w} ratio with /metrics scraped every second: {scraped:.3f}, without: {plain:.3f} "
+              f"({(scraped / plain - 1) * 100:+.1f}%)")
 if cpu("get_p1") and cpu("get_p1_mirror"):
     print(f"GET -P 1 CPU with a mirror (first_resource_only): {cpu('get_p1_mirror'):.2f} us/req, "
           f"without: {cpu('get_p1'):.2f} us/req")
