@@ -236,6 +236,7 @@ impl Cluster {
             command_timeout: config.command_timeout(),
             workers: config.worker_threads(),
             tls: access.tls.clone(),
+            kind: crate::backend::node_stats::ConnKind::Shared,
         };
         // Topology queries: one connection per node of their own, with the query timeout as
         // deadline, so a stopped node cannot hold a refresh or queue it behind clients.
@@ -244,6 +245,7 @@ impl Cluster {
             inbox_capacity: 16,
             readonly: false,
             command_timeout: config.connect_timeout(),
+            kind: crate::backend::node_stats::ConnKind::Control,
             ..pool.clone()
         });
         let backends = Arc::new(Backends::new(pool));

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod backend {
     //! Connections to cluster nodes.
     pub mod conn;
+    pub mod node_stats;
     pub mod pool;
     pub mod stream;
     pub mod users;

@@ -278,10 +278,13 @@ impl Subscriptions {
         self.next_id += 1;
         let id = self.next_id;
         let (commands, inbox) = mpsc::channel(64);
-        let settings = shared
-            .primary
-            .backends
-            .conn_settings(&addr, self.proto, 64, self.user);
+        let settings = crate::backend::conn::ConnSettings {
+            kind: crate::backend::node_stats::ConnKind::Subscriber,
+            ..shared
+                .primary
+                .backends
+                .conn_settings(&addr, self.proto, 64, self.user)
+        };
         let span = info_span!("subscriber", backend = %addr);
         tokio::spawn(
             run_link(
@@ -584,6 +587,7 @@ async fn run_link(
             return;
         }
     };
+    let _up = crate::backend::node_stats::Connected::new(&settings.stats, settings.kind);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut scanner = ReplyScanner::new();

@@ -151,6 +151,30 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
             &[("command", "incr")]
         ) >= 1.0
     );
+    // Per node: every master answered, on a shared connection that is up.
+    for port in &cluster.master_ports {
+        let node = format!("127.0.0.1:{port}");
+        let labels = [("cluster", "primary"), ("node", node.as_str())];
+        assert!(
+            sample(&after, "slotgate_node_replies_total", &labels) > 0.0,
+            "{node}"
+        );
+        let up = [
+            ("cluster", "primary"),
+            ("node", node.as_str()),
+            ("kind", "shared"),
+            ("state", "connected"),
+        ];
+        assert!(
+            sample(&after, "slotgate_node_connections", &up) >= 1.0,
+            "{node}"
+        );
+    }
+    assert!(
+        text.contains("slotgate_node_latency_seconds_count{"),
+        "no node latency"
+    );
+    assert!(text.contains("slotgate_node_timeouts_total{"));
     // Commands outside the table share one label: the cardinality stays bounded.
     let _: redis::RedisResult<()> = redis::cmd("NOSUCHCOMMAND").query_async(&mut con).await;
     let (_, text) = http_get(admin, "/metrics").await;
@@ -388,9 +412,7 @@ fn the_dashboard_uses_exported_metric_names() {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        let family = name
-            .trim_end_matches("_bucket")
-            .trim_end_matches("_total");
+        let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
         assert!(
             source.contains(&format!("\"{family}\"")),
             "the dashboard queries {name}, which slotgate does not export"

@@ -9,6 +9,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::backend::node_stats::ConnKind;
 use crate::dispatch::Cluster;
 use crate::histogram::Histogram;
 use crate::shared::Shared;
@@ -136,6 +137,50 @@ impl Snapshot {
             l(),
             c.backends.blocking_in_use() as f64,
         );
+        for (node, n) in c.backends.node_stats() {
+            let nl = || vec![("cluster", c.name.to_string()), ("node", node.to_string())];
+            self.counter(
+                "slotgate_node_replies",
+                "Replies received from a node.",
+                nl(),
+                n.replies.get(),
+            );
+            self.counter(
+                "slotgate_node_errors",
+                "Error replies received from a node.",
+                nl(),
+                n.errors.get(),
+            );
+            self.counter(
+                "slotgate_node_timeouts",
+                "Requests failed because the node missed their deadline.",
+                nl(),
+                n.timeouts.get(),
+            );
+            self.add(
+                "slotgate_node_latency_seconds",
+                "Time from writing a request to a node to its reply (one write in 8).",
+                nl(),
+                Value::histogram(&n.latency),
+            );
+            for kind in ConnKind::ALL {
+                let (up, down) = n.connections(kind);
+                for (state, count) in [("connected", up), ("reconnecting", down)] {
+                    if kind == ConnKind::Control || (count == 0 && state == "reconnecting") {
+                        continue;
+                    }
+                    let mut l = nl();
+                    l.push(("kind", kind.label().into()));
+                    l.push(("state", state.into()));
+                    self.gauge(
+                        "slotgate_node_connections",
+                        "Connections to a node, by kind and state.",
+                        l,
+                        count as f64,
+                    );
+                }
+            }
+        }
         self.gauge(
             "slotgate_acl_users",
             "Cluster users clients are logged in as (each with its own connections).",

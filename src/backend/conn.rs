@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::backend::node_stats::{ConnKind, Connected, NodeStats};
 use crate::backend::stream::NodeStream;
 use crate::error::BackendError;
 use crate::resp::{Proto, ReplyScanner, Request};
@@ -127,6 +128,10 @@ pub struct ConnSettings {
     pub reconnect: bool,
     /// Start TLS after connecting (`cluster.tls`).
     pub tls: Option<crate::tls::BackendTls>,
+    /// The node's figures, shared by every connection to it.
+    pub stats: Arc<NodeStats>,
+    /// What the connection is for (the `kind` label of its figures).
+    pub kind: ConnKind,
 }
 
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
@@ -154,7 +159,10 @@ async fn supervise(settings: ConnSettings, mut inbox: mpsc::Receiver<Pending>) {
             Ok(stream) => {
                 backoff = MIN_BACKOFF;
                 debug!("connected");
-                match serve(stream, &mut inbox, &settings).await {
+                let up = Connected::new(&settings.stats, settings.kind);
+                let ended = serve(stream, &mut inbox, &settings).await;
+                drop(up);
+                match ended {
                     Ended::InboxClosed => return,
                     Ended::Broken(reason) if !settings.reconnect => {
                         debug!(%reason, "session connection lost");
@@ -184,14 +192,19 @@ async fn supervise(settings: ConnSettings, mut inbox: mpsc::Receiver<Pending>) {
                 // While down, fail new requests at once so clients are not left waiting.
                 let sleep = tokio::time::sleep(backoff);
                 tokio::pin!(sleep);
-                loop {
+                settings.stats.down(settings.kind, true);
+                let inbox_closed = loop {
                     tokio::select! {
-                        _ = &mut sleep => break,
+                        _ = &mut sleep => break false,
                         p = inbox.recv() => match p {
                             Some(p) => p.fail(err.clone()),
-                            None => return,
+                            None => break true,
                         },
                     }
+                };
+                settings.stats.down(settings.kind, false);
+                if inbox_closed {
+                    return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -367,12 +380,27 @@ struct Sent {
     to: InFlight,
     /// `None`: no deadline (a command that may block forever).
     due: Option<Instant>,
+    /// When it was written, on the first request of one write in 8 (latency figures).
+    written_at: Option<Instant>,
 }
 
 impl Sent {
     fn abandoned(&self) -> bool {
         self.to.abandoned()
     }
+}
+
+/// Whether this write is the one in 8 whose first request is timed (counted per thread,
+/// apart from the command sampling so the two do not fall into step).
+fn timed_write() -> bool {
+    thread_local! {
+        static WRITES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    WRITES.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n.is_multiple_of(8)
+    })
 }
 
 /// How often the oldest request's deadline is checked: a tenth of the command timeout,
@@ -410,6 +438,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let addr: &str = &settings.addr;
+    let stats = &settings.stats;
     // Shared by the reader and writer halves below, which run in this one task: the mutex is
     // never contended, it only makes the borrow across awaits acceptable to the compiler.
     let fifo: Mutex<VecDeque<Sent>> = Mutex::new(VecDeque::new());
@@ -444,23 +473,39 @@ where
                     // Out-of-band push (RESP3); not a reply to any request.
                     continue;
                 }
+                stats.replies.add(1);
+                if matches!(frame[0], b'-' | b'!') {
+                    stats.errors.add(1);
+                }
                 let mut q = queue();
-                match q.front_mut().map(|s| &mut s.to) {
+                let done = match q.front_mut().map(|s| &mut s.to) {
                     Some(InFlight::Many { expect, got, .. }) => {
                         got.push(frame);
                         if got.len() == *expect
-                            && let Some(InFlight::Many { tx, got, .. }) =
-                                q.pop_front().map(|s| s.to)
+                            && let Some(sent) = q.pop_front()
                         {
-                            let _ = tx.send(Ok(got));
+                            let written_at = sent.written_at;
+                            if let InFlight::Many { tx, got, .. } = sent.to {
+                                let _ = tx.send(Ok(got));
+                            }
+                            written_at
+                        } else {
+                            None
                         }
                     }
-                    Some(_) => {
-                        if let Some(InFlight::One(tx)) = q.pop_front().map(|s| s.to) {
-                            let _ = tx.send(Ok(frame));
+                    Some(_) => match q.pop_front() {
+                        Some(sent) => {
+                            if let InFlight::One(tx) = sent.to {
+                                let _ = tx.send(Ok(frame));
+                            }
+                            sent.written_at
                         }
-                    }
+                        None => None,
+                    },
                     None => return Ended::Broken("reply without a request".into()),
+                };
+                if let Some(t) = done {
+                    stats.latency.record(t.elapsed());
                 }
             }
         }
@@ -480,8 +525,10 @@ where
                 tokio::task::yield_now().await;
             }
             let mut next = Some(first);
-            // One clock read for every request of this batch.
+            // One clock read for every request of this batch; one batch in 8 is timed from
+            // its first request.
             let now = Instant::now();
+            let mut written_at = timed_write().then_some(now);
             while let Some(p) = next.take() {
                 let due = match p.deadline {
                     Deadline::Default => Some(now + settings.command_timeout),
@@ -492,6 +539,7 @@ where
                     queue().push_back(Sent {
                         to: InFlight::Discard,
                         due,
+                        written_at: written_at.take(),
                     });
                     batch.put_slice(ASKING);
                 }
@@ -503,7 +551,11 @@ where
                         got: Vec::with_capacity(expect),
                     },
                 };
-                queue().push_back(Sent { to, due });
+                queue().push_back(Sent {
+                    to,
+                    due,
+                    written_at: written_at.take(),
+                });
                 if p.raw.len() > COPY_LIMIT {
                     if !batch.is_empty()
                         && let Err(e) = wr.write_all(&batch).await
@@ -576,6 +628,9 @@ where
         }
     };
     if let Ended::Broken(_) = &ended {
+        if timed_out {
+            stats.timeouts.add(queue().len() as u64);
+        }
         for entry in queue().drain(..) {
             let addr = addr.to_string();
             entry.to.fail(if timed_out {

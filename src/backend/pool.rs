@@ -19,6 +19,7 @@ use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::backend::conn::{self, BatchResult, ConnSettings, Pending, ReplyResult, ReplyTo};
+use crate::backend::node_stats::{ConnKind, NodeStats};
 use crate::backend::users::{UserId, Users};
 use crate::error::BackendError;
 use crate::resp::Proto;
@@ -41,6 +42,8 @@ pub struct PoolSettings {
     pub workers: usize,
     /// TLS for every connection (`cluster.tls`).
     pub tls: Option<crate::tls::BackendTls>,
+    /// What the connections of this pool are for (shared and session, or control).
+    pub kind: ConnKind,
 }
 
 /// The connections to one node.
@@ -162,6 +165,8 @@ pub struct Backends {
     shared: Box<[WorkerShared]>,
     /// The users clients logged in as, whose connections are opened with their credentials.
     users: Arc<Users>,
+    /// Per node: its figures, shared by every connection to it.
+    stats: DashMap<Arc<str>, Arc<NodeStats>, crate::fasthash::FnvBuild>,
 }
 
 impl Backends {
@@ -173,7 +178,24 @@ impl Backends {
             settings,
             nodes: DashMap::default(),
             users: Arc::default(),
+            stats: DashMap::default(),
         }
+    }
+
+    /// The figures of `addr` (made on first use).
+    fn stats_of(&self, addr: &Arc<str>) -> Arc<NodeStats> {
+        if let Some(s) = self.stats.get(addr) {
+            return s.clone();
+        }
+        self.stats.entry(addr.clone()).or_default().clone()
+    }
+
+    /// Every node's figures, by address.
+    pub fn node_stats(&self) -> Vec<(Arc<str>, Arc<NodeStats>)> {
+        self.stats
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
     }
 
     /// The users clients logged in as on this cluster.
@@ -243,6 +265,8 @@ impl Backends {
             command_timeout: self.settings.command_timeout,
             reconnect: true,
             tls: self.settings.tls.clone(),
+            stats: self.stats_of(addr),
+            kind: self.settings.kind,
         }
     }
 
@@ -277,6 +301,7 @@ impl Backends {
         let conn = reused.unwrap_or_else(|| {
             conn::spawn(ConnSettings {
                 reconnect: false,
+                kind: ConnKind::Session,
                 ..self.conn_settings(addr, proto, 4, user)
             })
         });
@@ -425,6 +450,9 @@ impl Backends {
     /// flight are answered.
     pub fn retain(&self, keep: &[Arc<str>]) {
         self.nodes.retain(|addr, _| keep.contains(addr));
+        // Figures of nodes that left go too (labels stay bounded), once nothing uses them.
+        self.stats
+            .retain(|addr, s| keep.contains(addr) || Arc::strong_count(s) > 1);
         for worker in &self.shared {
             lock(&worker.nodes).retain(|addr, _| keep.contains(addr));
         }
