@@ -29,6 +29,8 @@ pub struct Stats {
     pub tls_handshake_failures: AtomicU64,
     /// Clients told `MOVING` at shutdown (maintenance notifications on).
     pub moving_sent: AtomicU64,
+    /// Clients subscribed to at least one channel, pattern or shard channel now.
+    pub subscribers: AtomicI64,
 }
 
 /// State shared by every client task.

@@ -82,6 +82,8 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
         "slotgate_command_errors_total",
         "slotgate_command_latency_seconds",
         "slotgate_slowlog_entries",
+        "slotgate_pubsub_subscribers",
+        "slotgate_topology_refresh_seconds",
     ] {
         assert!(
             before.samples.iter().any(|s| s.metric == family),
@@ -190,6 +192,29 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
         !text.contains("nosuchcommand"),
         "an unknown command became a label"
     );
+    // A subscriber is counted while it is subscribed.
+    let mut sub = support::RawClient::connect(proxy.port).await;
+    sub.send(b"SUBSCRIBE news\r\n").await;
+    sub.expect(b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n")
+        .await;
+    let (_, text) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        sample(&parse_metrics(&text), "slotgate_pubsub_subscribers", &[]),
+        1.0
+    );
+    drop(sub);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text) = http_get(admin, "/metrics").await;
+        if sample(&parse_metrics(&text), "slotgate_pubsub_subscribers", &[]) == 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscriber still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

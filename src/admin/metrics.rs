@@ -112,6 +112,12 @@ impl Snapshot {
             l(),
             Value::histogram(&k.latency),
         );
+        self.add(
+            "slotgate_topology_refresh_seconds",
+            "How long each topology refresh took (its count: refreshes done).",
+            l(),
+            Value::histogram(&c.topology.refresh_latency),
+        );
         let table = c.topology.table();
         self.gauge(
             "slotgate_topology_generation",
@@ -273,6 +279,12 @@ pub async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         "AUTH attempts refused unchecked (limits.auth_failures_per_minute).",
         none(),
         st.auth_rate_limited.load(Ordering::Relaxed),
+    );
+    s.gauge(
+        "slotgate_pubsub_subscribers",
+        "Clients with at least one subscription now.",
+        none(),
+        st.subscribers.load(Ordering::Relaxed) as f64,
     );
     s.counter(
         "slotgate_commands",

@@ -70,6 +70,10 @@ async fn serve_halves<R, W>(
     W: AsyncWrite + Unpin,
 {
     let registration = shared.clients.register(id, peer, local);
+    let mut subscriber = SubscriberGauge {
+        shared: &shared,
+        counted: false,
+    };
     let mut watchdog = Watchdog::new(&shared.config.limits);
     let mut state = ClientState::new(id, shared.config.password.is_some());
     state.entry = Some(registration.entry.clone());
@@ -197,6 +201,7 @@ async fn serve_halves<R, W>(
             }
         }
         let subscribed = state.subs.as_ref().is_some_and(|s| s.has_links());
+        subscriber.set(subscribed);
         // A subscriber is bounded by the pub/sub limit, as Redis bounds pubsub clients.
         let out_limit = if subscribed {
             limits.pubsub_output_buffer
@@ -331,6 +336,31 @@ async fn serve_halves<R, W>(
     }
     if out.flush(&mut wr).await.is_ok() {
         let _ = wr.shutdown().await;
+    }
+}
+
+/// Counts this client in `subscribers` while it has subscriptions.
+struct SubscriberGauge<'a> {
+    shared: &'a Shared,
+    counted: bool,
+}
+
+impl SubscriberGauge<'_> {
+    fn set(&mut self, subscribed: bool) {
+        if subscribed != self.counted {
+            self.counted = subscribed;
+            let delta = if subscribed { 1 } else { -1 };
+            self.shared
+                .stats
+                .subscribers
+                .fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for SubscriberGauge<'_> {
+    fn drop(&mut self) {
+        self.set(false);
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Topology {
     refreshed: watch::Sender<u64>,
     /// `redis_version` reported by the cluster, for HELLO.
     redis_version: ArcSwapOption<String>,
+    /// How long each refresh took (its count: the refreshes done).
+    pub refresh_latency: crate::histogram::Histogram,
 }
 
 impl Topology {
@@ -73,6 +75,7 @@ impl Topology {
             trigger,
             refreshed,
             redis_version: ArcSwapOption::empty(),
+            refresh_latency: Default::default(),
         });
         let pools = Pools { control, data };
         tokio::spawn(manage(Arc::downgrade(&topo), settings, pools, rx));
@@ -146,7 +149,9 @@ async fn manage(
             },
         };
         let Some(topo) = topo.upgrade() else { return };
+        let started = std::time::Instant::now();
         refresh(&topo, &settings, &pools, hint).await;
+        topo.refresh_latency.record(started.elapsed());
         topo.refreshed.send_modify(|n| *n += 1);
         // Users whose clients all left close their connections after a grace period.
         pools
