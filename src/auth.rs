@@ -63,7 +63,7 @@ pub async fn login(
     pass: &[u8],
 ) -> Result<(), Bytes> {
     let peer = state.entry.as_ref().and_then(|e| e.addr).map(|a| a.ip());
-    let limit = shared.config.limits.auth_failures_per_minute;
+    let limit = shared.live().limits.auth_failures_per_minute;
     if let Some(ip) = peer
         && shared.auth_failures.blocked(ip, limit)
     {
@@ -115,7 +115,8 @@ async fn check(
     pass: &[u8],
 ) -> Result<Option<UserLease>, Refusal> {
     // The configured client password stands for the default user, as `requirepass` does.
-    if let Some(expected) = &shared.config.password
+    let live = shared.live();
+    if let Some(expected) = &live.password
         && user.is_none_or(|u| u == b"default")
     {
         return if same_secret(pass, expected.as_bytes()) {

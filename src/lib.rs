@@ -36,6 +36,7 @@ pub mod plan;
 pub mod pubsub;
 pub mod redact;
 pub mod redirect;
+pub mod reload;
 pub mod replies;
 pub mod resp;
 pub mod scan;

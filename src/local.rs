@@ -45,6 +45,8 @@ pub struct ClientState {
     pub entry: Option<std::sync::Arc<crate::clients::ClientEntry>>,
     /// CLIENT MAINT_NOTIFICATIONS ON (RESP3): told `MOVING` when slotgate shuts down.
     pub maint_notifications: bool,
+    /// Where its reads go (`cluster.read_from` in force; a reload changes it).
+    pub read_from: crate::config::ReadFrom,
     /// The cluster user the client logged in as (`AUTH username password`); `None`: its
     /// commands run as slotgate's own account.
     pub user: Option<crate::backend::users::UserLease>,
@@ -94,6 +96,7 @@ impl ClientState {
             silence_this: None,
             entry: None,
             maint_notifications: false,
+            read_from: Default::default(),
             user: None,
         }
     }
@@ -222,7 +225,9 @@ pub fn answer(
         Cmd::Reset if n == 1 => {
             let enabled = state.batch.enabled;
             let entry = state.entry.take();
-            *state = ClientState::new(state.id, shared.config.password.is_some());
+            let read_from = state.read_from;
+            *state = ClientState::new(state.id, shared.live().password.is_some());
+            state.read_from = read_from;
             state.batch.enabled = enabled;
             state.entry = entry;
             state.publish_details();

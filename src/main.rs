@@ -106,7 +106,7 @@ fn load(cli: &Cli) -> Result<Config, slotgate::error::ConfigError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = std::sync::Arc::new(Cli::parse());
     let config = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -114,14 +114,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file or collector gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let set_log_level = init_logging(&config.log_level);
+    // SIGHUP and POST /reload read the file and the flags again.
+    let reload = {
+        let cli = cli.clone();
+        slotgate::reload::ReloadSource {
+            reread: Box::new(move || load(&cli)),
+            set_log_level,
+        }
+    };
     // This runtime runs the accept loop and background tasks (topology, multi-write log and
     // probe, the consumer); clients are served by the worker threads (`--threads`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -161,7 +162,7 @@ fn main() -> ExitCode {
             }
         };
         let drain = Duration::from_millis(config.drain.timeout_ms);
-        match slotgate::server::run(listener, config, shutdown_signal(drain)).await {
+        match slotgate::server::run(listener, config, shutdown_signal(drain), Some(reload)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("slotgate: {e}");
@@ -169,6 +170,31 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Logs to stderr (colours only on a terminal); the filter is `RUST_LOG` when set, else
+/// `log_level`, which a reload can change (the returned setter; none with `RUST_LOG`).
+fn init_logging(log_level: &str) -> Option<slotgate::reload::SetLogLevel> {
+    use tracing_subscriber::prelude::*;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(log_level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+    if fixed {
+        return None;
+    }
+    Some(Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }))
 }
 
 /// Completes on SIGTERM (graceful: `drain` as the deadline) or SIGINT (fast: no drain).

@@ -159,7 +159,7 @@ pub async fn handle(
         && (spec.route == Route::Subscription
             || (cmd == Cmd::Ping && subscribed && state.proto == Proto::Resp2))
     {
-        let limit = shared.config.limits.pubsub_output_buffer;
+        let limit = shared.live().limits.pubsub_output_buffer;
         let proto = state.proto;
         let user = state.user_id();
         let subs = state
@@ -197,7 +197,7 @@ pub async fn handle(
     let Some(spec) = spec else {
         return ready(unknown_command(&req));
     };
-    let opts = client_opts(shared, state, spec);
+    let opts = client_opts(state, spec);
     let described = crate::command::learned::has_any;
     match spec.route {
         // Until a server described its commands, COMMAND is the server's own answer.
@@ -343,7 +343,7 @@ async fn forward(
 
 /// How a client's command is sent: its protocol and connection choice; reads may be retried
 /// and may go to replicas (`read_from`), everything else goes to masters.
-fn client_opts(shared: &Shared, state: &ClientState, spec: &CmdSpec) -> SendOptions {
+fn client_opts(state: &ClientState, spec: &CmdSpec) -> SendOptions {
     let read = spec.is_readonly();
     SendOptions {
         proto: state.proto,
@@ -353,7 +353,7 @@ fn client_opts(shared: &Shared, state: &ClientState, spec: &CmdSpec) -> SendOpti
         dedicated: false,
         deadline: Deadline::Default,
         read_from: if read {
-            shared.config.cluster.read_from
+            state.read_from
         } else {
             crate::config::ReadFrom::Master
         },
@@ -385,7 +385,7 @@ fn try_batch(
     if !plain {
         return None;
     }
-    let opts = client_opts(shared, state, spec);
+    let opts = client_opts(state, spec);
     let target = match spec.slot(req) {
         Ok(Some(slot)) => Target::Slot(slot),
         Ok(None) => Target::Any,

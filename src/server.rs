@@ -14,6 +14,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::config::Config;
 use crate::dispatch::{Cluster, ClusterAccess};
 use crate::error::StartError;
+use crate::reload::{ReloadSource, Reloader};
 use crate::shared::Shared;
 use crate::tls::{BackendTls, ClientTls};
 use crate::worker::Workers;
@@ -44,6 +45,8 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
     let hotkeys = crate::hotkeys::HotKeys::new(config.worker_threads());
     Ok(Arc::new(Shared {
         mirrors,
+        live: arc_swap::ArcSwap::from_pointee(config.clone()),
+        live_generation: Default::default(),
         config,
         primary,
         stats: Default::default(),
@@ -96,16 +99,17 @@ async fn bind_optional(addr: &str) -> Result<Option<TcpListener>, StartError> {
         })
 }
 
-/// As `run_on`, binding the TLS listener (`tls.listen`) and the admin listener
+/// As `run_with`, binding the TLS listener (`tls.listen`) and the admin listener
 /// (`admin.listen`) when they are configured.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = Duration>,
+    reload: Option<ReloadSource>,
 ) -> Result<(), StartError> {
     let tls = bind_optional(&config.tls.listen).await?;
     let admin = bind_optional(&config.admin.listen).await?;
-    run_on(
+    run_with(
         Listeners {
             plain: listener,
             tls,
@@ -113,6 +117,7 @@ pub async fn run(
         },
         config,
         shutdown,
+        reload,
     )
     .await
 }
@@ -130,36 +135,6 @@ async fn accept(
     }
 }
 
-/// Reloads the TLS certificate and key from disk on every SIGHUP.
-fn reload_on_sighup(tls: Arc<ClientTls>) -> Option<tokio::task::JoinHandle<()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                error!(error = %e, "cannot watch SIGHUP: the TLS certificate will not reload");
-                return None;
-            }
-        };
-        Some(tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                match tls.reload() {
-                    Ok(()) => info!("SIGHUP: TLS certificate and key reloaded"),
-                    Err(e) => {
-                        error!(error = %e, "SIGHUP: TLS reload failed; the certificate in use stays")
-                    }
-                }
-            }
-        }))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tls;
-        None
-    }
-}
-
 /// How long a TLS client may take to finish its handshake.
 fn handshake_timeout(config: &Config) -> Duration {
     match config.limits.request_read_timeout_ms {
@@ -174,9 +149,20 @@ fn handshake_timeout(config: &Config) -> Duration {
 /// once). The first topology refresh runs before the first client is accepted when the
 /// cluster answers within the connect timeout.
 pub async fn run_on(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = Duration>,
+) -> Result<(), StartError> {
+    run_with(listeners, config, shutdown, None).await
+}
+
+/// As `run_on`; SIGHUP and `POST /reload` re-read the configuration from `reload` (without
+/// one, they reload the TLS certificate only).
+pub async fn run_with(
     mut listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = Duration>,
+    reload: Option<ReloadSource>,
 ) -> Result<(), StartError> {
     let client_tls = match config.tls.files() {
         Some(files) => Some(Arc::new(ClientTls::load(files)?)),
@@ -205,13 +191,19 @@ pub async fn run_on(
         ));
     }
     let workers = Workers::start(shared.config.worker_threads()).map_err(StartError::Workers)?;
-    let reloader = client_tls.clone().and_then(reload_on_sighup);
+    let handshake = handshake_timeout(&shared.config);
+    let limit = Arc::new(Semaphore::new(shared.config.limits.max_clients));
+    let reloader = Arc::new(Reloader::new(
+        reload,
+        shared.clone(),
+        client_tls.clone(),
+        limit.clone(),
+    ));
+    let sighup = crate::reload::on_sighup(reloader.clone());
     let admin = listeners
         .admin
         .take()
-        .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone())));
-    let handshake = handshake_timeout(&shared.config);
-    let limit = Arc::new(Semaphore::new(shared.config.limits.max_clients));
+        .map(|l| tokio::spawn(crate::admin::serve(l, shared.clone(), reloader.clone())));
     let next_id = AtomicU64::new(1);
     info!(
         listen = %listeners.plain.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -245,7 +237,7 @@ pub async fn run_on(
             stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
             warn!(
                 peer = %peer,
-                limit = shared.config.limits.max_clients,
+                limit = shared.live().limits.max_clients,
                 "limits.max_clients reached: client refused"
             );
             if over_tls {
@@ -299,7 +291,7 @@ pub async fn run_on(
         );
     };
     drop(listeners);
-    if let Some(r) = reloader {
+    if let Some(r) = sighup {
         r.abort();
     }
     if let Some(a) = admin {

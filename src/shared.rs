@@ -36,7 +36,13 @@ pub struct Stats {
 /// State shared by every client task.
 #[derive(Debug)]
 pub struct Shared {
+    /// The configuration slotgate started with (fields that change live are read from
+    /// `live()`).
     pub config: Config,
+    /// The configuration in force: the start's, then each reload's (`reload`).
+    pub live: arc_swap::ArcSwap<Config>,
+    /// Bumped by every reload, so clients notice it with one load.
+    pub live_generation: AtomicU64,
     /// The cluster clients read from and write to.
     pub primary: Cluster,
     /// Resources that receive the writes too (multi-write), if configured.
@@ -59,4 +65,18 @@ pub struct Shared {
     pub hotkeys: crate::hotkeys::HotKeys,
     /// Connected clients, for CLIENT LIST.
     pub clients: crate::clients::Clients,
+}
+
+impl Shared {
+    /// The configuration in force.
+    pub fn live(&self) -> std::sync::Arc<Config> {
+        self.live.load_full()
+    }
+
+    /// Puts `config` in force (a reload).
+    pub fn set_live(&self, config: Config) {
+        self.live.store(std::sync::Arc::new(config));
+        self.live_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
 }

@@ -1,5 +1,6 @@
 //! The admin HTTP listener (`admin.listen`): `GET /metrics` (Prometheus text), `GET /health`
-//! and `GET /ready` (probes), `GET /config` (the effective configuration, secrets redacted).
+//! and `GET /ready` (probes), `GET /config` (the configuration in force, secrets redacted),
+//! `POST /reload` (re-read the config file, as SIGHUP does).
 //! It runs on the accept loop's runtime, never on a worker thread.
 
 pub mod metrics;
@@ -19,10 +20,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::reload::Reloader;
 use crate::shared::Shared;
 
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, reloader: Arc<Reloader>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -33,10 +35,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let shared = shared.clone();
+        let reloader = reloader.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                let reloader = reloader.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &reloader, req).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -63,8 +67,33 @@ fn reply(
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
-async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    shared: &Shared,
+    reloader: &Reloader,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    if path == "/reload" {
+        if method != Method::POST {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use POST /reload\n");
+        }
+        return match reloader.reload_and_log("POST /reload").await {
+            Ok(o) => reply(
+                StatusCode::OK,
+                TEXT,
+                format!(
+                    "reloaded\napplied: {}\nneed a restart (running values kept): {}\n",
+                    o.applied.join(", "),
+                    o.kept.join(", ")
+                ),
+            ),
+            Err(e) => reply(
+                StatusCode::BAD_REQUEST,
+                TEXT,
+                format!("rejected, the running configuration stays: {e}\n"),
+            ),
+        };
+    }
     if method != Method::GET && method != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -97,7 +126,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         "/config" => reply(
             StatusCode::OK,
             "application/yaml; charset=utf-8",
-            shared.config.redacted_yaml(),
+            shared.live().redacted_yaml(),
         ),
         _ => reply(
             StatusCode::NOT_FOUND,

@@ -74,12 +74,17 @@ async fn serve_halves<R, W>(
         shared: &shared,
         counted: false,
     };
-    let mut watchdog = Watchdog::new(&shared.config.limits);
-    let mut state = ClientState::new(id, shared.config.password.is_some());
+    // The configuration in force when the client connected: its limits hold for the whole
+    // connection; a reload changes where its reads go at once.
+    let mut live = shared.live();
+    let mut live_generation = crate::reload::generation(&shared);
+    let mut watchdog = Watchdog::new(&live.limits);
+    let mut state = ClientState::new(id, live.password.is_some());
+    state.read_from = live.cluster.read_from;
     state.entry = Some(registration.entry.clone());
     state.batch.enabled = true;
     let mut scanner = RequestScanner::new(shared.config.request_limits());
-    let limits = &shared.config.limits;
+    let limits = live.limits.clone();
     let (window, window_bytes) = (limits.pipeline_window, limits.pipeline_window_bytes);
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
     let mut out = Output::new(buffered);
@@ -105,8 +110,14 @@ async fn serve_halves<R, W>(
     // slowly): what is in flight still completes for the mirrors' sake.
     let mut abandoned = false;
     // Whether requests are kept for the slow log.
-    let keep_raw = shared.config.slowlog.max_len > 0;
+    let mut keep_raw = live.slowlog.max_len > 0;
     'serve: loop {
+        if crate::reload::generation(&shared) != live_generation {
+            live = shared.live();
+            live_generation = crate::reload::generation(&shared);
+            state.read_from = live.cluster.read_from;
+            keep_raw = live.slowlog.max_len > 0;
+        }
         let mut parsed = 0u64;
         // One clock reading for every request of this read.
         let mut read_at: Option<std::time::Instant> = None;
@@ -180,7 +191,7 @@ async fn serve_halves<R, W>(
         }
         let mut done_at = None;
         while let Some((reply, meta)) = inflight.pop_ready() {
-            finished(&shared, &state, peer, &meta, &reply, &mut done_at);
+            finished(&shared, &live, &state, peer, &meta, &reply, &mut done_at);
             if !meta.silent {
                 out.push(reply);
             }
@@ -193,7 +204,7 @@ async fn serve_halves<R, W>(
             tokio::task::yield_now().await;
             if inflight.advance_now(&shared, &mut state.batch) {
                 while let Some((reply, meta)) = inflight.pop_ready() {
-                    finished(&shared, &state, peer, &meta, &reply, &mut done_at);
+                    finished(&shared, &live, &state, peer, &meta, &reply, &mut done_at);
                     if !meta.silent {
                         out.push(reply);
                     }
@@ -263,7 +274,7 @@ async fn serve_halves<R, W>(
                 // replies to what it sent, then is closed.
                 if changed.is_err() || *draining.borrow() {
                     if state.maint_notifications && state.proto == Proto::Resp3 {
-                        let drain = &shared.config.drain;
+                        let drain = &shared.live().drain;
                         out.push(crate::drain::moving_frame(drain));
                         shared.stats.moving_sent.fetch_add(1, Ordering::Relaxed);
                         moving = Some(Box::pin(tokio::time::sleep(
@@ -369,6 +380,7 @@ impl Drop for SubscriberGauge<'_> {
 /// replies.
 fn finished(
     shared: &Shared,
+    live: &crate::config::Config,
     state: &ClientState,
     peer: Option<SocketAddr>,
     meta: &Meta,
@@ -380,7 +392,7 @@ fn finished(
     let took = now.saturating_duration_since(started);
     let error = matches!(reply.first(), Some(b'-' | b'!'));
     shared.commands.record(meta.command, error, took);
-    let slowlog = &shared.config.slowlog;
+    let slowlog = &live.slowlog;
     if let Some(raw) = &meta.raw
         && took.as_micros() >= u128::from(slowlog.threshold_us)
     {
