@@ -176,7 +176,15 @@ fn main() -> ExitCode {
 /// `log_level`, which a reload can change (the returned setter; none with `RUST_LOG`).
 fn init_logging(log_level: &str) -> Option<slotgate::reload::SetLogLevel> {
     use tracing_subscriber::prelude::*;
-    let from_env = EnvFilter::try_from_default_env().ok();
+    // RUST_LOG is checked as log_level is (`is_log_filter`): a bad one is ignored, loudly.
+    let from_env = match std::env::var("RUST_LOG") {
+        Ok(v) if slotgate::config::is_log_filter(&v) => EnvFilter::try_new(&v).ok(),
+        Ok(v) => {
+            eprintln!("slotgate: RUST_LOG={v:?} is not a log filter; using log_level");
+            None
+        }
+        Err(_) => None,
+    };
     let fixed = from_env.is_some();
     let filter = from_env.unwrap_or_else(|| EnvFilter::new(log_level));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
@@ -192,6 +200,9 @@ fn init_logging(log_level: &str) -> Option<slotgate::reload::SetLogLevel> {
         return None;
     }
     Some(Box::new(move |level: &str| {
+        if !slotgate::config::is_log_filter(level) {
+            return Err(format!("{level:?} is not a log filter"));
+        }
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     }))
