@@ -3,11 +3,10 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Cluster, redis_cli};
+use support::{Cluster, Running, free_port, redis_cli};
 
 fn slotgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_slotgate"))
@@ -77,24 +76,6 @@ fn bad_flags_and_config_are_reported() {
     let err = refused(&["--config", bad.to_str().unwrap()]);
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Kills the child process when dropped, even if the test fails.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

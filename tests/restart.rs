@@ -5,28 +5,10 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::Cluster;
-
-/// Kills the child process when dropped, even if the test fails.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{Cluster, Running, free_port};
 
 /// Starts slotgate on `port`; `None` if it exited at once (the port still taken).
 fn start(seeds: &str, port: u16, log: &std::path::Path) -> Option<Running> {
@@ -76,13 +58,14 @@ fn redis_py_clients_do_not_notice_a_restart_on_the_same_port() {
     let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
     let old = start(&cluster.seeds, port, &log_a).expect("first slotgate");
     let script = support::repo_root().join("tests/python/restart_client.py");
-    let clients = Running(
+    let (out_file, err_file) = (dir.join("clients.out"), dir.join("clients.err"));
+    let mut clients = Running(
         Command::new("python3")
             .arg(&script)
             .arg(port.to_string())
             .arg("8")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(std::fs::File::create(&out_file).unwrap())
+            .stderr(std::fs::File::create(&err_file).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -101,13 +84,10 @@ fn redis_py_clients_do_not_notice_a_restart_on_the_same_port() {
         assert!(Instant::now() < deadline, "the port never came free");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut clients = clients;
-    let output = std::mem::replace(&mut clients.0, Command::new("true").spawn().unwrap())
-        .wait_with_output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let status = clients.0.wait().unwrap();
+    let stdout = std::fs::read_to_string(&out_file).unwrap();
+    let stderr = std::fs::read_to_string(&err_file).unwrap();
+    assert!(status.success(), "{stdout}\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}\n{stderr}");
     for line in lines {

@@ -166,6 +166,26 @@ fn rand_suffix() -> u64 {
     nanos * 1000 + N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A child process (the slotgate binary, a script) killed when dropped, even if the test
+/// fails.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port free now, for a process that binds it itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Worker threads of the slotgate the tests start: `SLOTGATE_TEST_THREADS` (README's test
 /// command runs the suite with 1 and with 2), else one per core.
 pub fn test_threads() -> usize {
