@@ -787,11 +787,31 @@ impl Config {
     }
 }
 
-/// Whether `s` is a log filter (`info`, `slotgate=debug,warn`). Filters are ASCII: the
-/// parser of tracing-subscriber 0.3 panics on some non-ASCII input (found by the `config`
-/// fuzz target), so such a filter is refused before it reaches it.
+/// Whether `s` is a log filter: comma-separated directives, each a level (`info`), a target
+/// (`slotgate`) or `target=level` (`slotgate::client=debug`). Span and field filters are not
+/// accepted: tracing-subscriber 0.3's parser panics on some non-ASCII input and compiles
+/// field filters into regular expressions that can take gigabytes (both found by the
+/// `config` fuzz target), so only this plain grammar reaches it.
 pub fn is_log_filter(s: &str) -> bool {
-    s.is_ascii() && tracing_subscriber::EnvFilter::try_new(s).is_ok()
+    let level = |l: &str| {
+        ["error", "warn", "info", "debug", "trace", "off"]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(l))
+    };
+    let target = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 128
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '.' | '-'))
+    };
+    let directive = |d: &str| match d.trim().split_once('=') {
+        Some((t, l)) => target(t.trim()) && level(l.trim()),
+        None => d.trim().is_empty() || level(d.trim()) || target(d.trim()),
+    };
+    !s.trim().is_empty()
+        && s.len() <= 1024
+        && s.split(',').all(directive)
+        && tracing_subscriber::EnvFilter::try_new(s).is_ok()
 }
 
 fn is_host_port(s: &str) -> bool {
@@ -899,6 +919,20 @@ mod tests {
             invalid_field(&format!("log_level: '-a€=info'\n{seeds}")),
             "log_level"
         );
+        // Also found by it: field filters compile into regular expressions that can take
+        // gigabytes. Only levels and targets are accepted.
+        assert_eq!(
+            invalid_field(&format!("log_level: 'a[{{b=c}}]'\n{seeds}")),
+            "log_level"
+        );
+        for good in [
+            "info",
+            "slotgate=debug,warn",
+            "slotgate::client=TRACE, info",
+            "off",
+        ] {
+            assert!(is_log_filter(good), "{good}");
+        }
         for (field, yaml) in [
             ("cluster.refresh_interval_ms", "  refresh_interval_ms: 0\n"),
             (

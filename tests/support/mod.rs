@@ -558,6 +558,27 @@ impl Drop for Standalone {
 /// Every key of a cluster with a printable form of its value (and whether it has a TTL),
 /// read from each master directly.
 pub async fn dump(cluster: &Cluster) -> std::collections::BTreeMap<String, String> {
+    // A node stopped earlier by the test may leave the cluster marked down for a moment
+    // (TYPE then answers CLUSTERDOWN): wait until every master says the cluster is ok.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for port in &cluster.master_ports {
+        let mut node = cluster.node(*port).await;
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut node)
+                .await
+                .unwrap();
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cluster still down on {port}: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let mut out = std::collections::BTreeMap::new();
     for port in &cluster.master_ports {
         let mut node = cluster.node(*port).await;
