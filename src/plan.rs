@@ -123,7 +123,7 @@ pub async fn handle(
     if matches!(cmd, Cmd::Auth | Cmd::Hello)
         && !state.txn.takes(spec)
         && let Some((user, pass)) = crate::auth::credentials(cmd, &req)
-        && let Err(reply) = crate::auth::login(shared, state, user, pass).await
+        && let Err(reply) = Box::pin(crate::auth::login(shared, state, user, pass)).await
     {
         return ready(reply);
     }
