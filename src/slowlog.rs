@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::resp::{Encoder, Limits, Proto, RequestScanner};
+use crate::resp::{Encoder, Limits, Proto, Request, RequestScanner};
 
 /// Arguments kept per entry, as Redis keeps them.
 const MAX_ARGS: usize = 32;
@@ -42,11 +42,17 @@ pub struct SlowLog {
     inner: Mutex<Inner>,
 }
 
-/// The arguments of a raw request, truncated as Redis's SLOWLOG truncates them.
-fn args_of(raw: &Bytes) -> Vec<Bytes> {
+/// The request in `raw` (kept by the pipeline as it was read), parsed again for a slow
+/// entry; `None` if it does not scan.
+pub fn parse(raw: &Bytes) -> Option<Request> {
     let mut scanner = RequestScanner::new(Limits::default());
     let mut buf = bytes::BytesMut::from(&raw[..]);
-    let Ok(Some(req)) = scanner.next(&mut buf, true) else {
+    scanner.next(&mut buf, true).ok().flatten()
+}
+
+/// The arguments of a request, truncated as Redis's SLOWLOG truncates them.
+fn args_of(req: Option<&Request>) -> Vec<Bytes> {
+    let Some(req) = req else {
         return vec![Bytes::from_static(b"(unreadable)")];
     };
     let mut args = Vec::with_capacity(req.len().min(MAX_ARGS));
@@ -70,14 +76,12 @@ fn args_of(raw: &Bytes) -> Vec<Bytes> {
     args
 }
 
-/// The node serving the slot of the command in `raw` now (`-` for a keyless command).
-pub fn node_for(shared: &crate::shared::Shared, raw: &Bytes) -> String {
-    let mut scanner = RequestScanner::new(Limits::default());
-    let mut buf = bytes::BytesMut::from(&raw[..]);
-    let Ok(Some(req)) = scanner.next(&mut buf, true) else {
+/// The node serving the slot of `req` now (`-` for a keyless or unreadable command).
+pub fn node_for(shared: &crate::shared::Shared, req: Option<&Request>) -> String {
+    let Some(req) = req else {
         return "-".into();
     };
-    let slot = crate::command::resolve(&req).and_then(|spec| spec.slot(&req).ok().flatten());
+    let slot = crate::command::resolve(req).and_then(|spec| spec.slot(req).ok().flatten());
     slot.and_then(|s| {
         shared
             .primary
@@ -98,7 +102,7 @@ impl SlowLog {
     #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
-        raw: &Bytes,
+        req: Option<&Request>,
         took: Duration,
         client: Option<SocketAddr>,
         client_name: Option<Bytes>,
@@ -108,7 +112,7 @@ impl SlowLog {
         if max_len == 0 {
             return;
         }
-        let args = args_of(raw);
+        let args = args_of(req);
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
@@ -178,7 +182,14 @@ mod tests {
         let long = "x".repeat(200);
         let raw = crate::resp::Request::from_args(&["SET", "k", long.as_str()]).raw;
         for _ in 0..3 {
-            log.record(&raw, Duration::from_millis(20), None, None, "n:1".into(), 2);
+            log.record(
+                parse(&raw).as_ref(),
+                Duration::from_millis(20),
+                None,
+                None,
+                "n:1".into(),
+                2,
+            );
         }
         assert_eq!(log.len(), 2);
         let entries = log.lock().entries.clone();
@@ -190,7 +201,14 @@ mod tests {
         let mut args = vec!["DEL".to_string()];
         args.extend(many);
         let raw = crate::resp::Request::from_args(&args).raw;
-        log.record(&raw, Duration::from_millis(1), None, None, "-".into(), 2);
+        log.record(
+            parse(&raw).as_ref(),
+            Duration::from_millis(1),
+            None,
+            None,
+            "-".into(),
+            2,
+        );
         let first = log.lock().entries[0].clone();
         assert_eq!(first.args.len(), 32);
         assert_eq!(&first.args[31][..], b"... (10 more arguments)");

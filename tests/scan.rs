@@ -143,20 +143,8 @@ async fn scan_across_a_master_added_mid_walk() {
     wait_for_generation(&mut con, generation).await;
     // The walk goes on once slotgate's table has all three moves (a refresh may land
     // between two of them): the cursor is exact against the table it routes by.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let line = format!("addr=127.0.0.1:{spare},slots=900,");
-    loop {
-        let info: String = redis::cmd("INFO")
-            .arg("slotgate")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        if info.contains(&line) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{info}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for_slotgate_info(&mut con, &line).await;
     while cursor != 0 {
         cursor = step(&mut con, cursor, &mut seen).await;
     }

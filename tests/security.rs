@@ -462,27 +462,12 @@ async fn create_users(cluster: &Cluster) {
 
 /// One command on a raw connection; the raw reply.
 async fn raw(client: &mut support::RawClient, args: &[&str]) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
     let mut req = format!("*{}\r\n", args.len());
     for a in args {
         req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
     }
     client.send(req.as_bytes()).await;
-    let mut buf = bytes::BytesMut::new();
-    let mut scanner = slotgate::resp::ReplyScanner::new();
-    loop {
-        if let Some(n) = scanner.next(&buf).unwrap() {
-            return buf.split_to(n).to_vec();
-        }
-        let read = tokio::time::timeout(
-            Duration::from_secs(10),
-            client.stream_mut().read_buf(&mut buf),
-        )
-        .await
-        .expect("no reply")
-        .unwrap();
-        assert!(read > 0, "closed; read {:?}", String::from_utf8_lossy(&buf));
-    }
+    read_reply(client).await
 }
 
 /// The reply the node at `port` gives `args` on a connection logged in as `user`.

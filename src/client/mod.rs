@@ -396,10 +396,17 @@ fn finished(
     if let Some(raw) = &meta.raw
         && took.as_micros() >= u128::from(slowlog.threshold_us)
     {
-        let node = crate::slowlog::node_for(shared, raw);
-        shared
-            .slowlog
-            .record(raw, took, peer, state.name.clone(), node, slowlog.max_len);
+        // Parsed once, for the arguments and the node.
+        let req = crate::slowlog::parse(raw);
+        let node = crate::slowlog::node_for(shared, req.as_ref());
+        shared.slowlog.record(
+            req.as_ref(),
+            took,
+            peer,
+            state.name.clone(),
+            node,
+            slowlog.max_len,
+        );
     }
 }
 
