@@ -49,9 +49,24 @@ case $cmd in
     failover) [[ $# -eq 1 ]] || die "usage: failover PORT"; rcli "$1" cluster failover >/dev/null ;;
     move-slots)
         [[ $# -eq 4 ]] || die "usage: move-slots PORT FROM_PORT TO_PORT COUNT"
-        "$REDIS_CLI" --cluster reshard "$HOST:$1" \
-            --cluster-from "$(node_id "$2")" --cluster-to "$(node_id "$3")" \
-            --cluster-slots "$4" --cluster-yes --cluster-pipeline 100 >/dev/null
+        # redis-cli refuses to reshard while the nodes disagree about the
+        # configuration (for a moment after a failover or a node joins): wait
+        # until `--cluster check` passes, then move; its report goes to stderr
+        # when it does not.
+        out=""
+        for _ in $(seq 1 60); do
+            if out=$("$REDIS_CLI" --cluster check "$HOST:$1" 2>&1) \
+                && ! grep -q '\[WARNING\]\|\[ERR\]' <<<"$out"; then
+                break
+            fi
+            sleep 0.5
+        done
+        from=$(node_id "$2") to=$(node_id "$3")
+        if ! out=$("$REDIS_CLI" --cluster reshard "$HOST:$1" --cluster-from "$from" \
+            --cluster-to "$to" --cluster-slots "$4" --cluster-yes --cluster-pipeline 100 2>&1); then
+            printf '%s\n' "$out" >&2
+            die "reshard from $2 to $3 failed"
+        fi
         ;;
     master-of)
         [[ $# -eq 1 ]] || die "usage: master-of PORT"
