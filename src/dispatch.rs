@@ -53,8 +53,9 @@ pub struct Cluster {
     pub topology: Arc<Topology>,
     pub backends: Arc<Backends>,
     pub policy: RetryPolicy,
-    /// Deadline for the refresh a retry waits for.
-    pub refresh_wait: Duration,
+    /// Connect and command timeouts of every connection to the cluster (the connect timeout
+    /// also bounds the refresh a retry waits for).
+    pub timeouts: Arc<crate::backend::timeouts::Timeouts>,
     pub counters: ClusterCounters,
 }
 
@@ -226,14 +227,17 @@ impl Cluster {
             .password
             .clone()
             .map(|p| (access.username.clone(), crate::redact::Secret::from(p)));
+        let timeouts = crate::backend::timeouts::Timeouts::new(
+            config.connect_timeout(),
+            config.command_timeout(),
+        );
         let pool = PoolSettings {
             connections_per_node: c.connections_per_node,
             auth,
-            connect_timeout: config.connect_timeout(),
+            timeouts: timeouts.clone(),
             inbox_capacity: 1024,
             blocking_per_node: c.max_blocking_per_node,
             readonly: c.read_from != ReadFrom::Master,
-            command_timeout: config.command_timeout(),
             workers: config.worker_threads(),
             tls: access.tls.clone(),
             kind: crate::backend::node_stats::ConnKind::Shared,
@@ -244,7 +248,6 @@ impl Cluster {
             connections_per_node: 1,
             inbox_capacity: 16,
             readonly: false,
-            command_timeout: config.connect_timeout(),
             kind: crate::backend::node_stats::ConnKind::Control,
             ..pool.clone()
         });
@@ -255,7 +258,7 @@ impl Cluster {
                 standalone: access.standalone,
                 refresh_interval: config.refresh_interval(),
                 min_refresh_gap: Duration::from_millis(50),
-                query_timeout: config.connect_timeout(),
+                timeouts: timeouts.clone(),
                 tls: access.tls.is_some(),
             },
             control,
@@ -270,7 +273,7 @@ impl Cluster {
                 max_retries: c.max_retries,
                 backoff: Duration::from_millis(c.retry_backoff_ms),
             },
-            refresh_wait: config.connect_timeout(),
+            timeouts,
             counters: ClusterCounters::default(),
         }
     }
@@ -617,7 +620,7 @@ impl Cluster {
                         let deadline = wait.max(Duration::from_millis(10));
                         let started = Instant::now();
                         self.topology
-                            .refresh_and_wait(None, self.refresh_wait)
+                            .refresh_and_wait(None, self.timeouts.connect())
                             .await;
                         if let Some(rest) = deadline.checked_sub(started.elapsed()) {
                             tokio::time::sleep(rest).await;

@@ -309,7 +309,7 @@ pub async fn proxy_sections(shared: &Shared) -> String {
     let mut text = slotgate_section(shared);
     text.push_str("\r\n");
     text.push_str(&shared.hotkeys.info_section());
-    if let Some(m) = &shared.mirrors {
+    if let Some(m) = &shared.mirrors() {
         let lag = match &m.queue {
             Some(q) => q.lag().await,
             None => None,

@@ -11,6 +11,7 @@ pub mod backend {
     pub mod node_stats;
     pub mod pool;
     pub mod stream;
+    pub mod timeouts;
     pub mod users;
 }
 pub mod client;

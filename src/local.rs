@@ -25,8 +25,11 @@ pub struct ClientState {
     pub txn: crate::transaction::Transaction,
     /// Pub/sub subscriptions and their connections, once the client subscribes.
     pub subs: Option<crate::pubsub::Subscriptions>,
-    /// This connection's mirror feed (multi-write), opened on its first mirrored write.
-    pub mirror_feed: Option<tokio::sync::mpsc::Sender<crate::mirror::Job>>,
+    /// The mirrors this connection's writes go to (multi-write): the ones in force, taken
+    /// again after a reload between two of its transactions.
+    pub mirrors: Option<std::sync::Arc<crate::mirror::Mirrors>>,
+    /// This connection's mirror feed, opened on its first mirrored write.
+    pub mirror_feed: crate::mirror::Feed,
     /// Slots written since the last WAIT, for WAIT/WAITAOF.
     pub written: crate::wait::Written,
     /// This connection's pipelined plain commands, grouped per node.
@@ -87,7 +90,8 @@ impl ClientState {
             lib_ver: None,
             txn: Default::default(),
             subs: None,
-            mirror_feed: None,
+            mirrors: None,
+            mirror_feed: Default::default(),
             written: Default::default(),
             batch: Default::default(),
             barrier: false,
@@ -99,6 +103,26 @@ impl ClientState {
             read_from: Default::default(),
             user: None,
         }
+    }
+
+    /// Takes the mirrors in force when a reload replaced them (not inside a transaction,
+    /// whose writes go to the mirrors of its start: false then, and nothing changes); the
+    /// feed to the old ones is retired.
+    pub fn follow_mirrors(&mut self, shared: &Shared) -> bool {
+        if self.txn.takes(None) {
+            return false;
+        }
+        let now = shared.mirrors.load();
+        let same = match (&*now, &self.mirrors) {
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.mirrors = now.clone();
+            self.mirror_feed.retire();
+        }
+        true
     }
 
     /// Whom this client's backend connections are authenticated as.

@@ -138,7 +138,7 @@ pub async fn handle(
         && let Some(step) = try_batch(shared, state, spec, &req)
     {
         // A mirrored write is handed to the mirrors as it is sent to the primary.
-        return mirror(shared, state, spec, &req, (step, false)).await;
+        return mirror(state, spec, &req, (step, false)).await;
     }
     // Anything else may send on the connections the open batches are for: send those first,
     // so the node sees this client's commands in order.
@@ -172,14 +172,15 @@ pub async fn handle(
     if in_multi && !matches!(cmd, Cmd::Quit | Cmd::Reset) {
         state.barrier = matches!(cmd, Cmd::Exec | Cmd::Discard);
         // A transaction's writes reach the mirrors as one transaction, once EXEC succeeded.
-        let writes = match (&shared.mirrors, cmd) {
+        let writes = match (&state.mirrors, cmd) {
             (Some(_), Cmd::Exec) => state.txn.take_writes(),
             _ => Vec::new(),
         };
         state.txn.user = state.user_id();
+        state.txn.mirrored = state.mirrors.is_some();
         let reply = state.txn.handle(shared, state.proto, spec, req).await;
         let step = Step::Tx(reply);
-        if let Some(mirrors) = &shared.mirrors
+        if let Some(mirrors) = &state.mirrors
             && let Some(ticket) = mirrors
                 .submit_transaction(&mut state.mirror_feed, writes)
                 .await
@@ -255,7 +256,7 @@ pub async fn handle(
             };
             let submitted = shared.primary.submit(spec, &req, opts).await;
             let step = from_submitted(submitted, post);
-            mirror(shared, state, spec, &req, step).await
+            mirror(state, spec, &req, step).await
         }
         Route::Scan => scan(shared, req, opts).await,
         Route::RandomKey if req.len() == 1 => (Step::RandomKey { opts }, false),
@@ -275,20 +276,20 @@ pub async fn handle(
                 .peek()
                 .pubsub_home()
                 .map_or(Target::Any, |m| Target::Node(m.addr.clone()));
-            let copy = (shared.mirrors.is_some() && mirror::mirrored(spec)).then(|| req.clone());
+            let copy = (state.mirrors.is_some() && mirror::mirrored(spec)).then(|| req.clone());
             let flight = shared.primary.start(req.raw, target, opts).await;
             let step = remote(flight, Post::None);
             match copy {
-                Some(req) => mirror(shared, state, spec, &req, step).await,
+                Some(req) => mirror(state, spec, &req, step).await,
                 None => step,
             }
         }
         Route::Slot | Route::Split(_) | Route::Transaction | Route::Subscription => {
-            let mirrored = shared.mirrors.is_some() && mirror::mirrored(spec);
+            let mirrored = state.mirrors.is_some() && mirror::mirrored(spec);
             let copy = mirrored.then(|| req.clone());
             let step = forward(shared, state, spec, req, opts).await;
             match copy {
-                Some(req) => mirror(shared, state, spec, &req, step).await,
+                Some(req) => mirror(state, spec, &req, step).await,
                 None => step,
             }
         }
@@ -418,13 +419,12 @@ fn try_batch(
 /// Hands a write to the mirrors, when there are any and the primary did not refuse it
 /// before sending (CROSSSLOT and the like are answered at once and not mirrored).
 async fn mirror(
-    shared: &Shared,
     state: &mut ClientState,
     spec: &'static CmdSpec,
     req: &Request,
     (step, close): (Step, bool),
 ) -> (Step, bool) {
-    let Some(mirrors) = &shared.mirrors else {
+    let Some(mirrors) = &state.mirrors else {
         return (step, close);
     };
     if matches!(step, Step::Ready(_)) || !mirror::mirrored(spec) {

@@ -3,10 +3,14 @@
 //!
 //! Applied live: `log_level`, `password`, `limits.*` (connections opened from then on take
 //! the new limits; `max_clients` and `auth_failures_per_minute` at once), `cluster.read_from`
-//! (every client's next command), `slowlog.*`, `drain.*`, and the TLS certificate and key.
-//! Every other field needs a restart: a change to one is logged and the running value kept.
-//! A file that does not parse or validate is rejected whole, naming the field; the running
-//! configuration stays.
+//! (every client's next command), `cluster.connect_timeout_ms` and
+//! `cluster.command_timeout_ms` (connects started and requests sent from then on, on the
+//! primary and the mirrors), `mirror.*` (mode, resources, key rules: each client's next
+//! write, after its open transaction; its writes keep their order on the mirrors both
+//! configurations have), `slowlog.*`, `drain.*`, and the TLS certificate and key. Every other
+//! field needs a restart: a change to one is logged and the running value kept. A file that
+//! does not parse or validate is rejected whole, naming the field; the running configuration
+//! stays.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -81,6 +85,31 @@ impl Reloader {
         let old = self.shared.live();
         let (merged, kept) = merge(&old, new);
         outcome.kept = kept;
+        // What can fail comes first (the mirrors' TLS files, the log filter), so that a
+        // rejected reload changes nothing.
+        let mirrors = if merged.mirror != old.mirror {
+            let current = self.shared.mirrors();
+            let built = crate::mirror::Mirrors::build(&merged, current.as_deref())
+                .map_err(|e| format!("mirror: {e}"))?;
+            // New resources learn their slots before clients write to them.
+            if let Some(m) = &built {
+                for r in &m.resources {
+                    let kept = current
+                        .as_ref()
+                        .is_some_and(|c| c.resources.iter().any(|o| Arc::ptr_eq(&o.link, &r.link)));
+                    if !kept {
+                        r.link
+                            .cluster
+                            .topology
+                            .refresh_and_wait(None, merged.connect_timeout() * 2)
+                            .await;
+                    }
+                }
+            }
+            Some(built)
+        } else {
+            None
+        };
         if merged.log_level != old.log_level {
             match &source.set_log_level {
                 Some(set) => set(&merged.log_level)
@@ -102,6 +131,22 @@ impl Reloader {
             if changed {
                 outcome.applied.push(field);
             }
+        }
+        if let Some(mirrors) = mirrors {
+            self.shared.mirrors.store(mirrors);
+            outcome.applied.push("mirror");
+        }
+        if (merged.connect_timeout(), merged.command_timeout())
+            != (old.connect_timeout(), old.command_timeout())
+        {
+            let (connect, command) = (merged.connect_timeout(), merged.command_timeout());
+            self.shared.primary.timeouts.set(connect, command);
+            if let Some(m) = self.shared.mirrors() {
+                for r in &m.resources {
+                    r.link.cluster.timeouts.set(connect, command);
+                }
+            }
+            outcome.applied.push("cluster timeouts");
         }
         resize(
             &self.clients,
@@ -159,12 +204,21 @@ fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
     keep!(threads, "threads");
     keep!(tls, "tls");
     keep!(admin, "admin");
-    keep!(mirror, "mirror");
-    // Of the cluster, only read_from changes live.
-    let read_from = new.cluster.read_from;
+    // Of the cluster, only read_from and the timeouts change live.
+    let live = (
+        new.cluster.read_from,
+        new.cluster.connect_timeout_ms,
+        new.cluster.command_timeout_ms,
+    );
     new.cluster.read_from = old.cluster.read_from;
+    new.cluster.connect_timeout_ms = old.cluster.connect_timeout_ms;
+    new.cluster.command_timeout_ms = old.cluster.command_timeout_ms;
     keep!(cluster, "cluster");
-    new.cluster.read_from = read_from;
+    (
+        new.cluster.read_from,
+        new.cluster.connect_timeout_ms,
+        new.cluster.command_timeout_ms,
+    ) = live;
     (new, kept)
 }
 
@@ -210,6 +264,8 @@ mod tests {
         new.threads = 9;
         new.cluster.read_from = crate::config::ReadFrom::PreferReplica;
         new.cluster.max_redirects = 9;
+        new.cluster.command_timeout_ms = 700;
+        new.mirror.mode = crate::config::MultiWriteMode::AllResourcesCheckError;
         new.limits.max_clients = 5;
         new.log_level = "debug".into();
         let (merged, kept) = merge(&old, new);
@@ -220,6 +276,11 @@ mod tests {
         assert_eq!(
             merged.cluster.read_from,
             crate::config::ReadFrom::PreferReplica
+        );
+        assert_eq!(merged.cluster.command_timeout_ms, 700);
+        assert_eq!(
+            merged.mirror.mode,
+            crate::config::MultiWriteMode::AllResourcesCheckError
         );
         assert_eq!(merged.limits.max_clients, 5);
         assert_eq!(merged.log_level, "debug");

@@ -40,7 +40,7 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
         },
         &config,
     );
-    let mirrors = crate::mirror::Mirrors::build(&config)?;
+    let mirrors = arc_swap::ArcSwapOption::new(crate::mirror::Mirrors::build(&config, None)?);
     let commands = crate::command_stats::CommandStats::new(config.worker_threads());
     let hotkeys = crate::hotkeys::HotKeys::new(config.worker_threads());
     Ok(Arc::new(Shared {
@@ -57,7 +57,7 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
         hotkeys,
         commands,
         slowlog: Default::default(),
-        draining: tokio::sync::watch::Sender::new(false),
+        notices: tokio::sync::watch::Sender::new(Default::default()),
     }))
 }
 
@@ -180,16 +180,9 @@ pub async fn run_with(
         .topology
         .refresh_and_wait(None, shared.config.connect_timeout() * 2)
         .await;
-    if shared.mirrors.is_some() {
-        tokio::spawn(log_multiwrite(shared.clone()));
-    }
-    let probe = shared.config.mirror.probe_interval_ms;
-    if probe > 0 && shared.mirrors.is_some() {
-        tokio::spawn(crate::mirror::probe::run(
-            shared.clone(),
-            Duration::from_millis(probe),
-        ));
-    }
+    // Both look at the mirrors in force each time: a reload may add or remove them.
+    tokio::spawn(log_multiwrite(shared.clone()));
+    tokio::spawn(crate::mirror::probe::run(shared.clone()));
     let workers = Workers::start(shared.config.worker_threads()).map_err(StartError::Workers)?;
     let handshake = handshake_timeout(&shared.config);
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_clients));
@@ -297,7 +290,7 @@ pub async fn run_with(
     if let Some(a) = admin {
         a.abort();
     }
-    let _ = shared.draining.send(true);
+    shared.notices.send_modify(|n| n.draining = true);
     let deadline = tokio::time::Instant::now() + drain;
     let left = || shared.stats.connected_clients.load(Ordering::Relaxed);
     if !drain.is_zero() {
@@ -355,7 +348,9 @@ async fn log_multiwrite(shared: Arc<Shared>) {
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        let Some(m) = &shared.mirrors else { return };
+        let Some(m) = &shared.mirrors() else {
+            continue;
+        };
         let lag = match &m.queue {
             Some(q) => q.lag().await,
             None => None,

@@ -33,6 +33,16 @@ pub struct Stats {
     pub subscribers: AtomicI64,
 }
 
+/// What every client task is told at once (`Shared::notices`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Notice {
+    /// Slotgate shuts down: clients stop reading, finish what is in flight and close.
+    pub draining: bool,
+    /// Reloads so far: an idle client wakes to take the new configuration (and lets go of
+    /// mirrors a reload removed).
+    pub reloads: u64,
+}
+
 /// State shared by every client task.
 #[derive(Debug)]
 pub struct Shared {
@@ -45,13 +55,13 @@ pub struct Shared {
     pub live_generation: AtomicU64,
     /// The cluster clients read from and write to.
     pub primary: Cluster,
-    /// Resources that receive the writes too (multi-write), if configured.
-    pub mirrors: Option<std::sync::Arc<crate::mirror::Mirrors>>,
+    /// Resources that receive the writes too (multi-write), if configured; replaced by a
+    /// reload. A client takes them once per read (`ClientState::mirrors`).
+    pub mirrors: arc_swap::ArcSwapOption<crate::mirror::Mirrors>,
     pub stats: Stats,
     pub started: Instant,
-    /// Set to true when slotgate shuts down: clients stop reading, finish what is in
-    /// flight and close.
-    pub draining: tokio::sync::watch::Sender<bool>,
+    /// What every client is told at once: the shutdown and reloads.
+    pub notices: tokio::sync::watch::Sender<Notice>,
     /// Script bodies loaded through slotgate (SCRIPT LOAD), by lower-case SHA1, so an
     /// EVALSHA answered NOSCRIPT by a master that lacks the script can load it there.
     pub scripts: dashmap::DashMap<Bytes, Bytes>,
@@ -73,10 +83,16 @@ impl Shared {
         self.live.load_full()
     }
 
+    /// The mirrors in force, if any.
+    pub fn mirrors(&self) -> Option<std::sync::Arc<crate::mirror::Mirrors>> {
+        self.mirrors.load_full()
+    }
+
     /// Puts `config` in force (a reload).
     pub fn set_live(&self, config: Config) {
         self.live.store(std::sync::Arc::new(config));
         self.live_generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.notices.send_modify(|n| n.reloads += 1);
     }
 }

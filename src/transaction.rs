@@ -49,6 +49,8 @@ pub struct Transaction {
     queued: usize,
     /// The mirrored writes among them, for the mirrors once EXEC succeeded.
     writes: Vec<crate::mirror::TxWrite>,
+    /// Whether the client's writes are mirrored (set before every request).
+    pub mirrored: bool,
 }
 
 /// A reply to come from the pinned connection, or one known already.
@@ -233,7 +235,7 @@ impl Transaction {
         }
         // Kept for the mirrors only when there are any: no copy of every queued write
         // otherwise.
-        if shared.mirrors.is_some() && crate::mirror::mirrored(spec) {
+        if self.mirrored && crate::mirror::mirrored(spec) {
             self.writes.push(crate::mirror::TxWrite {
                 position: self.queued,
                 spec,

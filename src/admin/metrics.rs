@@ -330,27 +330,27 @@ pub async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         shared.slowlog.len() as f64,
     );
     s.cluster(&shared.primary);
-    if let Some(m) = &shared.mirrors {
+    if let Some(m) = &shared.mirrors() {
         for r in &m.resources {
-            s.cluster(&r.cluster);
+            s.cluster(&r.link.cluster);
             let l = || vec![("resource", r.name.clone())];
             s.counter(
                 "slotgate_mirror_dropped",
                 "Mirror writes dropped because a client's backlog was full.",
                 l(),
-                r.dropped.load(Ordering::Relaxed),
+                r.link.dropped.load(Ordering::Relaxed),
             );
             s.gauge(
                 "slotgate_mirror_backlog",
                 "Mirror writes handed over and not answered yet.",
                 l(),
-                r.backlog.load(Ordering::Relaxed) as f64,
+                r.link.backlog.load(Ordering::Relaxed) as f64,
             );
             s.add(
                 "slotgate_mirror_delay_seconds",
                 "Double-write delay measured by the probe (mirror.probe_interval_ms).",
                 l(),
-                Value::histogram(&r.delay),
+                Value::histogram(&r.link.delay),
             );
         }
         if let Some(q) = &m.queue

@@ -114,13 +114,12 @@ pub struct ConnSettings {
     pub proto: Proto,
     /// `AUTH` sent after connecting: optional user name and password.
     pub auth: Option<(Option<String>, crate::redact::Secret)>,
-    pub connect_timeout: Duration,
+    /// Connect and command timeouts (read when needed: a reload changes them).
+    pub timeouts: Arc<crate::backend::timeouts::Timeouts>,
     /// Capacity of the inbox; senders wait when it is full.
     pub inbox_capacity: usize,
     /// Send READONLY after the greeting, so a replica serves reads of its master's slots.
     pub readonly: bool,
-    /// How long the node may take to answer a request (`Deadline::Default`).
-    pub command_timeout: Duration,
     /// Reconnect after the connection breaks (shared connections). A session connection
     /// (transactions, blocking commands, WAIT) never does: its server-side state (MULTI,
     /// WATCH, a blocked command) would be silently lost, so it ends and every later request
@@ -132,6 +131,17 @@ pub struct ConnSettings {
     pub stats: Arc<NodeStats>,
     /// What the connection is for (the `kind` label of its figures).
     pub kind: ConnKind,
+}
+
+impl ConnSettings {
+    /// How long the node may take to answer a request (`Deadline::Default`): the command
+    /// timeout, or for a topology query (a control connection) the connect timeout.
+    pub fn command_timeout(&self) -> Duration {
+        match self.kind {
+            ConnKind::Control => self.timeouts.connect(),
+            _ => self.timeouts.command(),
+        }
+    }
 }
 
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
@@ -252,7 +262,8 @@ impl From<&str> for ConnectError {
 /// HELLO 3).
 pub(crate) async fn connect(settings: &ConnSettings) -> Result<NodeStream, ConnectError> {
     let (host, port) = split_addr(&settings.addr).ok_or("bad address")?;
-    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect((host, port)))
+    let connect_timeout = settings.timeouts.connect();
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
@@ -267,11 +278,10 @@ pub(crate) async fn connect(settings: &ConnSettings) -> Result<NodeStream, Conne
         .map_err(|e| e.to_string())?;
     let mut stream = match &settings.tls {
         Some(tls) => {
-            let tls_stream =
-                tokio::time::timeout(settings.connect_timeout, tls.connect(host, stream))
-                    .await
-                    .map_err(|_| "TLS handshake timed out".to_string())?
-                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            let tls_stream = tokio::time::timeout(connect_timeout, tls.connect(host, stream))
+                .await
+                .map_err(|_| "TLS handshake timed out".to_string())?
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
             NodeStream::Tls(Box::new(tls_stream))
         }
         None => NodeStream::Tcp(stream),
@@ -293,12 +303,9 @@ pub(crate) async fn connect(settings: &ConnSettings) -> Result<NodeStream, Conne
     };
     let readonly = settings.readonly.then(|| Request::from_args(&["READONLY"]));
     for greeting in greeting.into_iter().chain(readonly) {
-        let reply = tokio::time::timeout(
-            settings.connect_timeout,
-            round_trip(&mut stream, &greeting.raw),
-        )
-        .await
-        .map_err(|_| "greeting timed out".to_string())??;
+        let reply = tokio::time::timeout(connect_timeout, round_trip(&mut stream, &greeting.raw))
+            .await
+            .map_err(|_| "greeting timed out".to_string())??;
         if reply.first() == Some(&b'-') {
             return Err(ConnectError::Refused(
                 String::from_utf8_lossy(&reply[1..]).trim_end().to_string(),
@@ -528,11 +535,12 @@ where
             // One clock read for every request of this batch; one batch in 8 is timed from
             // its first request.
             let now = Instant::now();
+            let command_timeout = settings.command_timeout();
             let mut written_at = timed_write().then_some(now);
             while let Some(p) = next.take() {
                 let due = match p.deadline {
-                    Deadline::Default => Some(now + settings.command_timeout),
-                    Deadline::Blocking(d) => Some(now + d + settings.command_timeout),
+                    Deadline::Default => Some(now + command_timeout),
+                    Deadline::Blocking(d) => Some(now + d + command_timeout),
                     Deadline::Never => None,
                 };
                 if p.asking {
@@ -589,7 +597,8 @@ where
     tokio::pin!(reader, writer);
     let mut writer_done = false;
     let mut abandoned_check = tokio::time::interval(Duration::from_millis(100));
-    let mut deadline_check = tokio::time::interval(deadline_check_period(settings.command_timeout));
+    let mut deadline_check =
+        tokio::time::interval(deadline_check_period(settings.command_timeout()));
     deadline_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut timed_out = false;
     let ended = loop {

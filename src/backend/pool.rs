@@ -30,14 +30,13 @@ pub struct PoolSettings {
     /// Shared connections per node and protocol.
     pub connections_per_node: usize,
     pub auth: Option<(Option<String>, crate::redact::Secret)>,
-    pub connect_timeout: Duration,
+    /// Connect and command timeouts, changed live by a reload.
+    pub timeouts: Arc<crate::backend::timeouts::Timeouts>,
     pub inbox_capacity: usize,
     /// Most dedicated connections (blocking commands) open to one node at once.
     pub blocking_per_node: usize,
     /// Send READONLY on every connection, so replicas serve reads.
     pub readonly: bool,
-    /// How long a node may take to answer one request.
-    pub command_timeout: Duration,
     /// Worker threads: each has connections of its own to every node (`worker::slot`).
     pub workers: usize,
     /// TLS for every connection (`cluster.tls`).
@@ -259,10 +258,9 @@ impl Backends {
             addr: addr.clone(),
             proto,
             auth,
-            connect_timeout: self.settings.connect_timeout,
+            timeouts: self.settings.timeouts.clone(),
             inbox_capacity,
             readonly: self.settings.readonly,
-            command_timeout: self.settings.command_timeout,
             reconnect: true,
             tls: self.settings.tls.clone(),
             stats: self.stats_of(addr),

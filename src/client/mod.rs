@@ -81,6 +81,7 @@ async fn serve_halves<R, W>(
     let mut watchdog = Watchdog::new(&live.limits);
     let mut state = ClientState::new(id, live.password.is_some());
     state.read_from = live.cluster.read_from;
+    state.follow_mirrors(&shared);
     state.entry = Some(registration.entry.clone());
     state.batch.enabled = true;
     let mut scanner = RequestScanner::new(shared.config.request_limits());
@@ -100,7 +101,7 @@ async fn serve_halves<R, W>(
     let mut deferred: Option<Request> = None;
     // Made when the client subscribes: checks whether its subscriptions' nodes changed.
     let mut follow_check: Option<tokio::time::Interval> = None;
-    let mut draining = shared.draining.subscribe();
+    let mut notices = shared.notices.subscribe();
     // Set once the client was told MOVING: it is closed when this completes.
     let mut moving: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     // Set once the replies due now waited a scheduler turn for more to join them.
@@ -111,12 +112,18 @@ async fn serve_halves<R, W>(
     let mut abandoned = false;
     // Whether requests are kept for the slow log.
     let mut keep_raw = live.slowlog.max_len > 0;
+    // Set by a reload until the client takes the mirrors in force (after its transaction).
+    let mut mirrors_due = false;
     'serve: loop {
         if crate::reload::generation(&shared) != live_generation {
             live = shared.live();
             live_generation = crate::reload::generation(&shared);
             state.read_from = live.cluster.read_from;
+            mirrors_due = true;
             keep_raw = live.slowlog.max_len > 0;
+        }
+        if mirrors_due {
+            mirrors_due = !state.follow_mirrors(&shared);
         }
         let mut parsed = 0u64;
         // One clock reading for every request of this read.
@@ -267,12 +274,13 @@ async fn serve_halves<R, W>(
                     }
                 }
             }
-            changed = draining.changed(), if !closing && moving.is_none() => {
+            changed = notices.changed(), if !closing && moving.is_none() => {
                 // Shutting down (or slotgate's state is gone). A client with maintenance
                 // notifications on is told MOVING and served until it reconnects elsewhere
                 // (closed after the push's ttl at the latest); any other one gets the
-                // replies to what it sent, then is closed.
-                if changed.is_err() || *draining.borrow() {
+                // replies to what it sent, then is closed. Otherwise a reload: the loop's
+                // next turn takes the new configuration.
+                if changed.is_err() || notices.borrow().draining {
                     if state.maint_notifications && state.proto == Proto::Resp3 {
                         let drain = &shared.live().drain;
                         out.push(crate::drain::moving_frame(drain));
@@ -340,7 +348,7 @@ async fn serve_halves<R, W>(
         }
     }
     if abandoned {
-        if shared.mirrors.is_some() {
+        if state.mirrors.is_some() {
             finish_unanswered(&shared, &mut inflight, &mut state.batch).await;
         }
         return;
@@ -423,7 +431,7 @@ async fn finish_unanswered<'a>(
     inflight: &mut ReplyQueue<'a>,
     batch: &mut crate::batch::Batcher,
 ) {
-    let limit = shared.config.command_timeout() + std::time::Duration::from_secs(1);
+    let limit = shared.primary.timeouts.command() + std::time::Duration::from_secs(1);
     let _ = tokio::time::timeout(limit, async {
         while !inflight.is_empty() {
             inflight.advance(shared, batch).await;

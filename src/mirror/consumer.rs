@@ -248,7 +248,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if config.mirror.resources.is_empty() {
         return Err("consumer mode needs at least one mirror in mirror.resources".into());
     }
-    let mirrors = Mirrors::build(&config)
+    let mirrors = Mirrors::build(&config, None)
         .map_err(|e| e.to_string())?
         .ok_or("no mirrors configured")?;
     let queue = Arc::new(StreamQueue::connect(&settings, &config));
@@ -512,8 +512,8 @@ async fn apply(mirrors: &Mirrors, command: &Bytes) -> Result<(), Failure> {
         let Some(filtered) = r.filter(spec, &req) else {
             continue;
         };
-        let submitted = r.cluster.submit(spec, &filtered, opts).await;
-        let reply = r.cluster.wait(submitted).await;
+        let submitted = r.link.cluster.submit(spec, &filtered, opts).await;
+        let reply = r.link.cluster.wait(submitted).await;
         if reply.first() == Some(&b'-') {
             let text = format!(
                 "mirror '{}' answered {}",

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::command::{CmdSpec, Route, Shape, resolve};
-use crate::config::{Config, MultiWriteMode, OnFull};
+use crate::config::{Config, MirrorResourceConfig, MultiWriteMode, OnFull, QueueConfig};
 use crate::dispatch::{Cluster, ClusterAccess, SendOptions};
 use crate::histogram::Histogram;
 use crate::resp::Request;
@@ -40,10 +40,21 @@ use rules::KeyRules;
 #[derive(Debug)]
 pub struct Resource {
     pub name: String,
-    pub cluster: Cluster,
+    /// Its connections and figures, kept by a reload that leaves its connection settings
+    /// alone.
+    pub link: Arc<Link>,
     pub rules: KeyRules,
     /// Compare replies with the primary's.
     pub compare: bool,
+}
+
+/// What a mirror resource keeps across reloads: its connections and its figures.
+#[derive(Debug)]
+pub struct Link {
+    /// The resource's settings that its connections depend on (its entry without `keys`
+    /// and `compare`): a reload that changes none of them keeps the link.
+    settings: MirrorResourceConfig,
+    pub cluster: Cluster,
     /// Mirror writes dropped because the client's feed was full.
     pub dropped: AtomicU64,
     /// Writes handed to this mirror and not answered yet, plus those still in the
@@ -58,13 +69,16 @@ pub struct Resource {
     pub last_delay_us: AtomicU64,
 }
 
-/// Every mirror and how clients wait for them.
+/// Every mirror and how clients wait for them: one configuration's, replaced whole by a
+/// reload (`Shared::mirrors`).
 #[derive(Debug)]
 pub struct Mirrors {
     pub mode: MultiWriteMode,
     pub resources: Vec<Resource>,
     /// The durable queue of the async mode.
     pub queue: Option<Arc<dyn WriteQueue>>,
+    /// The queue's settings, so that a reload that keeps them keeps the queue.
+    queue_settings: Option<QueueConfig>,
     backlog: usize,
     on_full: OnFull,
     compare_log_limit: usize,
@@ -121,6 +135,25 @@ pub struct Ticket {
     mirrors: Arc<Mirrors>,
 }
 
+/// One client connection's feed: the task that mirrors its writes in order, opened on its
+/// first mirrored write.
+#[derive(Debug, Default)]
+pub struct Feed {
+    tx: Option<mpsc::Sender<Job>>,
+    /// Completes (with an error: its sender is dropped) when the last feed opened has
+    /// finished every job handed to it.
+    finished: Option<oneshot::Receiver<()>>,
+}
+
+impl Feed {
+    /// Closes the feed, because the mirrors changed (a reload): the jobs handed over still
+    /// complete, and the feed opened next (with the new mirrors) starts once they have, so
+    /// this client's writes keep their order on a mirror both configurations have.
+    pub fn retire(&mut self) {
+        self.tx = None;
+    }
+}
+
 /// Whether commands of this kind are mirrored: writes, and PUBLISH/SPUBLISH.
 pub fn mirrored(spec: &CmdSpec) -> bool {
     spec.is_write() || spec.flags.contains(crate::command::Flags::MIRRORED)
@@ -128,54 +161,59 @@ pub fn mirrored(spec: &CmdSpec) -> bool {
 
 impl Mirrors {
     /// Builds the mirrors configured in `config`, if any; fails on a TLS file that cannot be
-    /// used.
-    pub fn build(config: &Config) -> Result<Option<Arc<Mirrors>>, crate::error::TlsError> {
+    /// used. A resource or queue of `previous` whose connection settings are unchanged is
+    /// kept (its connections and figures), with the new key rules and compare flag; the
+    /// timeouts of kept resources take `config`'s.
+    pub fn build(
+        config: &Config,
+        previous: Option<&Mirrors>,
+    ) -> Result<Option<Arc<Mirrors>>, crate::error::TlsError> {
         let m = &config.mirror;
         if m.resources.is_empty() && m.mode != MultiWriteMode::Async {
             return Ok(None);
         }
         let mut resources = Vec::with_capacity(m.resources.len());
         for r in &m.resources {
-            let tls = match r.tls_files() {
-                Some(files) => {
-                    crate::tls::warn_if_insecure(&files, &r.name);
-                    Some(crate::tls::BackendTls::build(&files, &r.name)?)
+            let settings = MirrorResourceConfig {
+                keys: Vec::new(),
+                compare: false,
+                ..r.clone()
+            };
+            let kept = previous.and_then(|p| {
+                p.resources
+                    .iter()
+                    .find(|old| old.link.settings == settings)
+                    .map(|old| old.link.clone())
+            });
+            let link = match kept {
+                Some(link) => {
+                    link.cluster
+                        .timeouts
+                        .set(config.connect_timeout(), config.command_timeout());
+                    link
                 }
-                None => None,
+                None => Arc::new(Link::connect(settings, config)?),
             };
             resources.push(Resource {
                 name: r.name.clone(),
-                cluster: Cluster::connect(
-                    ClusterAccess {
-                        name: r.name.clone(),
-                        seeds: match &r.standalone {
-                            Some(a) => vec![a.clone()],
-                            None => r.cluster.clone(),
-                        },
-                        standalone: r.standalone.is_some(),
-                        username: r.username.clone(),
-                        password: r.password.clone(),
-                        tls,
-                    },
-                    config,
-                ),
+                link,
                 rules: KeyRules::new(&r.keys),
                 compare: r.compare,
-                dropped: AtomicU64::new(0),
-                backlog: AtomicU64::new(0),
-                mismatches: DashMap::new(),
-                mismatch_logged: AtomicUsize::new(0),
-                delay: Histogram::default(),
-                last_delay_us: AtomicU64::new(0),
             });
         }
         let queue: Option<Arc<dyn WriteQueue>> = match (&m.mode, &m.queue) {
-            (MultiWriteMode::Async, Some(q)) => Some(Arc::new(StreamQueue::connect(q, config))),
+            (MultiWriteMode::Async, Some(q)) => match previous {
+                Some(p) if p.queue_settings.as_ref() == Some(q) && p.queue.is_some() => {
+                    p.queue.clone()
+                }
+                _ => Some(Arc::new(StreamQueue::connect(q, config))),
+            },
             _ => None,
         };
         Ok(Some(Arc::new(Mirrors {
             mode: m.mode,
             resources,
+            queue_settings: queue.as_ref().and(m.queue.clone()),
             queue,
             // In the modes where the client waits, the feed must hold a whole pipeline window,
             // or the client would wait on a full feed while the feed waits on its replies.
@@ -188,11 +226,54 @@ impl Mirrors {
         })))
     }
 
+    /// The resource named `name`.
+    pub fn resource(&self, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+}
+
+impl Link {
+    /// Connects to a resource (lazily, like any cluster).
+    fn connect(r: MirrorResourceConfig, config: &Config) -> Result<Link, crate::error::TlsError> {
+        let tls = match r.tls_files() {
+            Some(files) => {
+                crate::tls::warn_if_insecure(&files, &r.name);
+                Some(crate::tls::BackendTls::build(&files, &r.name)?)
+            }
+            None => None,
+        };
+        Ok(Link {
+            cluster: Cluster::connect(
+                ClusterAccess {
+                    name: r.name.clone(),
+                    seeds: match &r.standalone {
+                        Some(a) => vec![a.clone()],
+                        None => r.cluster.clone(),
+                    },
+                    standalone: r.standalone.is_some(),
+                    username: r.username.clone(),
+                    password: r.password.clone(),
+                    tls,
+                },
+                config,
+            ),
+            settings: r,
+            dropped: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
+            mismatches: DashMap::new(),
+            mismatch_logged: AtomicUsize::new(0),
+            delay: Histogram::default(),
+            last_delay_us: AtomicU64::new(0),
+        })
+    }
+}
+
+impl Mirrors {
     /// Hands a write to the client's feed (opening the feed on first use). `None` when the
     /// write is not mirrored, or was dropped because the feed is full (first_resource_only).
     pub async fn submit(
         self: &Arc<Self>,
-        feed: &mut Option<mpsc::Sender<Job>>,
+        feed: &mut Feed,
         spec: &'static CmdSpec,
         req: &Request,
     ) -> Option<Ticket> {
@@ -210,7 +291,7 @@ impl Mirrors {
     /// succeeded, each mirror gets them as one MULTI/EXEC. `None` when none is mirrored.
     pub async fn submit_transaction(
         self: &Arc<Self>,
-        feed: &mut Option<mpsc::Sender<Job>>,
+        feed: &mut Feed,
         writes: Vec<TxWrite>,
     ) -> Option<Ticket> {
         if writes.is_empty() {
@@ -220,22 +301,23 @@ impl Mirrors {
     }
 
     /// Queues `work` on the client's feed (opening it on first use), as the mode says.
-    async fn hand_over(
-        self: &Arc<Self>,
-        feed: &mut Option<mpsc::Sender<Job>>,
-        work: Work,
-    ) -> Option<Ticket> {
+    async fn hand_over(self: &Arc<Self>, feed: &mut Feed, work: Work) -> Option<Ticket> {
         let takers: Vec<usize> = (0..self.resources.len())
             .filter(|&i| self.resources[i].wants_work(&work))
             .collect();
         if self.mode != MultiWriteMode::Async && takers.is_empty() {
             return None;
         }
-        let tx = feed.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(self.backlog);
-            tokio::spawn(run_feed(self.clone(), rx));
-            tx
-        });
+        let tx = match &feed.tx {
+            Some(tx) => tx,
+            None => {
+                let (tx, rx) = mpsc::channel(self.backlog);
+                let (finished_tx, finished_rx) = oneshot::channel();
+                let previous = feed.finished.replace(finished_rx);
+                tokio::spawn(run_feed(self.clone(), rx, previous, finished_tx));
+                feed.tx.insert(tx)
+            }
+        };
         let (primary_tx, primary_rx) = oneshot::channel();
         let waits = self.mode != MultiWriteMode::FirstResourceOnly;
         let (done_tx, done_rx) = if waits {
@@ -258,7 +340,7 @@ impl Mirrors {
             if let mpsc::error::TrySendError::Full(job) = e {
                 let (command, key) = job.work.first_key();
                 for r in job.backlog.takers.iter().map(|&i| &self.resources[i]) {
-                    let n = r.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    let n = r.link.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     // Logged at 1, 2, 4, 8, ... drops: every key for a short burst, a sample
                     // of them for a long one.
                     if n.is_power_of_two() {
@@ -362,8 +444,8 @@ impl Resource {
         if same_outcome(primary, mine) {
             return;
         }
-        *self.mismatches.entry(name).or_insert(0) += 1;
-        if self.mismatch_logged.fetch_add(1, Ordering::Relaxed) < limit {
+        *self.link.mismatches.entry(name).or_insert(0) += 1;
+        if self.link.mismatch_logged.fetch_add(1, Ordering::Relaxed) < limit {
             let key = (req.len() > 1).then(|| String::from_utf8_lossy(req.arg(1)).into_owned());
             warn!(
                 mirror = %self.name,
@@ -432,8 +514,17 @@ impl Ticket {
 /// Most mirror writes of one client awaiting their replies at once.
 const FEED_INFLIGHT: usize = 1024;
 
-/// A client's feed: mirrors its writes in order.
-async fn run_feed(mirrors: Arc<Mirrors>, mut rx: mpsc::Receiver<Job>) {
+/// A client's feed: mirrors its writes in order, once the feed before it (`previous`) has
+/// finished; drops `finished` when done.
+async fn run_feed(
+    mirrors: Arc<Mirrors>,
+    mut rx: mpsc::Receiver<Job>,
+    previous: Option<oneshot::Receiver<()>>,
+    finished: oneshot::Sender<()>,
+) {
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
     let mut inflight = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -449,6 +540,7 @@ async fn run_feed(mirrors: Arc<Mirrors>, mut rx: mpsc::Receiver<Job>) {
         }
     }
     while inflight.next().await.is_some() {}
+    drop(finished);
 }
 
 type Completion = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -504,7 +596,7 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
                 continue;
             };
             if let Some(filtered) = r.filter(spec, c) {
-                started.push((i, r.cluster.submit(spec, &filtered, opts).await));
+                started.push((i, r.link.cluster.submit(spec, &filtered, opts).await));
             }
         }
     }
@@ -513,7 +605,7 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
     Some(Box::pin(async move {
         let mut replies = Vec::with_capacity(started.len());
         for (i, s) in started {
-            let reply = mirrors.resources[i].cluster.wait(s).await;
+            let reply = mirrors.resources[i].link.cluster.wait(s).await;
             replies.push(MirrorReply { resource: i, reply });
         }
         drop(backlog);
@@ -608,6 +700,7 @@ async fn dispatch_transaction(
         }
         raw.extend_from_slice(&Request::from_args(&["EXEC"]).raw);
         let block = r
+            .link
             .cluster
             .send_block(slot, raw.freeze(), commands.len() + 2)
             .await;
@@ -622,7 +715,7 @@ async fn dispatch_transaction(
                 Ok(mut all) => all.pop().unwrap_or_else(|| error("ERR no reply")),
                 Err(e) => error(&format!("ERR {e}")),
             };
-            let counters = &mirrors.resources[i].cluster.counters;
+            let counters = &mirrors.resources[i].link.cluster.counters;
             counters.requests.add(1);
             if reply.first() == Some(&b'-') {
                 counters.errors.add(1);
@@ -673,7 +766,10 @@ struct BacklogShare {
 impl BacklogShare {
     fn new(mirrors: &Arc<Mirrors>, takers: Vec<usize>) -> BacklogShare {
         for &i in &takers {
-            mirrors.resources[i].backlog.fetch_add(1, Ordering::Relaxed);
+            mirrors.resources[i]
+                .link
+                .backlog
+                .fetch_add(1, Ordering::Relaxed);
         }
         BacklogShare {
             mirrors: mirrors.clone(),
@@ -686,6 +782,7 @@ impl Drop for BacklogShare {
     fn drop(&mut self) {
         for &i in &self.takers {
             self.mirrors.resources[i]
+                .link
                 .backlog
                 .fetch_sub(1, Ordering::Relaxed);
         }
@@ -717,19 +814,20 @@ pub fn info_section(mirrors: &Mirrors, primary: &Cluster, lag: Option<queue::Lag
     };
     line("primary", primary, String::new());
     for r in &mirrors.resources {
-        let mismatches: u64 = r.mismatches.iter().map(|e| *e.value()).sum();
+        let mismatches: u64 = r.link.mismatches.iter().map(|e| *e.value()).sum();
         let by_cmd: Vec<String> = r
+            .link
             .mismatches
             .iter()
             .map(|e| format!("{}:{}", e.key(), e.value()))
             .collect();
         line(
             &r.name,
-            &r.cluster,
+            &r.link.cluster,
             format!(
                 ",dropped={},backlog={},mismatches={}{}{},delay_last_us={},delay_p50_us={},delay_max_us={},delay_probes={}",
-                r.dropped.load(Ordering::Relaxed),
-                r.backlog.load(Ordering::Relaxed),
+                r.link.dropped.load(Ordering::Relaxed),
+                r.link.backlog.load(Ordering::Relaxed),
                 mismatches,
                 if by_cmd.is_empty() {
                     ""
@@ -737,10 +835,10 @@ pub fn info_section(mirrors: &Mirrors, primary: &Cluster, lag: Option<queue::Lag
                     ",mismatches_by_command="
                 },
                 by_cmd.join("/"),
-                r.last_delay_us.load(Ordering::Relaxed),
-                r.delay.quantile_us(0.5),
-                r.delay.max_us(),
-                r.delay.count(),
+                r.link.last_delay_us.load(Ordering::Relaxed),
+                r.link.delay.quantile_us(0.5),
+                r.link.delay.max_us(),
+                r.link.delay.count(),
             ),
         );
     }

@@ -20,11 +20,9 @@ use crate::shared::Shared;
 /// Longest a probe waits for a mirror.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs the probe until the process ends.
-pub async fn run(shared: Arc<Shared>, interval: Duration) {
-    let Some(mirrors) = shared.mirrors.clone() else {
-        return;
-    };
+/// Runs the probe until the process ends, every `mirror.probe_interval_ms` of the
+/// configuration in force, while there are mirrors.
+pub async fn run(shared: Arc<Shared>) {
     let mut state = ClientState::new(0, false);
     let key = format!("slotgate:probe:{}", std::process::id());
     let get = crate::command::lookup(b"GET").expect("GET is in the table");
@@ -32,9 +30,20 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
         idempotent: true,
         ..SendOptions::internal()
     };
-    let mut ticker = tokio::time::interval(interval);
     loop {
-        ticker.tick().await;
+        // Mirrors a reload removed are let go of even while the probe is off.
+        state.follow_mirrors(&shared);
+        let interval = shared.live().mirror.probe_interval_ms;
+        if interval == 0 || state.mirrors.is_none() {
+            // Off: look again later (a reload may turn it on).
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(interval)).await;
+        state.follow_mirrors(&shared);
+        let Some(mirrors) = state.mirrors.clone() else {
+            continue;
+        };
         // Unique per probe: the time, and a random part for probes within one millisecond.
         let nonce = format!("{}-{}", crate::clock::now_ms(), rand::random::<u32>());
         let req = Request::from_args(&["SET", key.as_str(), nonce.as_str(), "PX", "60000"]);
@@ -53,12 +62,12 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
             .filter(|r| r.rules.matches(key.as_bytes()))
         {
             loop {
-                let submitted = r.cluster.submit(get, &read, opts).await;
-                let value = r.cluster.wait(submitted).await;
+                let submitted = r.link.cluster.submit(get, &read, opts).await;
+                let value = r.link.cluster.wait(submitted).await;
                 if bulk_body(&value) == Some(nonce.as_bytes()) {
                     let us = micros_since(acked);
-                    r.last_delay_us.store(us, Ordering::Relaxed);
-                    r.delay.record(Duration::from_micros(us));
+                    r.link.last_delay_us.store(us, Ordering::Relaxed);
+                    r.link.delay.record(Duration::from_micros(us));
                     break;
                 }
                 if acked.elapsed() > PROBE_TIMEOUT {

@@ -37,8 +37,8 @@ pub struct TopologySettings {
     pub refresh_interval: Duration,
     /// Shortest gap between two refreshes asked for by requests.
     pub min_refresh_gap: Duration,
-    /// Deadline for one node's answer.
-    pub query_timeout: Duration,
+    /// Deadline for one node's answer: the connect timeout.
+    pub timeouts: Arc<crate::backend::timeouts::Timeouts>,
     /// Nodes are reached over TLS: `CLUSTER SHARDS` addresses use their `tls-port`.
     pub tls: bool,
 }
@@ -198,7 +198,7 @@ async fn refresh(
         }
         seen.push(addr.clone());
         let reply = match backends
-            .request(&addr, query.clone(), settings.query_timeout)
+            .request(&addr, query.clone(), settings.timeouts.connect())
             .await
         {
             Ok(r) => r,
@@ -221,7 +221,7 @@ async fn refresh(
                 debug!(node = %addr, reply = %String::from_utf8_lossy(&reply).trim_end(), "CLUSTER NODES refused; asking CLUSTER SHARDS");
                 let shards = Request::from_args(&["CLUSTER", "SHARDS"]).raw;
                 let reply = match backends
-                    .request(&addr, shards, settings.query_timeout)
+                    .request(&addr, shards, settings.timeouts.connect())
                     .await
                 {
                     Ok(r) => r,
@@ -261,7 +261,7 @@ async fn refresh(
             backends.retain(&keep);
             pools.data.retain(&keep);
         }
-        learn_version(topo, backends, &addr, settings.query_timeout).await;
+        learn_version(topo, backends, &addr, settings.timeouts.connect()).await;
         return;
     }
     warn!("no node answered CLUSTER NODES; keeping the current slot table");
