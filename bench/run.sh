@@ -10,10 +10,12 @@
 # `*_scraped` workloads run while /metrics is scraped every second beside them; the CPU one
 # scrape costs is measured at rest (200 scrapes).
 #
-# Usage: bench/run.sh [--rounds N] [--quick] [--threads N]
-#   --rounds N   rounds per workload (default 5)
-#   --quick      a tenth of the requests per run (a smoke test, not a measurement)
-#   --threads N  slotgate worker threads (default 0 = one per core)
+# Usage: bench/run.sh [--rounds N] [--quick] [--threads N] [--only REGEX]
+#   --rounds N    rounds per workload (default 5)
+#   --quick       a tenth of the requests per run (a smoke test, not a measurement)
+#   --threads N   slotgate worker threads (default 0 = one per core)
+#   --only REGEX  run the workloads whose name matches REGEX (bash =~), e.g. '^(set|get)_p1'
+#                 for the scrape comparison alone
 #
 # Needs redis-server, redis-cli, redis-benchmark and python3. Loopback only.
 set -euo pipefail
@@ -23,11 +25,13 @@ ROOT=$(pwd -P)
 ROUNDS=5
 SCALE=1
 THREADS=0
+ONLY=""
 while [[ $# -gt 0 ]]; do
     case $1 in
         --rounds) ROUNDS=$2; shift 2 ;;
         --quick) SCALE=10; shift ;;
         --threads) THREADS=$2; shift 2 ;;
+        --only) ONLY=$2; shift 2 ;;
         *) echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -180,6 +184,7 @@ echo "round,workload,target,rps,p50_ms,p99_ms,slotgate_cpu_us_per_req" >"$CSV"
 for round in $(seq "$ROUNDS"); do
     for w in "${WORKLOADS[@]}"; do
         IFS='|' read -r name requests args <<<"$w"
+        [[ -n $ONLY && ! $name =~ $ONLY ]] && continue
         requests=$((requests / SCALE))
         for target in slotgate cluster standalone; do
             pid=$SG_PID
