@@ -7,7 +7,26 @@ mod support;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use support::{Cluster, Proxy, RawClient};
+use support::{Cluster, Proxy, RawClient, key_on};
+
+/// A RESP2 array of bulk strings.
+fn array(parts: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", parts.len());
+    for p in parts {
+        out.push_str(&format!("${}\r\n{p}\r\n", p.len()));
+    }
+    out.into_bytes()
+}
+
+/// A RESP2 subscription confirmation.
+fn confirmation(kind: &str, name: &str, count: usize) -> Vec<u8> {
+    format!(
+        "*3\r\n${}\r\n{kind}\r\n${}\r\n{name}\r\n:{count}\r\n",
+        kind.len(),
+        name.len()
+    )
+    .into_bytes()
+}
 
 fn msg(kind: &str, ch: &str, payload: &str) -> Vec<u8> {
     format!(
@@ -237,4 +256,82 @@ async fn publish_counts_follow_the_home_master_through_a_failover() {
     for s in &mut subs {
         s.expect_until(&msg("message", "home", "after")).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_come_from_every_master_across_a_failover() {
+    let cluster = Cluster::start();
+    for &port in &cluster.ports {
+        let mut node = cluster.node(port).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("KEA")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+    }
+    let proxy = Proxy::start(&cluster).await;
+    let mut con = proxy.client(2).await;
+    let mut sub = RawClient::connect(proxy.port).await;
+    let pattern = "__keyevent@0__:*";
+    let channel = "__keyspace@0__:{ks}k";
+    // A classic channel beside keyspace ones: one confirmation per name, in the order
+    // asked, counted as one server counts.
+    sub.send(format!("SUBSCRIBE news {channel}\r\nPSUBSCRIBE {pattern}\r\n").as_bytes())
+        .await;
+    let mut expected = confirmation("subscribe", "news", 1);
+    expected.extend(confirmation("subscribe", channel, 2));
+    expected.extend(confirmation("psubscribe", pattern, 3));
+    sub.expect(&expected).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
+
+    // Events of keys on every master reach the one subscriber.
+    for &master in &cluster.master_ports {
+        let key = key_on(&cluster, master, "ev:").await;
+        let _: () = con.set(&key, 1).await.unwrap();
+        sub.expect_until(&array(&["pmessage", pattern, "__keyevent@0__:set", &key]))
+            .await;
+    }
+    let _: () = con.set("{ks}k", 1).await.unwrap();
+    sub.expect_until(&msg("message", channel, "set")).await;
+    let _: i64 = con.publish("news", "hello").await.unwrap();
+    sub.expect_until(&msg("message", "news", "hello")).await;
+
+    // A master fails over: its replica's events are heard once slotgate follows it.
+    let master = cluster.master_ports[0];
+    let replica = cluster.replica_of(master);
+    cluster.fault(&["failover", &replica.to_string()]);
+    support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;
+    let key = key_on(&cluster, replica, "after:").await;
+    let event = array(&["pmessage", pattern, "__keyevent@0__:set", &key]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let _: () = con.set(&key, 2).await.unwrap();
+        if sub.seen_within(&event, Duration::from_millis(500)).await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event from the promoted master"
+        );
+    }
+    // Every other master still reports.
+    for &master in &cluster.master_ports[1..] {
+        let key = key_on(&cluster, master, "still:").await;
+        let _: () = con.set(&key, 1).await.unwrap();
+        sub.expect_until(&array(&["pmessage", pattern, "__keyevent@0__:set", &key]))
+            .await;
+    }
+
+    // Unsubscribing everything: one confirmation per name, counts going down to 0, and the
+    // client leaves subscriber mode.
+    sub.send(b"PUNSUBSCRIBE\r\nUNSUBSCRIBE\r\n").await;
+    sub.expect_until(&confirmation("punsubscribe", pattern, 2))
+        .await;
+    let mut expected = confirmation("unsubscribe", "news", 1);
+    expected.extend(confirmation("unsubscribe", channel, 0));
+    sub.expect(&expected).await;
+    sub.send(b"PING\r\n").await;
+    sub.expect(b"+PONG\r\n").await;
 }

@@ -319,6 +319,7 @@ async fn serve_halves<R, W>(
                 if let Some(subs) = state.subs.as_mut() {
                     subs.follow_slot_moves(&shared).await;
                     subs.follow_home(&shared).await;
+                    subs.follow_masters(&shared).await;
                 }
             }
             read = rd.read_buf(&mut inbuf), if !closing && !eof && deferred.is_none() && room => {

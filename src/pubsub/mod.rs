@@ -11,6 +11,16 @@
 //! slotgate subscribes again on the node that now serves it, and swallows the confirmation,
 //! so the client keeps receiving. A client that reads too slowly to keep its pending frames
 //! under the configured limit is disconnected, as Redis does with its pub/sub output buffer.
+//!
+//! Keyspace notifications (channels and patterns that begin with `__keyspace@` or
+//! `__keyevent@`) are published by the master that holds the key only, so those are
+//! subscribed on every master that serves slots, over one more connection per master, and
+//! the messages merged into the client's stream; the connections follow masters that are
+//! added, removed or fail over. From a client's first keyspace subscription on, slotgate
+//! writes the subscription confirmations itself (`confirmations`): one per channel, in the
+//! order asked, once every connection it went to has confirmed it.
+
+pub mod confirmations;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,6 +48,14 @@ enum Link {
     Global,
     /// SSUBSCRIBE on this node.
     Shard(Arc<str>),
+    /// Keyspace-notification channels and patterns on this master.
+    Keyspace(Arc<str>),
+}
+
+/// Whether a channel or pattern names keyspace notifications, which every master publishes
+/// for its own keys.
+pub fn is_keyspace(name: &[u8]) -> bool {
+    name.starts_with(b"__keyspace@") || name.starts_with(b"__keyevent@")
 }
 
 /// What a subscriber connection reports to the client task.
@@ -53,6 +71,8 @@ pub enum Event {
     },
     /// The client fell too far behind.
     Overflow,
+    /// Confirmations may be complete (`Confirmations`).
+    Owed,
 }
 
 /// A live subscriber connection.
@@ -85,6 +105,11 @@ pub struct Subscriptions {
     patterns: HashSet<Bytes>,
     /// Shard channels and the node they are subscribed on.
     shard_channels: HashMap<Bytes, Arc<str>>,
+    /// Keyspace-notification channels and patterns, subscribed on every master.
+    keyspace_channels: HashSet<Bytes>,
+    keyspace_patterns: HashSet<Bytes>,
+    /// Confirmations slotgate writes itself, from the first keyspace subscription on.
+    owed: Option<confirmations::Confirmations>,
 }
 
 impl Subscriptions {
@@ -102,12 +127,27 @@ impl Subscriptions {
             channels: HashSet::new(),
             patterns: HashSet::new(),
             shard_channels: HashMap::new(),
+            keyspace_channels: HashSet::new(),
+            keyspace_patterns: HashSet::new(),
+            owed: None,
         }
     }
 
     /// True while the client is subscribed to anything (RESP2 subscriber mode).
     pub fn active(&self) -> bool {
-        !self.channels.is_empty() || !self.patterns.is_empty() || !self.shard_channels.is_empty()
+        !self.channels.is_empty()
+            || !self.patterns.is_empty()
+            || !self.shard_channels.is_empty()
+            || !self.keyspace_channels.is_empty()
+            || !self.keyspace_patterns.is_empty()
+    }
+
+    /// Channels and patterns, as the count of a (un)subscribe confirmation gives them.
+    fn count(&self) -> usize {
+        self.channels.len()
+            + self.patterns.len()
+            + self.keyspace_channels.len()
+            + self.keyspace_patterns.len()
     }
 
     /// True while any subscriber connection may still send frames.
@@ -133,6 +173,13 @@ impl Subscriptions {
     ) -> Option<Bytes> {
         let args: Vec<Bytes> = (1..req.len()).map(|i| req.arg_bytes(i)).collect();
         let name = spec.name;
+        let classic = matches!(
+            spec.cmd,
+            Cmd::Subscribe | Cmd::Psubscribe | Cmd::Unsubscribe | Cmd::Punsubscribe
+        );
+        if classic && (self.owed.is_some() || args.iter().any(|a| is_keyspace(a))) {
+            return self.fan_in_command(shared, spec, args).await;
+        }
         match spec.cmd {
             Cmd::Subscribe | Cmd::Psubscribe => {
                 if args.is_empty() {
@@ -226,6 +273,166 @@ impl Subscriptions {
         }
     }
 
+    /// A (P)(UN)SUBSCRIBE once keyspace notifications are involved: keyspace names go to
+    /// every master, the others to the home connection, and the confirmations are written
+    /// by slotgate in the order asked (through `Event::Owed`).
+    async fn fan_in_command(
+        &mut self,
+        shared: &Shared,
+        spec: &CmdSpec,
+        args: Vec<Bytes>,
+    ) -> Option<Bytes> {
+        let (kind, subscribe, pattern) = match spec.cmd {
+            Cmd::Subscribe => ("subscribe", true, false),
+            Cmd::Psubscribe => ("psubscribe", true, true),
+            Cmd::Unsubscribe => ("unsubscribe", false, false),
+            _ => ("punsubscribe", false, true),
+        };
+        if subscribe && args.is_empty() {
+            return Some(wrong_args(spec.name));
+        }
+        // Every master has its connection, subscribed to what the client had before.
+        self.follow_masters(shared).await;
+        let masters: Vec<confirmations::Source> = self
+            .links
+            .keys()
+            .filter_map(|l| match l {
+                Link::Keyspace(a) => Some(confirmations::Source::Master(a.clone())),
+                _ => None,
+            })
+            .collect();
+        let names: Vec<Bytes> = if args.is_empty() {
+            let (classic, keyspace) = if pattern {
+                (&self.patterns, &self.keyspace_patterns)
+            } else {
+                (&self.channels, &self.keyspace_channels)
+            };
+            classic.iter().chain(keyspace.iter()).cloned().collect()
+        } else {
+            args
+        };
+        let home_open = self.links.contains_key(&Link::Global);
+        if self.owed.is_none() {
+            self.owed = Some(Default::default());
+        }
+        if names.is_empty() {
+            let count = self.count();
+            if let Some(owed) = &mut self.owed {
+                owed.owe(kind, None, count, Vec::new());
+            }
+            let _ = self.events_tx.send(Event::Owed);
+            return None;
+        }
+        let (mut home, mut fanned) = (Vec::new(), Vec::new());
+        for n in names {
+            let keyspace = is_keyspace(&n);
+            let set = match (keyspace, pattern) {
+                (false, false) => &mut self.channels,
+                (false, true) => &mut self.patterns,
+                (true, false) => &mut self.keyspace_channels,
+                (true, true) => &mut self.keyspace_patterns,
+            };
+            if subscribe {
+                set.insert(n.clone());
+            } else {
+                set.remove(&n);
+            }
+            let waiting = match keyspace {
+                true => masters.clone(),
+                false if subscribe || home_open => vec![confirmations::Source::Home],
+                false => Vec::new(),
+            };
+            let count = self.count();
+            if let Some(owed) = &mut self.owed {
+                owed.owe(kind, Some(n.clone()), count, waiting);
+            }
+            if keyspace {
+                fanned.push(n);
+            } else {
+                home.push(n);
+            }
+        }
+        let command = spec.name.as_bytes();
+        let mut failed = None;
+        if !home.is_empty() && (subscribe || home_open) {
+            let mut parts: Vec<&[u8]> = vec![command];
+            parts.extend(home.iter().map(|c| &c[..]));
+            failed = self
+                .send(shared, Link::Global, Request::from_args(&parts).raw)
+                .await;
+        }
+        if !fanned.is_empty() {
+            let mut parts: Vec<&[u8]> = vec![command];
+            parts.extend(fanned.iter().map(|c| &c[..]));
+            let raw = Request::from_args(&parts).raw;
+            for m in &masters {
+                if let confirmations::Source::Master(addr) = m
+                    && let Some(conn) = self.links.get(&Link::Keyspace(addr.clone()))
+                    && conn.commands.send(raw.clone()).await.is_err()
+                {
+                    // Lost: the loss event forgets it and the next check reconnects.
+                    debug!(node = %addr, "keyspace connection lost while subscribing");
+                }
+            }
+        }
+        let _ = self.events_tx.send(Event::Owed);
+        failed
+    }
+
+    /// Keeps one keyspace-notification connection per master that serves slots while the
+    /// client has keyspace subscriptions: connections to nodes no longer masters are closed,
+    /// new masters get one, subscribed to every keyspace channel and pattern (confirmations
+    /// swallowed). None are kept once the client has no keyspace subscription left.
+    pub async fn follow_masters(&mut self, shared: &Shared) {
+        let table = shared.primary.topology.table();
+        let serving = table.serving_masters();
+        let wanted = !self.keyspace_channels.is_empty() || !self.keyspace_patterns.is_empty();
+        let waiting = self.owed.as_ref().is_some_and(|o| o.waits_for_master());
+        let stale: Vec<Arc<str>> = self
+            .links
+            .keys()
+            .filter_map(|l| match l {
+                Link::Keyspace(a) if (!wanted && !waiting) || !serving.contains(a) => {
+                    Some(a.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for addr in stale {
+            self.links.remove(&Link::Keyspace(addr.clone()));
+            if let Some(owed) = &mut self.owed {
+                owed.forget(&confirmations::Source::Master(addr));
+                let _ = self.events_tx.send(Event::Owed);
+            }
+        }
+        if !wanted {
+            return;
+        }
+        for addr in serving {
+            let link = Link::Keyspace(addr.clone());
+            if self.links.contains_key(&link) {
+                continue;
+            }
+            self.open(shared, link.clone(), addr);
+            let wanted = [
+                ("SUBSCRIBE", &self.keyspace_channels),
+                ("PSUBSCRIBE", &self.keyspace_patterns),
+            ]
+            .map(|(cmd, set)| (cmd, set.iter().cloned().collect::<Vec<_>>()));
+            for (cmd, names) in wanted {
+                if names.is_empty() {
+                    continue;
+                }
+                let mut parts: Vec<&[u8]> = vec![cmd.as_bytes()];
+                parts.extend(names.iter().map(|c| &c[..]));
+                let raw = Request::from_args(&parts).raw;
+                let _ = self
+                    .send_swallowing(shared, link.clone(), raw, names.len())
+                    .await;
+            }
+        }
+    }
+
     /// Redis's answer to an unsubscribe when nothing is subscribed: one frame per channel
     /// named (or one with a nil channel), with count 0.
     fn nothing_to_unsubscribe(&self, name: &str, args: &[Bytes]) -> Bytes {
@@ -263,7 +470,7 @@ impl Subscriptions {
                     Some(m) => m.addr.clone(),
                     None => return Some(crate::replies::cluster_down()),
                 },
-                Link::Shard(addr) => addr.clone(),
+                Link::Shard(addr) | Link::Keyspace(addr) => addr.clone(),
             };
             self.open(shared, link.clone(), addr);
         }
@@ -313,12 +520,16 @@ impl Subscriptions {
     pub async fn on_event(&mut self, shared: &Shared, event: Event) -> Result<Option<Bytes>, ()> {
         match event {
             Event::Overflow => Err(()),
+            Event::Owed => Ok(self.owed_frames()),
             Event::Lost { link_id } => {
                 if let Some(link) = self.link_of(link_id) {
                     self.links.remove(&link);
+                    if let Some(owed) = &mut self.owed {
+                        owed.forget(&source_of(&link));
+                    }
                     self.resubscribe(shared, link).await;
                 }
-                Ok(None)
+                Ok(self.owed_frames())
             }
             Event::Frame { link_id, frame } => {
                 let Some(link) = self.link_of(link_id) else {
@@ -374,6 +585,32 @@ impl Subscriptions {
                     self.written(frame.len());
                     return Ok(None);
                 }
+                if is_confirmation
+                    && !matches!(link, Link::Shard(_))
+                    && let Some(owed) = &mut self.owed
+                {
+                    // Written by slotgate, in the order asked, with its own count.
+                    if let Some(name) = parts
+                        .as_ref()
+                        .and_then(|p| p.get(1))
+                        .and_then(|c| bulk_body(c))
+                        && let Some(kind) = &kind
+                    {
+                        owed.confirmed(kind, name, &source_of(&link));
+                    }
+                    self.written(frame.len());
+                    let count = parts
+                        .as_ref()
+                        .and_then(|p| p.get(2))
+                        .and_then(|c| integer(c));
+                    if link == Link::Global
+                        && count == Some(0)
+                        && matches!(kind.as_deref(), Some(b"unsubscribe" | b"punsubscribe"))
+                    {
+                        self.links.remove(&link);
+                    }
+                    return Ok(self.owed_frames());
+                }
                 if kind.as_deref() == Some(b"sunsubscribe")
                     && let Link::Shard(addr) = &link
                     && let Some(ch) = parts
@@ -403,6 +640,13 @@ impl Subscriptions {
                 Ok(Some(frame))
             }
         }
+    }
+
+    /// The confirmations complete now, counted as pending output like any frame.
+    fn owed_frames(&mut self) -> Option<Bytes> {
+        let frames = self.owed.as_mut()?.ready(self.proto)?;
+        self.pending.fetch_add(frames.len(), Ordering::Relaxed);
+        Some(frames)
     }
 
     fn link_of(&self, id: u64) -> Option<Link> {
@@ -447,6 +691,10 @@ impl Subscriptions {
                     .await;
                 self.subscribe_global_again(shared).await;
             }
+            // The next check of the masters connects again (to the master that serves its
+            // slots then), not at once: a master that is down keeps refusing until it fails
+            // over.
+            Link::Keyspace(_) => {}
             Link::Shard(addr) => {
                 let lost: Vec<Bytes> = self
                     .shard_channels
@@ -485,6 +733,10 @@ impl Subscriptions {
         debug!(from = %conn.addr, "pub/sub home moved; subscribing again there");
         // Dropping the link closes its connection, which unsubscribes on the old home.
         self.links.remove(&Link::Global);
+        if let Some(owed) = &mut self.owed {
+            owed.forget(&confirmations::Source::Home);
+            let _ = self.events_tx.send(Event::Owed);
+        }
         self.subscribe_global_again(shared).await;
     }
 
@@ -563,6 +815,14 @@ impl Subscriptions {
             conn.swallow += n;
         }
         r
+    }
+}
+
+/// The confirmations source a link's frames count as.
+fn source_of(link: &Link) -> confirmations::Source {
+    match link {
+        Link::Keyspace(addr) => confirmations::Source::Master(addr.clone()),
+        _ => confirmations::Source::Home,
     }
 }
 

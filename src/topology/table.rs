@@ -103,6 +103,16 @@ impl SlotTable {
         counts
     }
 
+    /// The masters that serve at least one slot (those that hold keys).
+    pub fn serving_masters(&self) -> Vec<Arc<str>> {
+        self.slots_per_master()
+            .iter()
+            .zip(&self.masters)
+            .filter(|(n, _)| **n > 0)
+            .map(|(_, m)| m.addr.clone())
+            .collect()
+    }
+
     /// Every address worth asking for the topology: masters first, then replicas.
     pub fn known_addrs(&self) -> Vec<Arc<str>> {
         let mut v: Vec<Arc<str>> = self.masters.iter().map(|m| m.addr.clone()).collect();

@@ -469,6 +469,22 @@ impl RawClient {
         }
     }
 
+    /// Whether `expected` arrives within `wait` (dropping it and everything before it).
+    pub async fn seen_within(&mut self, expected: &[u8], wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(at) = self.buf.windows(expected.len()).position(|w| w == expected) {
+                self.buf.drain(..at + expected.len());
+                return true;
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return false,
+            }
+        }
+    }
+
     /// The underlying stream, for reads of unknown length.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         &mut self.stream
