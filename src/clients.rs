@@ -160,6 +160,11 @@ impl Clients {
         self.map.len()
     }
 
+    /// Whether client `id` is connected.
+    pub fn contains(&self, id: u64) -> bool {
+        self.map.contains_key(&id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

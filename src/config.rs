@@ -36,6 +36,26 @@ pub struct Config {
     pub drain: DrainConfig,
     /// SLOWLOG as slotgate keeps it.
     pub slowlog: SlowlogConfig,
+    /// Client-side caching (CLIENT TRACKING).
+    pub tracking: TrackingConfig,
+}
+
+/// Client-side caching (`tracking.*`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingConfig {
+    /// Keys one default-mode tracking client may have tracked at once; beyond it its oldest
+    /// key is announced as modified and forgotten (Redis's `tracking-table-max-keys`, per
+    /// client).
+    pub max_keys_per_client: usize,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        TrackingConfig {
+            max_keys_per_client: 100_000,
+        }
+    }
 }
 
 /// The slow log (`slowlog.*`).
@@ -430,6 +450,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             drain: DrainConfig::default(),
             slowlog: SlowlogConfig::default(),
+            tracking: TrackingConfig::default(),
         }
     }
 }
@@ -680,6 +701,9 @@ impl Config {
             return invalid("limits.client_output_buffer", "must be at least 1024");
         }
         self.validate_mirror()?;
+        if self.tracking.max_keys_per_client == 0 {
+            return invalid("tracking.max_keys_per_client", "must be at least 1");
+        }
         if !is_log_filter(&self.log_level) {
             return invalid(
                 "log_level",

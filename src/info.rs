@@ -264,7 +264,11 @@ pub fn slotgate_section(shared: &Shared) -> String {
          cluster_masters:{}\r\n\
          cluster_slots_assigned:{}\r\n\
          commands_learned:{}\r\n\
-         acl_users:{}\r\n",
+         acl_users:{}\r\n\
+         tracking_clients:{}\r\n\
+         tracking_keys:{}\r\n\
+         tracking_invalidations:{}\r\n\
+         tracking_flushes:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         shared.started.elapsed().as_secs(),
         shared.config.worker_threads(),
@@ -286,6 +290,10 @@ pub fn slotgate_section(shared: &Shared) -> String {
         table.assigned_slots(),
         crate::command::learned::count(),
         shared.primary.backends.users().len(),
+        shared.tracking.clients.load(Ordering::Relaxed),
+        shared.tracking.tracked_keys(),
+        shared.tracking.invalidations.load(Ordering::Relaxed),
+        shared.tracking.flushes.load(Ordering::Relaxed),
     );
     for (i, (m, slots)) in table
         .masters

@@ -48,6 +48,7 @@ pub mod slot;
 pub mod slowlog;
 pub mod tls;
 pub mod topology;
+pub mod tracking;
 pub mod transaction;
 pub mod wait;
 pub mod worker;

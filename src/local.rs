@@ -30,6 +30,9 @@ pub struct ClientState {
     pub mirrors: Option<std::sync::Arc<crate::mirror::Mirrors>>,
     /// This connection's mirror feed, opened on its first mirrored write.
     pub mirror_feed: crate::mirror::Feed,
+    /// CLIENT TRACKING, once the client turns it on or subscribes to
+    /// `__redis__:invalidate`.
+    pub tracking: Option<Box<crate::tracking::client::ClientTracking>>,
     /// Slots written since the last WAIT, for WAIT/WAITAOF.
     pub written: crate::wait::Written,
     /// This connection's pipelined plain commands, grouped per node.
@@ -92,6 +95,7 @@ impl ClientState {
             subs: None,
             mirrors: None,
             mirror_feed: Default::default(),
+            tracking: None,
             written: Default::default(),
             batch: Default::default(),
             barrier: false,
@@ -123,6 +127,26 @@ impl ClientState {
             self.mirror_feed.retire();
         }
         true
+    }
+
+    /// This client's tracking state, made on first use.
+    pub fn tracking_mut(
+        &mut self,
+        shared: &Shared,
+    ) -> &mut crate::tracking::client::ClientTracking {
+        let id = self.id;
+        self.tracking.get_or_insert_with(|| {
+            Box::new(crate::tracking::client::ClientTracking::new(
+                shared.tracking.clone(),
+                id,
+                shared.live().tracking.max_keys_per_client,
+            ))
+        })
+    }
+
+    /// Whether this client tracks keys (its reads go to masters, which announce changes).
+    pub fn tracks(&self) -> bool {
+        self.tracking.as_ref().is_some_and(|t| t.is_on())
     }
 
     /// Whom this client's backend connections are authenticated as.
@@ -227,6 +251,29 @@ pub fn answer(
         | Cmd::ClientReply
         | Cmd::ClientNoOp
         | Cmd::ClientMaintNotifications => client(spec, req, state, shared),
+        Cmd::ClientTracking if n >= 3 => {
+            let result = state
+                .tracking_mut(shared)
+                .command(req, |id| shared.clients.contains(id));
+            match result {
+                Ok(()) => OK.into(),
+                Err(e) => err(&e),
+            }
+        }
+        Cmd::ClientCaching if n == 3 => match state.tracking_mut(shared).caching(req) {
+            Ok(()) => OK.into(),
+            Err(e) => err(&e),
+        },
+        Cmd::ClientTrackingInfo if n == 2 => {
+            let proto = state.proto;
+            state.tracking_mut(shared).info(proto).into()
+        }
+        Cmd::ClientGetRedir if n == 2 => {
+            let id = state.tracking.as_ref().map_or(-1, |t| t.redirect_id());
+            let mut e = Encoder::new(state.proto);
+            e.integer(id);
+            e.finish().into()
+        }
         Cmd::CommandCount if n == 2 => match crate::command::answer::count() {
             Some(c) => {
                 let mut e = Encoder::new(state.proto);

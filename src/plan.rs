@@ -134,6 +134,11 @@ pub async fn handle(
             .written
             .record_keys(spec.key_indices(&req).map(|i| req.arg(i)));
     }
+    if let Some(tracking) = state.tracking.as_mut()
+        && let Some(spec) = spec
+    {
+        tracking.before_command(spec, &req);
+    }
     if let Some(spec) = spec
         && let Some(step) = try_batch(shared, state, spec, &req)
     {
@@ -159,6 +164,12 @@ pub async fn handle(
         && (spec.route == Route::Subscription
             || (cmd == Cmd::Ping && subscribed && state.proto == Proto::Resp2))
     {
+        if cmd == Cmd::Subscribe
+            && (1..req.len()).any(|i| req.arg(i) == crate::tracking::client::INVALIDATE_CHANNEL)
+        {
+            // The target of other clients' REDIRECT: slotgate writes their invalidations.
+            state.tracking_mut(shared).listen();
+        }
         let limit = shared.live().limits.pubsub_output_buffer;
         let proto = state.proto;
         let user = state.user_id();
@@ -213,7 +224,17 @@ pub async fn handle(
             (Step::Ready(r.reply), r.close)
         }
         Route::Local => {
+            let was_tracking = state.tracks();
             let r = local::answer(spec, &req, state, shared);
+            if cmd == Cmd::ClientTracking && !was_tracking && state.tracks() {
+                // Answered once every master announces its changes to slotgate; the
+                // flushes made meanwhile concern nothing this client cached.
+                shared
+                    .tracking
+                    .wait_ready(shared.primary.timeouts.connect())
+                    .await;
+                state.tracking_mut(shared).skip_flushes_so_far();
+            }
             (Step::Ready(r.reply), r.close)
         }
         Route::Refused(reason) => ready(error(&format!(
@@ -353,7 +374,8 @@ fn client_opts(state: &ClientState, spec: &CmdSpec) -> SendOptions {
         idempotent: read,
         dedicated: false,
         deadline: Deadline::Default,
-        read_from: if read {
+        // A tracking client reads from masters: they announce the changes it must hear of.
+        read_from: if read && !state.tracks() {
             state.read_from
         } else {
             crate::config::ReadFrom::Master

@@ -7,7 +7,8 @@
 //! `cluster.command_timeout_ms` (connects started and requests sent from then on, on the
 //! primary and the mirrors), `mirror.*` (mode, resources, key rules: each client's next
 //! write, after its open transaction; its writes keep their order on the mirrors both
-//! configurations have), `slowlog.*`, `drain.*`, and the TLS certificate and key. Every other
+//! configurations have), `slowlog.*`, `drain.*`, `tracking.*` (clients that turn tracking on
+//! from then on), and the TLS certificate and key. Every other
 //! field needs a restart: a change to one is logged and the running value kept. A file that
 //! does not parse or validate is rejected whole, naming the field; the running configuration
 //! stays.
@@ -127,6 +128,7 @@ impl Reloader {
             ),
             ("slowlog", merged.slowlog != old.slowlog),
             ("drain", merged.drain != old.drain),
+            ("tracking", merged.tracking != old.tracking),
         ] {
             if changed {
                 outcome.applied.push(field);

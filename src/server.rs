@@ -53,6 +53,7 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
         started: std::time::Instant::now(),
         scripts: Default::default(),
         clients: Default::default(),
+        tracking: Default::default(),
         auth_failures: Default::default(),
         hotkeys,
         commands,
@@ -183,6 +184,7 @@ pub async fn run_with(
     // Both look at the mirrors in force each time: a reload may add or remove them.
     tokio::spawn(log_multiwrite(shared.clone()));
     tokio::spawn(crate::mirror::probe::run(shared.clone()));
+    tokio::spawn(crate::tracking::listener::run(shared.clone()));
     let workers = Workers::start(shared.config.worker_threads()).map_err(StartError::Workers)?;
     let handshake = handshake_timeout(&shared.config);
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_clients));

@@ -75,6 +75,8 @@ pub struct Shared {
     pub hotkeys: crate::hotkeys::HotKeys,
     /// Connected clients, for CLIENT LIST.
     pub clients: crate::clients::Clients,
+    /// Client-side caching: who tracks which keys, and their inboxes.
+    pub tracking: std::sync::Arc<crate::tracking::Tracking>,
 }
 
 impl Shared {

@@ -280,6 +280,31 @@ pub async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         none(),
         st.auth_rate_limited.load(Ordering::Relaxed),
     );
+    let t = &shared.tracking;
+    s.gauge(
+        "slotgate_tracking_clients",
+        "Clients with CLIENT TRACKING on.",
+        none(),
+        t.clients.load(Ordering::Relaxed) as f64,
+    );
+    s.gauge(
+        "slotgate_tracking_keys",
+        "Keys tracked for default-mode tracking clients.",
+        none(),
+        t.tracked_keys() as f64,
+    );
+    s.counter(
+        "slotgate_tracking_invalidations",
+        "Keys announced to tracking clients (each key to each client once).",
+        none(),
+        t.invalidations.load(Ordering::Relaxed),
+    );
+    s.counter(
+        "slotgate_tracking_flushes",
+        "Flushes of every tracking client (an invalidation connection reconnected, slots changed owner).",
+        none(),
+        t.flushes.load(Ordering::Relaxed),
+    );
     s.gauge(
         "slotgate_pubsub_subscribers",
         "Clients with at least one subscription now.",

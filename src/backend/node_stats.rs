@@ -20,14 +20,17 @@ pub enum ConnKind {
     Subscriber,
     /// Topology queries.
     Control,
+    /// Invalidations of the keys modified on a master (client-side caching).
+    Tracking,
 }
 
 impl ConnKind {
-    pub const ALL: [ConnKind; 4] = [
+    pub const ALL: [ConnKind; 5] = [
         ConnKind::Shared,
         ConnKind::Session,
         ConnKind::Subscriber,
         ConnKind::Control,
+        ConnKind::Tracking,
     ];
 
     pub fn label(self) -> &'static str {
@@ -36,6 +39,7 @@ impl ConnKind {
             ConnKind::Session => "session",
             ConnKind::Subscriber => "subscriber",
             ConnKind::Control => "control",
+            ConnKind::Tracking => "tracking",
         }
     }
 
@@ -55,8 +59,8 @@ pub struct NodeStats {
     pub timeouts: Counter,
     /// Time from writing a request to its reply (one write in 8 sampled).
     pub latency: Histogram,
-    connected: [AtomicI64; 4],
-    down: [AtomicI64; 4],
+    connected: [AtomicI64; ConnKind::ALL.len()],
+    down: [AtomicI64; ConnKind::ALL.len()],
 }
 
 /// Counts one connection of a kind as connected while it lives.

@@ -315,6 +315,18 @@ async fn serve_halves<R, W>(
                     None => {}
                 }
             }
+            delivery = next_delivery(&mut state.tracking), if state.tracking.as_ref().is_some_and(|t| t.listening()) => {
+                let Some(delivery) = delivery else {
+                    warn!(peer = %display_addr(peer), "client too slow to take its invalidations: closing");
+                    return;
+                };
+                // After the replies still owed: a read answered before the change was
+                // announced reaches the client before its invalidation.
+                let proto = state.proto;
+                if let Some(frame) = state.tracking.as_mut().and_then(|t| t.receive(delivery, proto)) {
+                    inflight.push(Entry::Ready(frame), 0, Meta::default());
+                }
+            }
             _ = tick(&mut follow_check), if subscribed => {
                 if let Some(subs) = state.subs.as_mut() {
                     subs.follow_slot_moves(&shared).await;
@@ -450,6 +462,16 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
         Some(i) => {
             i.tick().await;
         }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next invalidation for the client; `None` once its inbox was closed.
+async fn next_delivery(
+    tracking: &mut Option<Box<crate::tracking::client::ClientTracking>>,
+) -> Option<crate::tracking::Delivery> {
+    match tracking {
+        Some(t) => t.next().await,
         None => std::future::pending().await,
     }
 }

@@ -10,8 +10,6 @@ pub const NODE_ADMIN: &str = "administers a single Redis node; connect to the no
 /// Reason given for commands about one node's client connections.
 const CLIENT_OF_A_NODE: &str =
     "acts on a node's own client connections, which are slotgate's, not yours";
-/// Reason given for client-side caching, not supported yet.
-const NOT_YET: &str = "is not supported by slotgate yet";
 /// Reason given for commands that only make sense on one standalone server.
 const CLUSTER_ONLY_DB0: &str = "is not available: a Redis Cluster has only database 0";
 /// slotgate presents a standalone server: CLUSTER is answered as a standalone Redis answers
@@ -122,10 +120,10 @@ pub static COMMANDS: &[CmdSpec] = &[
     refused("CLIENT|PAUSE", NODE_ADMIN),
     refused("CLIENT|UNPAUSE", NODE_ADMIN),
     refused("CLIENT|UNBLOCK", CLIENT_OF_A_NODE),
-    refused("CLIENT|TRACKING", NOT_YET),
-    refused("CLIENT|TRACKINGINFO", NOT_YET),
-    refused("CLIENT|CACHING", NOT_YET),
-    refused("CLIENT|GETREDIR", NOT_YET),
+    local("CLIENT|TRACKING", Cmd::ClientTracking),
+    answered("CLIENT|TRACKINGINFO", Cmd::ClientTrackingInfo),
+    local("CLIENT|CACHING", Cmd::ClientCaching),
+    answered("CLIENT|GETREDIR", Cmd::ClientGetRedir),
     local("READONLY", Cmd::ReadOnly),
     local("READWRITE", Cmd::ReadWrite),
     local("RESET", Cmd::Reset).flag(Flags::NO_AUTH.union(Flags::SUBSCRIBER)),

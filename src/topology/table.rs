@@ -103,6 +103,14 @@ impl SlotTable {
         counts
     }
 
+    /// Whether every slot has the same master address in both tables.
+    pub fn same_owners(&self, other: &SlotTable) -> bool {
+        (0..SLOT_COUNT).all(|s| {
+            self.master_for(s as u16).map(|m| &m.addr)
+                == other.master_for(s as u16).map(|m| &m.addr)
+        })
+    }
+
     /// The masters that serve at least one slot (those that hold keys).
     pub fn serving_masters(&self) -> Vec<Arc<str>> {
         self.slots_per_master()

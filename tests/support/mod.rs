@@ -469,6 +469,22 @@ impl RawClient {
         }
     }
 
+    /// The next line (without its CRLF), within 5 s.
+    pub async fn line(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..at + 2).collect();
+                return String::from_utf8_lossy(&line[..at]).into_owned();
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => panic!("no line; got {:?}", String::from_utf8_lossy(&self.buf)),
+            }
+        }
+    }
+
     /// Whether `expected` arrives within `wait` (dropping it and everything before it).
     pub async fn seen_within(&mut self, expected: &[u8], wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
