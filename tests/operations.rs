@@ -84,6 +84,10 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
         "slotgate_slowlog_entries",
         "slotgate_pubsub_subscribers",
         "slotgate_topology_refresh_seconds",
+        "slotgate_tracking_clients",
+        "slotgate_tracking_keys",
+        "slotgate_tracking_invalidations_total",
+        "slotgate_tracking_flushes_total",
     ] {
         assert!(
             before.samples.iter().any(|s| s.metric == family),

@@ -204,8 +204,25 @@ fn redis_py_cache_stays_coherent_across_writes_and_a_failover() {
         assert!(Instant::now() < deadline, "never ready: {}", report());
         std::thread::sleep(Duration::from_millis(50));
     }
+    let flushes = || -> u64 {
+        rt.block_on(async {
+            let mut con = proxy.client(2).await;
+            let info: String = redis::cmd("INFO")
+                .arg("slotgate")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("tracking_flushes:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+    };
     // The counter's master fails over while the reader reads through its cache.
     std::thread::sleep(Duration::from_millis(500));
+    let flushes_before = flushes();
     let replica = cluster.replica_of(cluster.master_ports[0]);
     cluster.fault(&["failover", &replica.to_string()]);
     rt.block_on(async {
@@ -213,6 +230,8 @@ fn redis_py_cache_stays_coherent_across_writes_and_a_failover() {
         support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;
     });
     std::thread::sleep(Duration::from_secs(1));
+    // The slots that changed owner flushed every tracking client.
+    assert!(flushes() > flushes_before, "no flush after the failover");
     std::fs::write(&stop, b"").unwrap();
     let status = script.0.wait().unwrap();
     let text = report();
