@@ -276,23 +276,29 @@ async fn keyspace_notifications_come_from_every_master_across_a_failover() {
     let mut sub = RawClient::connect(proxy.port).await;
     let pattern = "__keyevent@0__:*";
     let channel = "__keyspace@0__:{ks}k";
-    // A classic channel beside keyspace ones: one confirmation per name, in the order
-    // asked, counted as one server counts.
-    sub.send(format!("SUBSCRIBE news {channel}\r\nPSUBSCRIBE {pattern}\r\n").as_bytes())
-        .await;
-    let mut expected = confirmation("subscribe", "news", 1);
-    expected.extend(confirmation("subscribe", channel, 2));
-    expected.extend(confirmation("psubscribe", pattern, 3));
-    sub.expect(&expected).await;
-    sub.expect_silence(Duration::from_millis(300)).await;
-
-    // Events of keys on every master reach the one subscriber.
+    // A first keyspace pattern: confirmed once subscribed on every master, so events of
+    // keys on each, written right after the confirmation, reach the one subscriber.
+    let mut keys = Vec::new();
     for &master in &cluster.master_ports {
-        let key = key_on(&cluster, master, "ev:").await;
-        let _: () = con.set(&key, 1).await.unwrap();
-        sub.expect_until(&array(&["pmessage", pattern, "__keyevent@0__:set", &key]))
+        keys.push(key_on(&cluster, master, "ev:").await);
+    }
+    sub.send(format!("PSUBSCRIBE {pattern}\r\n").as_bytes())
+        .await;
+    sub.expect(&confirmation("psubscribe", pattern, 1)).await;
+    for key in &keys {
+        let _: () = con.set(key, 1).await.unwrap();
+    }
+    for key in &keys {
+        sub.expect_until(&array(&["pmessage", pattern, "__keyevent@0__:set", key]))
             .await;
     }
+    // A classic channel beside a keyspace one: one confirmation per name, in the order
+    // asked, counted as one server counts.
+    sub.send(format!("SUBSCRIBE news {channel}\r\n").as_bytes())
+        .await;
+    let mut expected = confirmation("subscribe", "news", 2);
+    expected.extend(confirmation("subscribe", channel, 3));
+    sub.expect(&expected).await;
     let _: () = con.set("{ks}k", 1).await.unwrap();
     sub.expect_until(&msg("message", channel, "set")).await;
     let _: i64 = con.publish("news", "hello").await.unwrap();
@@ -334,4 +340,5 @@ async fn keyspace_notifications_come_from_every_master_across_a_failover() {
     sub.expect(&expected).await;
     sub.send(b"PING\r\n").await;
     sub.expect(b"+PONG\r\n").await;
+    sub.expect_silence(Duration::from_millis(300)).await;
 }

@@ -291,8 +291,10 @@ impl Subscriptions {
         if subscribe && args.is_empty() {
             return Some(wrong_args(spec.name));
         }
-        // Every master has its connection, subscribed to what the client had before.
-        self.follow_masters(shared).await;
+        // Every master has its connection, subscribed to what the client had before (and
+        // one is opened for a first keyspace subscription).
+        let opens = subscribe && args.iter().any(|a| is_keyspace(a));
+        self.keep_masters(shared, opens).await;
         let masters: Vec<confirmations::Source> = self
             .links
             .keys()
@@ -384,9 +386,16 @@ impl Subscriptions {
     /// new masters get one, subscribed to every keyspace channel and pattern (confirmations
     /// swallowed). None are kept once the client has no keyspace subscription left.
     pub async fn follow_masters(&mut self, shared: &Shared) {
+        self.keep_masters(shared, false).await;
+    }
+
+    /// `follow_masters`; with `opening`, the connections are kept (opened) even before the
+    /// client has a keyspace subscription (its first is being made).
+    async fn keep_masters(&mut self, shared: &Shared, opening: bool) {
         let table = shared.primary.topology.table();
         let serving = table.serving_masters();
-        let wanted = !self.keyspace_channels.is_empty() || !self.keyspace_patterns.is_empty();
+        let wanted =
+            opening || !self.keyspace_channels.is_empty() || !self.keyspace_patterns.is_empty();
         let waiting = self.owed.as_ref().is_some_and(|o| o.waits_for_master());
         let stale: Vec<Arc<str>> = self
             .links
