@@ -341,4 +341,20 @@ async fn keyspace_notifications_come_from_every_master_across_a_failover() {
     sub.send(b"PING\r\n").await;
     sub.expect(b"+PONG\r\n").await;
     sub.expect_silence(Duration::from_millis(300)).await;
+
+    // A client's last unsubscribe pipelined with a new subscribe keeps the new one (the
+    // connection is not closed under it), with and without keyspace subscriptions made.
+    let mut plain = RawClient::connect(proxy.port).await;
+    for client in [&mut plain, &mut sub] {
+        client.send(b"SUBSCRIBE x\r\n").await;
+        client.expect(&confirmation("subscribe", "x", 1)).await;
+        client.send(b"UNSUBSCRIBE x\r\nSUBSCRIBE y\r\n").await;
+        let mut expected = confirmation("unsubscribe", "x", 0);
+        expected.extend(confirmation("subscribe", "y", 1));
+        client.expect(&expected).await;
+    }
+    let n: i64 = con.publish("y", "kept").await.unwrap();
+    assert_eq!(n, 2);
+    plain.expect(&msg("message", "y", "kept")).await;
+    sub.expect(&msg("message", "y", "kept")).await;
 }

@@ -612,9 +612,9 @@ impl Subscriptions {
                         .as_ref()
                         .and_then(|p| p.get(2))
                         .and_then(|c| integer(c));
-                    if link == Link::Global
-                        && count == Some(0)
+                    if count == Some(0)
                         && matches!(kind.as_deref(), Some(b"unsubscribe" | b"punsubscribe"))
+                        && self.link_unused(&link)
                     {
                         self.links.remove(&link);
                     }
@@ -634,7 +634,8 @@ impl Subscriptions {
                     self.follow_moved_channel(shared, ch).await;
                     return Ok(None);
                 }
-                // The last unsubscribe on a link closes it.
+                // The last unsubscribe on a link closes it (unless a subscription made since,
+                // still to be confirmed, uses it).
                 let count = parts
                     .as_ref()
                     .and_then(|p| p.get(2))
@@ -643,11 +644,22 @@ impl Subscriptions {
                     kind.as_deref(),
                     Some(b"unsubscribe" | b"punsubscribe" | b"sunsubscribe")
                 ) && count == Some(0)
+                    && self.link_unused(&link)
                 {
                     self.links.remove(&link);
                 }
                 Ok(Some(frame))
             }
+        }
+    }
+
+    /// Whether nothing the client is subscribed to goes over `link` (it may be closed).
+    fn link_unused(&self, link: &Link) -> bool {
+        match link {
+            Link::Global => self.channels.is_empty() && self.patterns.is_empty(),
+            Link::Shard(addr) => !self.shard_channels.values().any(|a| a == addr),
+            // Kept or closed by `follow_masters`.
+            Link::Keyspace(_) => false,
         }
     }
 
