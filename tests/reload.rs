@@ -196,6 +196,19 @@ fn mirror_section(port: u16, mode: &str, keys: &str) -> String {
     )
 }
 
+async fn set(con: &mut redis::aio::MultiplexedConnection, key: &str, value: &str) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(con)
+        .await
+        .unwrap();
+}
+
+async fn get(con: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query_async(con).await.unwrap()
+}
+
 /// `INFO clients`' connected_clients of a standalone server.
 async fn connected_clients(con: &mut redis::aio::MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -243,30 +256,12 @@ async fn mirror_mode_resources_key_rules_and_timeouts_change_live_under_pipelini
     ))
     .unwrap();
     assert!(reload("add").contains("mirror"));
-    let _: () = redis::cmd("SET")
-        .arg("m:idle")
-        .arg("1")
-        .query_async(&mut idle)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("n:skipped")
-        .arg("1")
-        .query_async(&mut idle)
-        .await
-        .unwrap();
+    set(&mut idle, "m:idle", "1").await;
+    set(&mut idle, "n:skipped", "1").await;
     // check_error: the write is on the mirror when the client has its reply.
-    let got: Option<String> = redis::cmd("GET")
-        .arg("m:idle")
-        .query_async(&mut on_mirror)
-        .await
-        .unwrap();
+    let got = get(&mut on_mirror, "m:idle").await;
     assert_eq!(got.as_deref(), Some("1"), "the added mirror got no write");
-    let got: Option<String> = redis::cmd("GET")
-        .arg("n:skipped")
-        .query_async(&mut on_mirror)
-        .await
-        .unwrap();
+    let got = get(&mut on_mirror, "n:skipped").await;
     assert_eq!(got, None, "the key rules were not applied");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -308,16 +303,8 @@ async fn mirror_mode_resources_key_rules_and_timeouts_change_live_under_pipelini
         let mut differ = Vec::new();
         for k in 0..40 {
             let key = format!("m:{k}");
-            let primary: Option<String> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut through)
-                .await
-                .unwrap();
-            let mirrored: Option<String> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut on_mirror)
-                .await
-                .unwrap();
+            let primary = get(&mut through, &key).await;
+            let mirrored = get(&mut on_mirror, &key).await;
             if primary != mirrored {
                 differ.push((key, primary, mirrored));
             }
@@ -361,12 +348,7 @@ async fn mirror_mode_resources_key_rules_and_timeouts_change_live_under_pipelini
     // also those of the idle client's feed.
     write(String::new()).unwrap();
     assert!(reload("remove").contains("mirror"));
-    let _: () = redis::cmd("SET")
-        .arg("m:after")
-        .arg("1")
-        .query_async(&mut through)
-        .await
-        .unwrap();
+    set(&mut through, "m:after", "1").await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let n = connected_clients(&mut on_mirror).await;
@@ -379,11 +361,7 @@ async fn mirror_mode_resources_key_rules_and_timeouts_change_live_under_pipelini
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let got: Option<String> = redis::cmd("GET")
-        .arg("m:after")
-        .query_async(&mut on_mirror)
-        .await
-        .unwrap();
+    let got = get(&mut on_mirror, "m:after").await;
     assert_eq!(got, None, "a write reached the removed mirror");
     drop(idle);
     drop(proxy);

@@ -423,22 +423,10 @@ impl Subscriptions {
                 continue;
             }
             self.open(shared, link.clone(), addr);
-            let wanted = [
-                ("SUBSCRIBE", &self.keyspace_channels),
-                ("PSUBSCRIBE", &self.keyspace_patterns),
-            ]
-            .map(|(cmd, set)| (cmd, set.iter().cloned().collect::<Vec<_>>()));
-            for (cmd, names) in wanted {
-                if names.is_empty() {
-                    continue;
-                }
-                let mut parts: Vec<&[u8]> = vec![cmd.as_bytes()];
-                parts.extend(names.iter().map(|c| &c[..]));
-                let raw = Request::from_args(&parts).raw;
-                let _ = self
-                    .send_swallowing(shared, link.clone(), raw, names.len())
-                    .await;
-            }
+            let channels = self.keyspace_channels.iter().cloned().collect();
+            let patterns = self.keyspace_patterns.iter().cloned().collect();
+            self.subscribe_swallowing(shared, link, channels, patterns)
+                .await;
         }
     }
 
@@ -680,14 +668,22 @@ impl Subscriptions {
     /// Subscribes the channels and patterns again on a new link to the home master,
     /// swallowing the confirmations.
     async fn subscribe_global_again(&mut self, shared: &Shared) {
-        let wanted = [
-            (
-                "SUBSCRIBE",
-                self.channels.iter().cloned().collect::<Vec<_>>(),
-            ),
-            ("PSUBSCRIBE", self.patterns.iter().cloned().collect()),
-        ];
-        for (cmd, names) in wanted {
+        let channels = self.channels.iter().cloned().collect();
+        let patterns = self.patterns.iter().cloned().collect();
+        self.subscribe_swallowing(shared, Link::Global, channels, patterns)
+            .await;
+    }
+
+    /// SUBSCRIBEs `channels` and PSUBSCRIBEs `patterns` on `link` (opening it when needed),
+    /// swallowing the confirmations.
+    async fn subscribe_swallowing(
+        &mut self,
+        shared: &Shared,
+        link: Link,
+        channels: Vec<Bytes>,
+        patterns: Vec<Bytes>,
+    ) {
+        for (cmd, names) in [("SUBSCRIBE", channels), ("PSUBSCRIBE", patterns)] {
             if names.is_empty() {
                 continue;
             }
@@ -695,7 +691,7 @@ impl Subscriptions {
             parts.extend(names.iter().map(|c| &c[..]));
             let raw = Request::from_args(&parts).raw;
             let _ = self
-                .send_swallowing(shared, Link::Global, raw, names.len())
+                .send_swallowing(shared, link.clone(), raw, names.len())
                 .await;
         }
     }
