@@ -159,6 +159,42 @@ pub fn mirrored(spec: &CmdSpec) -> bool {
     spec.is_write() || spec.flags.contains(crate::command::Flags::MIRRORED)
 }
 
+impl Link {
+    /// Connects to a resource (lazily, like any cluster).
+    fn connect(r: MirrorResourceConfig, config: &Config) -> Result<Link, crate::error::TlsError> {
+        let tls = match r.tls_files() {
+            Some(files) => {
+                crate::tls::warn_if_insecure(&files, &r.name);
+                Some(crate::tls::BackendTls::build(&files, &r.name)?)
+            }
+            None => None,
+        };
+        Ok(Link {
+            cluster: Cluster::connect(
+                ClusterAccess {
+                    name: r.name.clone(),
+                    seeds: match &r.standalone {
+                        Some(a) => vec![a.clone()],
+                        None => r.cluster.clone(),
+                    },
+                    standalone: r.standalone.is_some(),
+                    username: r.username.clone(),
+                    password: r.password.clone(),
+                    tls,
+                },
+                config,
+            ),
+            settings: r,
+            dropped: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
+            mismatches: DashMap::new(),
+            mismatch_logged: AtomicUsize::new(0),
+            delay: Histogram::default(),
+            last_delay_us: AtomicU64::new(0),
+        })
+    }
+}
+
 impl Mirrors {
     /// Builds the mirrors configured in `config`, if any; fails on a TLS file that cannot be
     /// used. A resource or queue of `previous` whose connection settings are unchanged is
@@ -226,49 +262,6 @@ impl Mirrors {
         })))
     }
 
-    /// The resource named `name`.
-    pub fn resource(&self, name: &str) -> Option<&Resource> {
-        self.resources.iter().find(|r| r.name == name)
-    }
-}
-
-impl Link {
-    /// Connects to a resource (lazily, like any cluster).
-    fn connect(r: MirrorResourceConfig, config: &Config) -> Result<Link, crate::error::TlsError> {
-        let tls = match r.tls_files() {
-            Some(files) => {
-                crate::tls::warn_if_insecure(&files, &r.name);
-                Some(crate::tls::BackendTls::build(&files, &r.name)?)
-            }
-            None => None,
-        };
-        Ok(Link {
-            cluster: Cluster::connect(
-                ClusterAccess {
-                    name: r.name.clone(),
-                    seeds: match &r.standalone {
-                        Some(a) => vec![a.clone()],
-                        None => r.cluster.clone(),
-                    },
-                    standalone: r.standalone.is_some(),
-                    username: r.username.clone(),
-                    password: r.password.clone(),
-                    tls,
-                },
-                config,
-            ),
-            settings: r,
-            dropped: AtomicU64::new(0),
-            backlog: AtomicU64::new(0),
-            mismatches: DashMap::new(),
-            mismatch_logged: AtomicUsize::new(0),
-            delay: Histogram::default(),
-            last_delay_us: AtomicU64::new(0),
-        })
-    }
-}
-
-impl Mirrors {
     /// Hands a write to the client's feed (opening the feed on first use). `None` when the
     /// write is not mirrored, or was dropped because the feed is full (first_resource_only).
     pub async fn submit(
