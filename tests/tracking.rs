@@ -149,6 +149,45 @@ async fn tracking_in_every_mode_on_keys_of_every_master() {
         .await
         .unwrap();
     assert!(info.contains("tracking_clients:5"), "{info}");
+    // One invalidation connection per master while clients track (flag t on the node)...
+    let mut master = cluster.node(cluster.master_ports[1]).await;
+    assert_eq!(tracking_connections(&mut master).await, 1);
+
+    // ...and none once they are gone: their keys are forgotten, the connections closed.
+    drop((c, b, o, n, r2, target));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("slotgate")
+            .query_async(&mut w)
+            .await
+            .unwrap();
+        let gone = info.contains("tracking_clients:0") && info.contains("tracking_keys:0");
+        if gone && tracking_connections(&mut master).await == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tracking state left behind: {info}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Connections of a node with tracking on (`t` in CLIENT LIST's flags).
+async fn tracking_connections(node: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(node)
+        .await
+        .unwrap();
+    list.lines()
+        .filter(|l| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix("flags="))
+                .is_some_and(|f| f.contains('t'))
+        })
+        .count()
 }
 
 #[test]
