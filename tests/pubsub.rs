@@ -357,4 +357,24 @@ async fn keyspace_notifications_come_from_every_master_across_a_failover() {
     assert_eq!(n, 2);
     plain.expect(&msg("message", "y", "kept")).await;
     sub.expect(&msg("message", "y", "kept")).await;
+
+    // RESP3: the confirmation and the events are push frames, beside ordinary commands.
+    let mut push = RawClient::connect(proxy.port).await;
+    push.send(b"HELLO 3\r\nPING\r\n").await;
+    push.expect_until(b"+PONG\r\n").await;
+    push.send(format!("PSUBSCRIBE {pattern}\r\nGET {{ks}}k\r\n").as_bytes())
+        .await;
+    push.expect(
+        format!(
+            ">3\r\n$10\r\npsubscribe\r\n${}\r\n{pattern}\r\n:1\r\n$1\r\n1\r\n",
+            pattern.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let key = key_on(&cluster, cluster.master_ports[2], "push:").await;
+    let _: () = con.set(&key, 1).await.unwrap();
+    let mut event = array(&["pmessage", pattern, "__keyevent@0__:set", &key]);
+    event[0] = b'>';
+    push.expect_until(&event).await;
 }
