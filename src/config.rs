@@ -48,12 +48,16 @@ pub struct TrackingConfig {
     /// key is announced as modified and forgotten (Redis's `tracking-table-max-keys`, per
     /// client).
     pub max_keys_per_client: usize,
+    /// Keys tracked for all clients together; beyond it some are announced as modified and
+    /// forgotten (Redis's `tracking-table-max-keys`); 0: no limit.
+    pub table_max_keys: usize,
 }
 
 impl Default for TrackingConfig {
     fn default() -> Self {
         TrackingConfig {
             max_keys_per_client: 100_000,
+            table_max_keys: 1_000_000,
         }
     }
 }

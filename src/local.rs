@@ -140,6 +140,7 @@ impl ClientState {
                 shared.tracking.clone(),
                 id,
                 shared.live().tracking.max_keys_per_client,
+                shared.live().tracking.table_max_keys,
             ))
         })
     }

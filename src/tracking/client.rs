@@ -35,6 +35,8 @@ pub struct ClientTracking {
     /// Keys this client reads (default mode), oldest first; may hold keys announced since.
     keys: VecDeque<Bytes>,
     max_keys: usize,
+    /// Keys the whole table may hold (`tracking.table_max_keys`; 0: no limit).
+    table_max_keys: usize,
     /// Flushes up to this number were made before tracking was on: nothing to clear.
     flushed_before: u64,
     /// Its inbox, once it tracks or subscribes to `__redis__:invalidate`.
@@ -42,7 +44,12 @@ pub struct ClientTracking {
 }
 
 impl ClientTracking {
-    pub fn new(hub: Arc<Tracking>, id: u64, max_keys: usize) -> ClientTracking {
+    pub fn new(
+        hub: Arc<Tracking>,
+        id: u64,
+        max_keys: usize,
+        table_max_keys: usize,
+    ) -> ClientTracking {
         ClientTracking {
             hub,
             id,
@@ -57,6 +64,7 @@ impl ClientTracking {
             caching: None,
             keys: VecDeque::new(),
             max_keys: max_keys.max(1),
+            table_max_keys,
             flushed_before: 0,
             inbox: None,
         }
@@ -362,6 +370,7 @@ impl ClientTracking {
                 evicted.push(k);
             }
         }
+        self.hub.evict_over(self.table_max_keys);
         if !evicted.is_empty() {
             self.hub.deliver(
                 self.id,
@@ -497,7 +506,7 @@ mod tests {
     #[test]
     fn options_are_checked_as_redis_checks_them() {
         let hub = Arc::new(Tracking::default());
-        let mut t = ClientTracking::new(hub.clone(), 1, 10);
+        let mut t = ClientTracking::new(hub.clone(), 1, 10, 0);
         let cmd = |s: &str| Request::from_args(&s.split(' ').collect::<Vec<_>>());
         let exists = |id: u64| id == 7;
         assert!(
@@ -549,7 +558,7 @@ mod tests {
     #[tokio::test]
     async fn the_oldest_key_is_announced_when_the_table_is_full() {
         let hub = Arc::new(Tracking::default());
-        let mut t = ClientTracking::new(hub.clone(), 1, 2);
+        let mut t = ClientTracking::new(hub.clone(), 1, 2, 0);
         t.command(&Request::from_args(&["CLIENT", "TRACKING", "on"]), |_| {
             false
         })

@@ -65,6 +65,8 @@ struct Broadcast {
 pub struct Tracking {
     /// Keys read by default-mode clients, and the ids of the clients that read each.
     table: DashMap<Bytes, Vec<u64>>,
+    /// Keys in `table` (kept beside it: DashMap's own count locks every shard).
+    keys: std::sync::atomic::AtomicUsize,
     sinks: DashMap<u64, Sink>,
     bcast: ArcSwap<Vec<Broadcast>>,
     /// Keys NOLOOP clients wrote (client id, key), and when.
@@ -91,7 +93,13 @@ impl Tracking {
 
     /// Keys tracked for default-mode clients now.
     pub fn tracked_keys(&self) -> usize {
-        self.table.len()
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    fn key_removed(&self) {
+        let _ = self
+            .keys
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// Registers where client `id` receives invalidations.
@@ -123,12 +131,43 @@ impl Tracking {
     /// Client `id` read `key`: it hears of its next change. True when it was not tracked
     /// for this client yet.
     fn track(&self, id: u64, key: &Bytes) -> bool {
-        let mut ids = self.table.entry(key.clone()).or_default();
-        if ids.contains(&id) {
-            return false;
+        match self.table.entry(key.clone()) {
+            dashmap::Entry::Occupied(mut ids) => {
+                if ids.get().contains(&id) {
+                    return false;
+                }
+                ids.get_mut().push(id);
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(vec![id]);
+                self.keys.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        ids.push(id);
         true
+    }
+
+    /// While the table holds more than `limit` keys (0: no limit), forgets some (whichever
+    /// come first, as Redis evicts at random) and announces them to their clients as if
+    /// modified (Redis's `tracking-table-max-keys`).
+    fn evict_over(&self, limit: usize) {
+        while limit > 0 && self.tracked_keys() > limit {
+            let Some(key) = self.table.iter().next().map(|e| e.key().clone()) else {
+                break;
+            };
+            if let Some((_, ids)) = self.table.remove(&key) {
+                self.key_removed();
+                for id in ids {
+                    self.deliver(
+                        id,
+                        Delivery {
+                            keys: Some(vec![key.clone()]),
+                            flush: 0,
+                            redirected: false,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     /// Stops tracking `key` for client `id`; true when it was tracked.
@@ -142,8 +181,8 @@ impl Tracking {
             }
             empty = ids.is_empty();
         }
-        if empty {
-            self.table.remove_if(key, |_, ids| ids.is_empty());
+        if empty && self.table.remove_if(key, |_, ids| ids.is_empty()).is_some() {
+            self.key_removed();
         }
         found
     }
@@ -208,6 +247,7 @@ impl Tracking {
         let mut due: HashMap<u64, Vec<Bytes>> = HashMap::new();
         for key in keys {
             if let Some((_, ids)) = self.table.remove(key) {
+                self.key_removed();
                 let mut kept = Vec::new();
                 for id in ids {
                     if self.own_write(id, key) {
@@ -216,13 +256,8 @@ impl Tracking {
                         due.entry(id).or_default().push(key.clone());
                     }
                 }
-                if !kept.is_empty() {
-                    let mut ids = self.table.entry(key.clone()).or_default();
-                    for id in kept {
-                        if !ids.contains(&id) {
-                            ids.push(id);
-                        }
-                    }
+                for id in kept {
+                    self.track(id, key);
                 }
             }
             for b in bcast.iter() {
@@ -248,6 +283,7 @@ impl Tracking {
     /// Every tracking client forgets every key.
     pub fn flush(&self) {
         self.table.clear();
+        self.keys.store(0, Ordering::Relaxed);
         let flush = self.flushes.fetch_add(1, Ordering::Relaxed) + 1;
         let ids: Vec<u64> = self
             .sinks
@@ -324,6 +360,24 @@ mod tests {
         assert!(a.try_recv().is_err());
         assert_eq!(t.tracked_keys(), 0);
         assert_eq!(t.invalidations.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_table_announces_and_forgets_keys_beyond_its_limit() {
+        let t = Tracking::default();
+        let mut a = t.open_sink(1, true).unwrap();
+        for k in ["a", "b", "c"] {
+            t.track(1, &key(k));
+        }
+        t.track(2, &key("a"));
+        assert_eq!(t.tracked_keys(), 3);
+        t.evict_over(2);
+        assert_eq!(t.tracked_keys(), 2);
+        let got = a.recv().await.unwrap().keys.unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(!t.untrack(1, &got[0]), "the announced key is forgotten");
+        t.evict_over(0);
+        assert_eq!(t.tracked_keys(), 2, "0 is no limit");
     }
 
     #[tokio::test]
