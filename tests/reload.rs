@@ -233,13 +233,19 @@ async fn mirror_mode_resources_key_rules_and_timeouts_change_live_under_pipelini
     let dir = workdir("reload-mirror");
     let file = dir.join("slotgate.yaml");
     let log = dir.join("slotgate.log");
-    let write = |extra: String| std::fs::write(&file, config(&cluster.seeds, port, admin, &extra));
+    // The config file: `extra` after the seeds, at `log_level`.
+    let write = |extra: &str, log_level: &str| {
+        let text = config(&cluster.seeds, port, admin, extra)
+            .replace("log_level: info", &format!("log_level: {log_level}"));
+        std::fs::write(&file, text).unwrap()
+    };
+    let mirror_mode = |mode: &str, keys: &str| mirror_section(mirror.port, mode, keys);
     let reload = |what: &str| {
         let (status, body) = http(admin, "POST", "/reload");
         assert_eq!(status, 200, "{what}: {body}");
         body
     };
-    write(String::new()).unwrap();
+    write("", "info");
     let proxy = start(&file, &log, admin);
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     // A client connected before the mirror exists, idle most of the time.
@@ -249,12 +255,7 @@ async fn mirror_mode_resources_key_rules_and_timeouts_change_live_under_pipelini
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // A mirror is added, waited for by the clients (check_error) and taking m:* only.
-    write(mirror_section(
-        mirror.port,
-        "all_resources_check_error",
-        "\"m:*\"",
-    ))
-    .unwrap();
+    write(&mirror_mode("all_resources_check_error", "\"m:*\""), "info");
     assert!(reload("add").contains("mirror"));
     set(&mut idle, "m:idle", "1").await;
     set(&mut idle, "n:skipped", "1").await;
@@ -267,17 +268,10 @@ async fn mirror_mode_resources_key_rules_and_timeouts_change_live_under_pipelini
 
     // Mode, key rules and log level change while the writer pipelines: the mirror's
     // connections are kept, the writer's writes keep their order on it.
-    std::fs::write(
-        &file,
-        config(
-            &cluster.seeds,
-            port,
-            admin,
-            &mirror_section(mirror.port, "first_resource_only", "\"m:*\", \"n:*\""),
-        )
-        .replace("log_level: info", "log_level: debug"),
-    )
-    .unwrap();
+    write(
+        &mirror_mode("first_resource_only", "\"m:*\", \"n:*\""),
+        "debug",
+    );
     let body = reload("mode");
     assert!(
         body.contains("mirror") && body.contains("log_level"),
@@ -318,19 +312,11 @@ async fn mirror_mode_resources_key_rules_and_timeouts_change_live_under_pipelini
 
     // The command timeout changes live: a write to a master paused for 2 s fails after
     // 300 ms instead of waiting out the pause (the start's timeout is 5 s).
-    std::fs::write(
-        &file,
-        config(
-            &cluster.seeds,
-            port,
-            admin,
-            &format!(
-                "  command_timeout_ms: 300\n{}",
-                mirror_section(mirror.port, "first_resource_only", "\"m:*\", \"n:*\"")
-            ),
-        ),
-    )
-    .unwrap();
+    let timeouts = format!(
+        "  command_timeout_ms: 300\n{}",
+        mirror_mode("first_resource_only", "\"m:*\", \"n:*\"")
+    );
+    write(&timeouts, "debug");
     assert!(reload("timeouts").contains("cluster timeouts"));
     let master = cluster.master_ports[0];
     let key = key_on(&cluster, master, "paused:").await;
@@ -346,7 +332,7 @@ async fn mirror_mode_resources_key_rules_and_timeouts_change_live_under_pipelini
 
     // The mirror is removed: writes stop reaching it, and every connection to it closes,
     // also those of the idle client's feed.
-    write(String::new()).unwrap();
+    write("", "debug");
     assert!(reload("remove").contains("mirror"));
     set(&mut through, "m:after", "1").await;
     let deadline = Instant::now() + Duration::from_secs(15);
