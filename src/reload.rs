@@ -8,10 +8,9 @@
 //! primary and the mirrors), `mirror.*` (mode, resources, key rules: each client's next
 //! write, after its open transaction; its writes keep their order on the mirrors both
 //! configurations have), `slowlog.*`, `drain.*`, `tracking.*` (clients that turn tracking on
-//! from then on), and the TLS certificate and key. Every other
-//! field needs a restart: a change to one is logged and the running value kept. A file that
-//! does not parse or validate is rejected whole, naming the field; the running configuration
-//! stays.
+//! from then on), and the TLS certificate and key. Every other field needs a restart: a
+//! change to one is logged and the running value kept. A file that does not parse or
+//! validate is rejected whole, naming the field; the running configuration stays.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
