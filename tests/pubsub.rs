@@ -341,6 +341,12 @@ async fn keyspace_notifications_come_from_every_master_across_a_failover() {
     sub.send(b"PING\r\n").await;
     sub.expect(b"+PONG\r\n").await;
     sub.expect_silence(Duration::from_millis(300)).await;
+    // Once the per-master connections are closed too, an unsubscribe from nothing is
+    // answered as Redis answers it, and the next command after it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sub.send(b"UNSUBSCRIBE\r\nPING\r\n").await;
+    sub.expect(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n+PONG\r\n")
+        .await;
 
     // A client's last unsubscribe pipelined with a new subscribe keeps the new one (the
     // connection is not closed under it), with and without keyspace subscriptions made.

@@ -153,11 +153,12 @@ async fn serve_halves<R, W>(
             // everything below.
             let spec = resolve(&req);
             let generation = shared.primary.topology.peek().generation;
-            if !inflight.is_empty()
-                && (state.barrier
-                    || streams_replies(&state, spec)
-                    || spec.is_some_and(CmdSpec::changes_connection_state)
-                    || inflight.must_wait_for_slot(generation, spec, &req))
+            if owes_confirmations(&state)
+                || (!inflight.is_empty()
+                    && (state.barrier
+                        || streams_replies(&state, spec)
+                        || spec.is_some_and(CmdSpec::changes_connection_state)
+                        || inflight.must_wait_for_slot(generation, spec, &req)))
             {
                 deferred = Some(req);
                 break;
@@ -246,10 +247,13 @@ async fn serve_halves<R, W>(
         }
         // A request waits for every earlier reply, and those were all dropped (CLIENT REPLY
         // OFF): nothing is left to wait for or write before it.
-        if deferred.is_some() && inflight.is_empty() {
+        if deferred.is_some() && inflight.is_empty() && !owes_confirmations(&state) {
             continue;
         }
         let room = inflight.len() < window && inflight.bytes() < window_bytes;
+        // Confirmations owed are written from the subscriber events, even with no
+        // subscriber connection left (an unsubscribe from nothing).
+        let owes = owes_confirmations(&state);
         tokio::select! {
             biased;
             written = out.write_some(&mut wr), if out.wants_write() => {
@@ -260,7 +264,7 @@ async fn serve_halves<R, W>(
                 gathered = false;
             }
             _ = inflight.advance(&shared, &mut state.batch), if !inflight.is_empty() => {}
-            event = next_event(&mut state.subs), if subscribed => {
+            event = next_event(&mut state.subs), if subscribed || owes => {
                 let Some(subs) = state.subs.as_mut() else { continue };
                 match subs.on_event(&shared, event).await {
                     Ok(Some(frame)) => {
@@ -482,6 +486,12 @@ async fn next_event(subs: &mut Option<Subscriptions>) -> Event {
         Some(s) => s.events.recv().await.unwrap_or(Event::Overflow),
         None => std::future::pending().await,
     }
+}
+
+/// Whether subscription confirmations are still owed to the client: its next request waits
+/// for them (keyspace subscriptions are confirmed once every master has).
+fn owes_confirmations(state: &ClientState) -> bool {
+    state.subs.as_ref().is_some_and(|s| s.owes_confirmations())
 }
 
 /// Whether the replies before this request must be written first: its replies bypass the

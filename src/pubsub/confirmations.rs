@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -31,6 +32,7 @@ struct Owed {
     count: usize,
     /// Connections whose confirmation is still awaited.
     waiting: Vec<Source>,
+    since: Instant,
 }
 
 /// The confirmations owed, oldest first.
@@ -54,7 +56,27 @@ impl Confirmations {
             name,
             count,
             waiting,
+            since: Instant::now(),
         });
+    }
+
+    /// Whether confirmations are still owed (the client's next command waits for them, as
+    /// one server would answer it after them).
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Stops waiting for connections that have not confirmed within `limit` (a stopped
+    /// node): the subscription holds once it answers. True when something changed.
+    pub fn expire(&mut self, limit: Duration) -> bool {
+        let mut changed = false;
+        for owed in &mut self.queue {
+            if !owed.waiting.is_empty() && owed.since.elapsed() >= limit {
+                owed.waiting.clear();
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// A node's confirmation `kind name` arrived from `from`; false when none was owed
@@ -143,6 +165,22 @@ mod tests {
                *3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:2\r\n"[..]
         );
         assert!(!c.waits_for_master());
+    }
+
+    #[test]
+    fn a_connection_that_never_confirms_is_not_waited_for_forever() {
+        let mut c = Confirmations::default();
+        c.owe(
+            "psubscribe",
+            Some(Bytes::from_static(b"p")),
+            1,
+            vec![master("a")],
+        );
+        assert!(!c.expire(Duration::from_secs(5)));
+        assert!(c.ready(Proto::Resp2).is_none());
+        assert!(c.expire(Duration::ZERO));
+        assert!(c.ready(Proto::Resp2).is_some());
+        assert!(c.is_empty());
     }
 
     #[test]

@@ -52,6 +52,10 @@ enum Link {
     Keyspace(Arc<str>),
 }
 
+/// How long a confirmation waits for a node that does not answer (a stopped master) before
+/// the client gets it anyway.
+const CONFIRMATION_WAIT: Duration = Duration::from_secs(5);
+
 /// Whether a channel or pattern names keyspace notifications, which every master publishes
 /// for its own keys.
 pub fn is_keyspace(name: &[u8]) -> bool {
@@ -148,6 +152,12 @@ impl Subscriptions {
             + self.patterns.len()
             + self.keyspace_channels.len()
             + self.keyspace_patterns.len()
+    }
+
+    /// Whether subscription confirmations are still owed to the client (its next command
+    /// waits for them).
+    pub fn owes_confirmations(&self) -> bool {
+        self.owed.as_ref().is_some_and(|o| !o.is_empty())
     }
 
     /// True while any subscriber connection may still send frames.
@@ -392,6 +402,12 @@ impl Subscriptions {
     /// `follow_masters`; with `opening`, the connections are kept (opened) even before the
     /// client has a keyspace subscription (its first is being made).
     async fn keep_masters(&mut self, shared: &Shared, opening: bool) {
+        if let Some(owed) = &mut self.owed
+            && owed.expire(CONFIRMATION_WAIT)
+        {
+            warn!("a node did not confirm a subscription in time; confirmed to the client anyway");
+            let _ = self.events_tx.send(Event::Owed);
+        }
         let table = shared.primary.topology.table();
         let serving = table.serving_masters();
         let wanted =
