@@ -181,10 +181,13 @@ pub async fn run_with(
         .topology
         .refresh_and_wait(None, shared.config.connect_timeout() * 2)
         .await;
-    // Both look at the mirrors in force each time: a reload may add or remove them.
-    tokio::spawn(log_multiwrite(shared.clone()));
-    tokio::spawn(crate::mirror::probe::run(shared.clone()));
-    tokio::spawn(crate::tracking::listener::run(shared.clone()));
+    // The first two look at the mirrors in force each time: a reload may add or remove
+    // them. All three stop with the server.
+    let background = [
+        tokio::spawn(log_multiwrite(shared.clone())),
+        tokio::spawn(crate::mirror::probe::run(shared.clone())),
+        tokio::spawn(crate::tracking::listener::run(shared.clone())),
+    ];
     let workers = Workers::start(shared.config.worker_threads()).map_err(StartError::Workers)?;
     let handshake = handshake_timeout(&shared.config);
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_clients));
@@ -309,6 +312,9 @@ pub async fn run_with(
         moving_sent = shared.stats.moving_sent.load(Ordering::Relaxed),
         "shut down"
     );
+    for task in background {
+        task.abort();
+    }
     // Clients still connected after the deadline are cut when their worker stops.
     let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
     Ok(())
