@@ -149,6 +149,41 @@ async fn tracking_in_every_mode_on_keys_of_every_master() {
         .await
         .unwrap();
     assert!(info.contains("tracking_clients:5"), "{info}");
+
+    // FLUSHALL through slotgate empties every master: a tracking client that read keys
+    // is flushed.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut w).await.unwrap();
+    c.expect_until(b">2\r\n$10\r\ninvalidate\r\n_\r\n").await;
+
+    // RESP3 with REDIRECT: once the target is gone, the client is told so.
+    let mut gone = RawClient::connect(proxy.port).await;
+    gone.send(b"CLIENT ID\r\n").await;
+    let gone_id: u64 = gone.line().await.trim_start_matches(':').parse().unwrap();
+    gone.send(b"SUBSCRIBE __redis__:invalidate\r\n").await;
+    gone.expect_until(b":1\r\n").await;
+    let mut rb = tracking_client(proxy.port, &format!("REDIRECT {gone_id}")).await;
+    rb.send(&get(&keys[2])).await;
+    rb.expect(b"_\r\n").await;
+    drop(gone);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut w)
+            .await
+            .unwrap();
+        if !list.contains(&format!("id={gone_id} ")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _: () = w.set(&keys[2], "after").await.unwrap();
+    rb.expect(format!(">2\r\n$21\r\ntracking-redir-broken\r\n:{gone_id}\r\n").as_bytes())
+        .await;
+    rb.send(b"CLIENT TRACKINGINFO\r\n").await;
+    rb.expect_until(b"broken_redirect").await;
+    drop(rb);
     // One invalidation connection per master while clients track (flag t on the node)...
     let mut master = cluster.node(cluster.master_ports[1]).await;
     assert_eq!(tracking_connections(&mut master).await, 1);
