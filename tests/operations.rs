@@ -296,11 +296,7 @@ async fn slowlog_keeps_slotgates_own_timing_with_the_node() {
         .query_async(&mut con)
         .await
         .unwrap();
-    let len: i64 = redis::cmd("SLOWLOG")
-        .arg("LEN")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let len = slowlog_len(&mut con).await;
     assert_eq!(len, 1);
     let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
         .arg("GET")
@@ -321,11 +317,7 @@ async fn slowlog_keeps_slotgates_own_timing_with_the_node() {
         .query_async(&mut con)
         .await
         .unwrap();
-    let len: i64 = redis::cmd("SLOWLOG")
-        .arg("LEN")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let len = slowlog_len(&mut con).await;
     assert_eq!(len, 0);
 }
 
@@ -449,4 +441,12 @@ fn the_dashboard_uses_exported_metric_names() {
         checked += 1;
     }
     assert!(checked >= 15, "{checked}");
+}
+
+async fn slowlog_len(con: &mut redis::aio::MultiplexedConnection) -> i64 {
+    redis::cmd("SLOWLOG")
+        .arg("LEN")
+        .query_async(con)
+        .await
+        .unwrap()
 }

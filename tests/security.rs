@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use support::tls::{Pki, TLS_OFFSET};
 use support::{Cluster, Proxy};
 
@@ -339,21 +340,11 @@ async fn idle_clients_are_closed_but_subscribers_and_blocked_clients_are_not() {
     // Past the limit, the subscriber still gets messages and the blocked client its reply.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut con = proxy.client(2).await;
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("news")
-        .arg("hello")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let _: i64 = con.publish("news", "hello").await.unwrap();
     subscriber
         .expect(b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n")
         .await;
-    let _: i64 = redis::cmd("RPUSH")
-        .arg("idle:list")
-        .arg("x")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let _: i64 = con.rpush("idle:list", "x").await.unwrap();
     blocked
         .expect(b"*2\r\n$9\r\nidle:list\r\n$1\r\nx\r\n")
         .await;

@@ -431,13 +431,7 @@ impl RawClient {
     /// Reads until exactly `expected` has arrived (or fails after 5 s with what came).
     pub async fn expect(&mut self, expected: &[u8]) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.buf.len() < expected.len() {
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        while self.buf.len() < expected.len() && self.read_more(deadline).await {}
         let got: Vec<u8> = self
             .buf
             .drain(..expected.len().min(self.buf.len()))
@@ -452,19 +446,36 @@ impl RawClient {
     /// Reads until `expected` arrives (within 5 s), dropping it and everything before it.
     pub async fn expect_until(&mut self, expected: &[u8]) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        if !self.seen_until(expected, deadline).await {
+            panic!(
+                "never got {:?}; got {:?}",
+                String::from_utf8_lossy(expected),
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+    }
+
+    /// Reads one more chunk into the buffer; false at the deadline, end of stream or an error.
+    async fn read_more(&mut self, deadline: tokio::time::Instant) -> bool {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `expected` arrives before `deadline` (dropping it and everything before it).
+    async fn seen_until(&mut self, expected: &[u8], deadline: tokio::time::Instant) -> bool {
         loop {
             if let Some(at) = self.buf.windows(expected.len()).position(|w| w == expected) {
                 self.buf.drain(..at + expected.len());
-                return;
+                return true;
             }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                _ => panic!(
-                    "never got {:?}; got {:?}",
-                    String::from_utf8_lossy(expected),
-                    String::from_utf8_lossy(&self.buf)
-                ),
+            if !self.read_more(deadline).await {
+                return false;
             }
         }
     }
@@ -477,28 +488,16 @@ impl RawClient {
                 let line: Vec<u8> = self.buf.drain(..at + 2).collect();
                 return String::from_utf8_lossy(&line[..at]).into_owned();
             }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                _ => panic!("no line; got {:?}", String::from_utf8_lossy(&self.buf)),
+            if !self.read_more(deadline).await {
+                panic!("no line; got {:?}", String::from_utf8_lossy(&self.buf));
             }
         }
     }
 
     /// Whether `expected` arrives within `wait` (dropping it and everything before it).
     pub async fn seen_within(&mut self, expected: &[u8], wait: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(at) = self.buf.windows(expected.len()).position(|w| w == expected) {
-                self.buf.drain(..at + expected.len());
-                return true;
-            }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                _ => return false,
-            }
-        }
+        self.seen_until(expected, tokio::time::Instant::now() + wait)
+            .await
     }
 
     /// The underlying stream, for reads of unknown length.
