@@ -22,13 +22,7 @@ use crate::worker::Workers;
 /// Builds the shared state (primary cluster and its topology manager) for `config`; fails
 /// when a TLS file cannot be used.
 pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
-    let tls = match config.cluster.tls_files() {
-        Some(files) => {
-            crate::tls::warn_if_insecure(&files, "primary");
-            Some(BackendTls::build(&files, "primary")?)
-        }
-        None => None,
-    };
+    let tls = BackendTls::for_cluster(config.cluster.tls_files(), "primary")?;
     let primary = Cluster::connect(
         ClusterAccess {
             name: "primary".into(),

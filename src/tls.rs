@@ -104,8 +104,9 @@ pub struct BackendFiles {
     pub insecure_skip_verify: bool,
 }
 
-/// Logs, once at start, that a cluster's certificates are not checked.
-pub fn warn_if_insecure(files: &BackendFiles, what: &str) {
+/// Logs, once when its connections are set up, that a cluster's certificates are not
+/// checked.
+fn warn_if_insecure(files: &BackendFiles, what: &str) {
     if files.insecure_skip_verify {
         tracing::warn!(
             cluster = what,
@@ -131,6 +132,20 @@ impl std::fmt::Debug for BackendTls {
 }
 
 impl BackendTls {
+    /// The TLS of a cluster's connections, when `files` (its `tls*` fields) says it has
+    /// some: built, with a warning when certificates go unchecked.
+    pub fn for_cluster(
+        files: Option<BackendFiles>,
+        what: &str,
+    ) -> Result<Option<BackendTls>, TlsError> {
+        files
+            .map(|files| {
+                warn_if_insecure(&files, what);
+                BackendTls::build(&files, what)
+            })
+            .transpose()
+    }
+
     /// Reads the CA and client certificate. `what` names the cluster in errors.
     pub fn build(files: &BackendFiles, what: &str) -> Result<BackendTls, TlsError> {
         let builder = ClientConfig::builder_with_provider(provider())

@@ -162,13 +162,7 @@ pub fn mirrored(spec: &CmdSpec) -> bool {
 impl Link {
     /// Connects to a resource (lazily, like any cluster).
     fn connect(r: MirrorResourceConfig, config: &Config) -> Result<Link, crate::error::TlsError> {
-        let tls = match r.tls_files() {
-            Some(files) => {
-                crate::tls::warn_if_insecure(&files, &r.name);
-                Some(crate::tls::BackendTls::build(&files, &r.name)?)
-            }
-            None => None,
-        };
+        let tls = crate::tls::BackendTls::for_cluster(r.tls_files(), &r.name)?;
         Ok(Link {
             cluster: Cluster::connect(
                 ClusterAccess {
