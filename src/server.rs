@@ -52,7 +52,7 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
         hotkeys,
         commands,
         slowlog: Default::default(),
-        notices: tokio::sync::watch::Sender::new(Default::default()),
+        notices: tokio::sync::watch::Sender::new(false),
     }))
 }
 
@@ -289,7 +289,7 @@ pub async fn run_with(
     if let Some(a) = admin {
         a.abort();
     }
-    shared.notices.send_modify(|n| n.draining = true);
+    shared.notices.send_replace(true);
     let deadline = tokio::time::Instant::now() + drain;
     let left = || shared.stats.connected_clients.load(Ordering::Relaxed);
     if !drain.is_zero() {

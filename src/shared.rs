@@ -33,16 +33,6 @@ pub struct Stats {
     pub subscribers: AtomicI64,
 }
 
-/// What every client task is told at once (`Shared::notices`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Notice {
-    /// Slotgate shuts down: clients stop reading, finish what is in flight and close.
-    pub draining: bool,
-    /// Reloads so far: an idle client wakes to take the new configuration (and lets go of
-    /// mirrors a reload removed).
-    pub reloads: u64,
-}
-
 /// State shared by every client task.
 #[derive(Debug)]
 pub struct Shared {
@@ -60,8 +50,11 @@ pub struct Shared {
     pub mirrors: arc_swap::ArcSwapOption<crate::mirror::Mirrors>,
     pub stats: Stats,
     pub started: Instant,
-    /// What every client is told at once: the shutdown and reloads.
-    pub notices: tokio::sync::watch::Sender<Notice>,
+    /// What every client is told at once. Its value: whether slotgate shuts down (clients
+    /// stop reading, finish what is in flight and close). A reload notifies without changing
+    /// it: an idle client wakes to take the new configuration (`live_generation`) and lets
+    /// go of mirrors the reload removed.
+    pub notices: tokio::sync::watch::Sender<bool>,
     /// Script bodies loaded through slotgate (SCRIPT LOAD), by lower-case SHA1, so an
     /// EVALSHA answered NOSCRIPT by a master that lacks the script can load it there.
     pub scripts: dashmap::DashMap<Bytes, Bytes>,
@@ -95,6 +88,6 @@ impl Shared {
         self.live.store(std::sync::Arc::new(config));
         self.live_generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
-        self.notices.send_modify(|n| n.reloads += 1);
+        self.notices.send_modify(|_| ());
     }
 }

@@ -14,7 +14,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// `Ok` when slotgate can serve every slot now; else why not. Only masters that own slots
 /// count (a failed master that lost its slots to its replica does not).
 pub async fn ready(shared: &Shared) -> Result<(), String> {
-    if shared.notices.borrow().draining {
+    if *shared.notices.borrow() {
         return Err("shutting down".into());
     }
     let table = shared.primary.topology.table();

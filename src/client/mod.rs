@@ -284,7 +284,7 @@ async fn serve_halves<R, W>(
                 // (closed after the push's ttl at the latest); any other one gets the
                 // replies to what it sent, then is closed. Otherwise a reload: the loop's
                 // next turn takes the new configuration.
-                if changed.is_err() || notices.borrow().draining {
+                if changed.is_err() || *notices.borrow() {
                     if state.maint_notifications && state.proto == Proto::Resp3 {
                         let drain = &shared.live().drain;
                         out.push(crate::drain::moving_frame(drain));
