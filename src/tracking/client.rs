@@ -200,8 +200,8 @@ impl ClientTracking {
         self.redirect = redirect;
         self.redirect_broken = false;
         self.prefixes = all;
+        // Opens the inbox, or marks the one it has (a redirect target's) as tracking.
         self.listen();
-        self.hub.set_tracking(self.id, true);
         if bcast {
             self.hub
                 .set_broadcast(self.id, Some(Arc::from(self.prefixes.clone())));

@@ -123,8 +123,9 @@ impl Tracking {
         self.sinks.remove(&id);
     }
 
-    /// Whether client `id` can receive invalidations (a redirect target must).
-    pub fn has_sink(&self, id: u64) -> bool {
+    /// Whether client `id` has an inbox.
+    #[cfg(test)]
+    fn has_sink(&self, id: u64) -> bool {
         self.sinks.contains_key(&id)
     }
 
