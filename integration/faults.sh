@@ -32,6 +32,47 @@ pid_of() {
 
 node_id() { rcli "$1" cluster myid | tr -d '\r'; }
 
+# The number of slots the node at PORT serves (its own line of CLUSTER NODES;
+# open-slot markers like [5-<-id] are not counted).
+slot_count() {
+    rcli "$1" cluster nodes | tr -d '\r' | awk '/myself/ {
+        n = 0
+        for (i = 9; i <= NF; i++) {
+            if ($i ~ /^\[/) continue
+            split($i, r, "-")
+            n += (r[2] == "" ? 1 : r[2] - r[1] + 1)
+        }
+        print n
+    }'
+}
+
+# Waits (up to 30 s) until every node of the cluster seen from PORT knows the
+# node NODE_ID as a full member (no handshake) and `redis-cli --cluster check`
+# finds the nodes agreeing with no open slot: redis-cli refuses to reshard
+# before, and a master that does not know the target yet fails `SETSLOT NODE`.
+# Fails at once when a slot is open (it stays open until someone closes it).
+settle() {
+    local port=$1 id=$2 addr ok out=""
+    for _ in $(seq 1 60); do
+        ok=1
+        for addr in $(rcli "$port" cluster nodes | awk '{ split($2, a, "@"); print a[1] }'); do
+            if ! timeout 10 "$REDIS_CLI" -h "${addr%:*}" -p "${addr##*:}" cluster nodes \
+                | grep "^$id " | grep -qv 'handshake\|noaddr\|fail'; then
+                ok=0
+                break
+            fi
+        done
+        if (( ok )); then
+            local rc=0
+            out=$("$REDIS_CLI" --cluster check "$HOST:$port" 2>&1) || rc=$?
+            grep -q 'slots are open' <<<"$out" && return 1
+            (( rc == 0 )) && ! grep -q '\[WARNING\]\|\[ERR\]' <<<"$out" && return 0
+        fi
+        sleep 0.5
+    done
+    printf 'faults.sh: cluster did not settle:\n%s\n' "$out" >&2
+}
+
 cmd=${1:-}
 [[ -n $cmd ]] || { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit 2; }
 shift
@@ -49,24 +90,28 @@ case $cmd in
     failover) [[ $# -eq 1 ]] || die "usage: failover PORT"; rcli "$1" cluster failover >/dev/null ;;
     move-slots)
         [[ $# -eq 4 ]] || die "usage: move-slots PORT FROM_PORT TO_PORT COUNT"
-        # redis-cli refuses to reshard while the nodes disagree about the
-        # configuration (for a moment after a failover or a node joins): wait
-        # until `--cluster check` passes, then move; its report goes to stderr
-        # when it does not.
-        out=""
-        for _ in $(seq 1 60); do
-            if out=$("$REDIS_CLI" --cluster check "$HOST:$1" 2>&1) \
-                && ! grep -q '\[WARNING\]\|\[ERR\]' <<<"$out"; then
-                break
-            fi
-            sleep 0.5
-        done
         from=$(node_id "$2") to=$(node_id "$3")
-        if ! out=$("$REDIS_CLI" --cluster reshard "$HOST:$1" --cluster-from "$from" \
-            --cluster-to "$to" --cluster-slots "$4" --cluster-yes --cluster-pipeline 100 2>&1); then
-            printf '%s\n' "$out" >&2
-            die "reshard from $2 to $3 failed"
-        fi
+        want=$(( $(slot_count "$3") + $4 ))
+        out=""
+        for attempt in 1 2 3; do
+            settle "$1" "$to" \
+                || "$REDIS_CLI" --cluster fix "$HOST:$1" --cluster-yes >/dev/null 2>&1 || true
+            left=$(( want - $(slot_count "$3") ))
+            (( left > 0 )) || break
+            if out=$("$REDIS_CLI" --cluster reshard "$HOST:$1" --cluster-from "$from" \
+                --cluster-to "$to" --cluster-slots "$left" --cluster-yes \
+                --cluster-pipeline 100 2>&1); then
+                continue
+            fi
+            # A move that failed half way leaves a slot open (migrating on
+            # one node, importing on the other): close it and move the rest.
+            printf 'faults.sh: reshard attempt %d failed:\n%s\n' "$attempt" \
+                "$(grep -v '^ *Moving slot' <<<"$out" | tail -n 25)" >&2
+            "$REDIS_CLI" --cluster fix "$HOST:$1" --cluster-yes >/dev/null 2>&1 || true
+        done
+        settle "$1" "$to" || true
+        got=$(slot_count "$3")
+        (( got >= want )) || die "reshard from $2 to $3: $3 holds $got slots, wanted $want"
         ;;
     master-of)
         [[ $# -eq 1 ]] || die "usage: master-of PORT"
