@@ -384,3 +384,84 @@ async fn keyspace_notifications_come_from_every_master_across_a_failover() {
     event[0] = b'>';
     push.expect_until(&event).await;
 }
+
+/// How many times `needle` occurs in `hay`.
+fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broad_patterns_hear_every_master_once() {
+    let cluster = Cluster::start();
+    for &port in &cluster.ports {
+        let mut node = cluster.node(port).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("KEA")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+    }
+    let proxy = Proxy::start(&cluster).await;
+    let mut con = proxy.client(2).await;
+    // The pattern of Redis's documentation, and everything: both match keyspace
+    // notifications, which each master publishes for its own keys only.
+    let patterns = ["__key*__:*", "*"];
+    let mut sub = RawClient::connect(proxy.port).await;
+    sub.send(b"PSUBSCRIBE __key*__:* *\r\n").await;
+    let mut expected = confirmation("psubscribe", patterns[0], 1);
+    expected.extend(confirmation("psubscribe", patterns[1], 2));
+    sub.expect(&expected).await;
+    let mut keys = Vec::new();
+    for &master in &cluster.master_ports {
+        keys.push(key_on(&cluster, master, "broad:").await);
+    }
+    for key in &keys {
+        let _: () = con.set(key, 1).await.unwrap();
+    }
+    // Published messages reach every master through the cluster bus: each pattern's
+    // message arrives once all the same.
+    let _: i64 = con.publish("news", "hello").await.unwrap();
+    let _: i64 = con.publish("__keyx__:y", "hi").await.unwrap();
+    let got = sub.collect(Duration::from_millis(1500)).await;
+    for key in &keys {
+        let space = format!("__keyspace@0__:{key}");
+        for p in patterns {
+            for frame in [
+                array(&["pmessage", p, &space, "set"]),
+                array(&["pmessage", p, "__keyevent@0__:set", key]),
+            ] {
+                assert_eq!(
+                    occurrences(&got, &frame),
+                    1,
+                    "{:?} in {:?}",
+                    String::from_utf8_lossy(&frame),
+                    String::from_utf8_lossy(&got)
+                );
+            }
+        }
+    }
+    for (p, ch, payload) in [
+        ("*", "news", "hello"),
+        ("*", "__keyx__:y", "hi"),
+        ("__key*__:*", "__keyx__:y", "hi"),
+    ] {
+        let frame = array(&["pmessage", p, ch, payload]);
+        assert_eq!(
+            occurrences(&got, &frame),
+            1,
+            "{:?} in {:?}",
+            String::from_utf8_lossy(&frame),
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // Unsubscribed from every master: one confirmation each, and the client leaves
+    // subscriber mode.
+    sub.send(b"PUNSUBSCRIBE *\r\nPUNSUBSCRIBE __key*__:*\r\nPING\r\n")
+        .await;
+    let mut expected = confirmation("punsubscribe", "*", 1);
+    expected.extend(confirmation("punsubscribe", patterns[0], 0));
+    expected.extend(b"+PONG\r\n");
+    sub.expect(&expected).await;
+}

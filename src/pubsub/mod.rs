@@ -12,15 +12,17 @@
 //! so the client keeps receiving. A client that reads too slowly to keep its pending frames
 //! under the configured limit is disconnected, as Redis does with its pub/sub output buffer.
 //!
-//! Keyspace notifications (channels and patterns that begin with `__keyspace@` or
-//! `__keyevent@`) are published by the master that holds the key only, so those are
-//! subscribed on every master that serves slots, over one more connection per master, and
-//! the messages merged into the client's stream; the connections follow masters that are
-//! added, removed or fail over. From a client's first keyspace subscription on, slotgate
+//! Keyspace notifications (channels that begin with `__keyspace@` or `__keyevent@`, and
+//! patterns that can match such channels, as `__key*__:*` or `*` do) are published by the
+//! master that holds the key only, so those are subscribed on every master that serves
+//! slots, over one more connection per master, and the messages merged into the client's
+//! stream (a pattern's messages on other channels, which every master hears, are taken
+//! from one of them); the connections follow masters that are added, removed or fail over. From a client's first keyspace subscription on, slotgate
 //! writes the subscription confirmations itself (`confirmations`): one per channel, in the
 //! order asked, once every connection it went to has confirmed it.
 
 pub mod confirmations;
+pub mod pattern;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -60,6 +62,16 @@ const CONFIRMATION_WAIT: Duration = Duration::from_secs(5);
 /// for its own keys.
 pub fn is_keyspace(name: &[u8]) -> bool {
     name.starts_with(b"__keyspace@") || name.starts_with(b"__keyevent@")
+}
+
+/// Whether a channel (`pattern` false) or a pattern is subscribed on every master.
+fn fanned(name: &[u8], pattern: bool) -> bool {
+    if pattern {
+        pattern::may_match_prefixed(name, b"__keyspace@")
+            || pattern::may_match_prefixed(name, b"__keyevent@")
+    } else {
+        is_keyspace(name)
+    }
 }
 
 /// What a subscriber connection reports to the client task.
@@ -187,7 +199,8 @@ impl Subscriptions {
             spec.cmd,
             Cmd::Subscribe | Cmd::Psubscribe | Cmd::Unsubscribe | Cmd::Punsubscribe
         );
-        if classic && (self.owed.is_some() || args.iter().any(|a| is_keyspace(a))) {
+        let pattern = matches!(spec.cmd, Cmd::Psubscribe | Cmd::Punsubscribe);
+        if classic && (self.owed.is_some() || args.iter().any(|a| fanned(a, pattern))) {
             return self.fan_in_command(shared, spec, args).await;
         }
         match spec.cmd {
@@ -303,7 +316,7 @@ impl Subscriptions {
         }
         // Every master has its connection, subscribed to what the client had before (and
         // one is opened for a first keyspace subscription).
-        let opens = subscribe && args.iter().any(|a| is_keyspace(a));
+        let opens = subscribe && args.iter().any(|a| fanned(a, pattern));
         self.keep_masters(shared, opens).await;
         let masters: Vec<confirmations::Source> = self
             .links
@@ -335,9 +348,9 @@ impl Subscriptions {
             let _ = self.events_tx.send(Event::Owed);
             return None;
         }
-        let (mut home, mut fanned) = (Vec::new(), Vec::new());
+        let (mut home, mut every_master) = (Vec::new(), Vec::new());
         for n in names {
-            let keyspace = is_keyspace(&n);
+            let keyspace = fanned(&n, pattern);
             let set = match (keyspace, pattern) {
                 (false, false) => &mut self.channels,
                 (false, true) => &mut self.patterns,
@@ -359,7 +372,7 @@ impl Subscriptions {
                 owed.owe(kind, Some(n.clone()), count, waiting);
             }
             if keyspace {
-                fanned.push(n);
+                every_master.push(n);
             } else {
                 home.push(n);
             }
@@ -373,9 +386,9 @@ impl Subscriptions {
                 .send(shared, Link::Global, Request::from_args(&parts).raw)
                 .await;
         }
-        if !fanned.is_empty() {
+        if !every_master.is_empty() {
             let mut parts: Vec<&[u8]> = vec![command];
-            parts.extend(fanned.iter().map(|c| &c[..]));
+            parts.extend(every_master.iter().map(|c| &c[..]));
             let raw = Request::from_args(&parts).raw;
             for m in &masters {
                 if let confirmations::Source::Master(addr) = m
@@ -638,6 +651,20 @@ impl Subscriptions {
                     self.follow_moved_channel(shared, ch).await;
                     return Ok(None);
                 }
+                if let Link::Keyspace(addr) = &link
+                    && kind.as_deref() == Some(b"pmessage")
+                    && parts
+                        .as_ref()
+                        .and_then(|p| p.get(2))
+                        .and_then(|c| bulk_body(c))
+                        .is_some_and(|ch| !is_keyspace(ch))
+                    && !self.hears_broadcast(addr)
+                {
+                    // A pattern's message on an ordinary channel: every master hears it,
+                    // one passes it on.
+                    self.written(frame.len());
+                    return Ok(None);
+                }
                 // The last unsubscribe on a link closes it (unless a subscription made since,
                 // still to be confirmed, uses it).
                 let count = parts
@@ -655,6 +682,16 @@ impl Subscriptions {
                 Ok(Some(frame))
             }
         }
+    }
+
+    /// Whether the keyspace connection to `addr` passes on the messages every master hears
+    /// (published ones matching a pattern subscribed on every master): the one to the
+    /// lowest address.
+    fn hears_broadcast(&self, addr: &Arc<str>) -> bool {
+        self.links.keys().all(|l| match l {
+            Link::Keyspace(other) => other >= addr,
+            _ => true,
+        })
     }
 
     /// Whether nothing the client is subscribed to goes over `link` (it may be closed).

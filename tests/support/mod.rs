@@ -500,6 +500,13 @@ impl RawClient {
             .await
     }
 
+    /// Everything that arrives within `wait` (with what was already buffered).
+    pub async fn collect(&mut self, wait: Duration) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.read_more(deadline).await {}
+        std::mem::take(&mut self.buf)
+    }
+
     /// The underlying stream, for reads of unknown length.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         &mut self.stream
