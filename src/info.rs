@@ -252,6 +252,7 @@ pub fn slotgate_section(shared: &Shared) -> String {
          rejected_connections:{}\r\n\
          idle_timeouts:{}\r\n\
          read_timeouts:{}\r\n\
+         output_buffer_closes:{}\r\n\
          auth_failures:{}\r\n\
          auth_rate_limited:{}\r\n\
          tls_handshake_failures:{}\r\n\
@@ -277,6 +278,7 @@ pub fn slotgate_section(shared: &Shared) -> String {
         s.rejected_connections.load(Ordering::Relaxed),
         s.idle_timeouts.load(Ordering::Relaxed),
         s.read_timeouts.load(Ordering::Relaxed),
+        s.output_buffer_closes.load(Ordering::Relaxed),
         s.auth_failures.load(Ordering::Relaxed),
         s.auth_rate_limited.load(Ordering::Relaxed),
         s.tls_handshake_failures.load(Ordering::Relaxed),

@@ -21,6 +21,9 @@ pub struct Stats {
     pub idle_timeouts: AtomicU64,
     /// Clients closed by `limits.request_read_timeout_ms` (a request sent too slowly).
     pub read_timeouts: AtomicU64,
+    /// Clients closed for replies piling up past `limits.client_output_buffer` (or
+    /// `limits.pubsub_output_buffer` for a subscriber).
+    pub output_buffer_closes: AtomicU64,
     /// AUTH and HELLO AUTH attempts refused (wrong credentials).
     pub auth_failures: AtomicU64,
     /// AUTH attempts refused unchecked by `limits.auth_failures_per_minute`.

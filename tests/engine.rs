@@ -247,6 +247,10 @@ async fn half_closed_client_gets_every_reply() {
     );
 }
 
+/// Held by each test that measures `rss()`: the tests of this file share one process, so
+/// two measuring at once would each see the other's memory.
+static RSS_MEASURE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Resident memory of this process (slotgate runs in it), in bytes.
 fn rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -264,6 +268,7 @@ fn rss() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_clients_cannot_announce_big_requests() {
+    let _measuring = RSS_MEASURE.lock().await;
     let cluster = Cluster::start_with(3, 0);
     let proxy = Proxy::start_with(&cluster, |c| c.password = Some("pw".into())).await;
 
@@ -565,6 +570,7 @@ async fn a_stopped_node_costs_a_deadline_not_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_at_its_output_bound() {
+    let _measuring = RSS_MEASURE.lock().await;
     let cluster = Cluster::start_with(3, 0);
     let proxy = Proxy::start_with(&cluster, |c| {
         c.limits.client_output_buffer = 4 << 20;
@@ -601,5 +607,66 @@ async fn a_client_that_stops_reading_is_cut_at_its_output_bound() {
     assert!(grown < 64 << 20, "RSS grew by {grown} bytes");
     // Other clients are fine.
     let v: String = con.get("big").await.unwrap();
+    assert_eq!(v.len(), 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_behind_a_stalled_head_count_toward_the_output_bound() {
+    let _measuring = RSS_MEASURE.lock().await;
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start_with(&cluster, |c| {
+        c.limits.client_output_buffer = 4 << 20;
+        c.cluster.command_timeout_ms = 20_000;
+    })
+    .await;
+    let mut con = proxy.client(2).await;
+    let (stalled, other) = (cluster.master_ports[0], cluster.master_ports[1]);
+    let head = key_on(&cluster, stalled, "head:").await;
+    let big_key = key_on(&cluster, other, "big:").await;
+    let big = "x".repeat(1 << 20);
+    let _: () = con.set(&big_key, &big).await.unwrap();
+
+    // The head of the pipeline waits on a paused node; the client goes on pipelining reads
+    // of 1 MB (one group per read), whose replies complete behind the head: 300 MB, were
+    // they all held until it answers.
+    cluster.fault(&["pause", &stalled.to_string(), "5000"]);
+    let before = rss();
+    let mut peak = 0;
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    s.write_all(&resp(&["GET", &head])).await.unwrap();
+    let mut ten = Vec::new();
+    for _ in 0..10 {
+        ten.extend(resp(&["GET", &big_key]));
+    }
+    for _ in 0..30 {
+        if s.write_all(&ten).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        peak = peak.max(rss().saturating_sub(before));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    peak = peak.max(rss().saturating_sub(before));
+    let mut buf = vec![0u8; 1 << 20];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(_)) => {}
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the connection stayed open");
+    assert!(peak < 64 << 20, "RSS grew by {peak} bytes");
+    let info: String = redis::cmd("INFO")
+        .arg("slotgate")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        info.contains("output_buffer_closes:1\r\n"),
+        "not counted: {info}"
+    );
+    // Other clients are fine.
+    let v: String = con.get(&big_key).await.unwrap();
     assert_eq!(v.len(), 1 << 20);
 }

@@ -260,6 +260,10 @@ pub async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     for (reason, n) in [
         ("idle_timeout", st.idle_timeouts.load(Ordering::Relaxed)),
         ("read_timeout", st.read_timeouts.load(Ordering::Relaxed)),
+        (
+            "output_buffer",
+            st.output_buffer_closes.load(Ordering::Relaxed),
+        ),
     ] {
         s.counter(
             "slotgate_client_connections_closed_by_limit",

@@ -486,8 +486,10 @@ where
                 }
                 let mut q = queue();
                 let done = match q.front_mut().map(|s| &mut s.to) {
-                    Some(InFlight::Many { expect, got, .. }) => {
-                        got.push(frame);
+                    Some(InFlight::Many { tx, expect, got }) => {
+                        // A client that left (or was cut at its output limit) wants none
+                        // of them: keep count only, not the bytes.
+                        got.push(if tx.is_closed() { Bytes::new() } else { frame });
                         if got.len() == *expect
                             && let Some(sent) = q.pop_front()
                         {

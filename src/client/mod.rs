@@ -227,16 +227,25 @@ async fn serve_halves<R, W>(
         } else {
             limits.client_output_buffer
         };
-        if out.bytes() > out_limit {
+        // Replies complete behind a head still out count as much as those written next.
+        let pending = out.bytes() + inflight.done_bytes();
+        if pending > out_limit {
+            shared
+                .stats
+                .output_buffer_closes
+                .fetch_add(1, Ordering::Relaxed);
             warn!(
-                pending = out.bytes(),
+                peer = %display_addr(peer),
+                pending,
                 limit = out_limit,
                 subscriber = subscribed,
-                "client reads too slowly: output buffer limit reached, closing"
+                "client's replies passed its output buffer limit (it reads too slowly, or \
+                 its pipeline waits behind a slow reply): closing"
             );
             abandoned = true;
             break 'serve;
         }
+        inflight.set_done_limit(out_limit - out.bytes());
         if inflight.is_empty() && (closing || (eof && deferred.is_none())) {
             break;
         }
@@ -273,7 +282,8 @@ async fn serve_halves<R, W>(
                     }
                     Ok(None) => {}
                     Err(()) => {
-                        warn!("subscriber too slow: pub/sub output buffer limit reached, closing");
+                        shared.stats.output_buffer_closes.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %display_addr(peer), "subscriber too slow: limits.pubsub_output_buffer reached, closing");
                         return;
                     }
                 }

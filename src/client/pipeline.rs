@@ -334,6 +334,10 @@ pub struct ReplyQueue<'a> {
     generation: Option<u64>,
     /// Set by the last pass when some entry was being redirected or retried.
     following: bool,
+    /// Bytes of the replies complete and not yet taken (behind an incomplete head).
+    done_bytes: usize,
+    /// A pass past this many `done_bytes` ends the wait for the head (`advance`).
+    done_limit: usize,
 }
 
 impl<'a> ReplyQueue<'a> {
@@ -344,6 +348,8 @@ impl<'a> ReplyQueue<'a> {
             bytes: 0,
             generation: None,
             following: false,
+            done_bytes: 0,
+            done_limit: usize::MAX,
         }
     }
 
@@ -359,6 +365,18 @@ impl<'a> ReplyQueue<'a> {
     /// Bytes of the requests in flight.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes of the replies complete but not yet taken, as of the last pass.
+    pub fn done_bytes(&self) -> usize {
+        self.done_bytes
+    }
+
+    /// Makes `advance` return once the complete replies pass `limit` bytes, head complete
+    /// or not (the client's output limit counts them: a stalled head must not let the
+    /// replies behind it pile up without bound).
+    pub fn set_done_limit(&mut self, limit: usize) {
+        self.done_limit = limit;
     }
 
     /// Adds the entry of a request, routed with table `generation`.
@@ -382,6 +400,7 @@ impl<'a> ReplyQueue<'a> {
         };
         let meta = self.meta.pop_front().unwrap_or_default();
         self.bytes -= meta.size as usize;
+        self.done_bytes = self.done_bytes.saturating_sub(reply.len());
         if self.entries.is_empty() {
             self.generation = None;
             self.following = false;
@@ -398,22 +417,29 @@ impl<'a> ReplyQueue<'a> {
     ) -> Poll<()> {
         let mut busy = BusySlots::default();
         batch.begin_pass();
+        let mut done = 0;
         for entry in self.entries.iter_mut() {
             entry.advance(cx, shared, batch, &mut busy);
+            if let Entry::Ready(reply) = entry {
+                done += reply.len();
+            }
         }
         self.following = busy.any();
+        self.done_bytes = done;
         match self.entries.front() {
             Some(Entry::Ready(_)) => Poll::Ready(()),
+            _ if done > self.done_limit => Poll::Ready(()),
             _ => Poll::Pending,
         }
     }
 
-    /// Waits until the head is complete.
+    /// Waits until the head is complete, or the complete replies pass the done limit.
     pub async fn advance(&mut self, shared: &'a Shared, batch: &mut Batcher) {
         poll_fn(|cx| self.poll_advance(cx, shared, batch)).await
     }
 
-    /// Advances without waiting; true when the head is complete.
+    /// Advances without waiting; true when the head is complete (or the replies pass the
+    /// done limit).
     pub fn advance_now(&mut self, shared: &'a Shared, batch: &mut Batcher) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         self.poll_advance(&mut cx, shared, batch).is_ready()
