@@ -568,9 +568,10 @@ impl Cluster {
                 },
             };
             // A blocking command that was answered leaves its connection clean for reuse; one
-            // that failed leaves a connection that is closed.
+            // that failed leaves a connection that is closed, and so does one its master
+            // unblocked when it turned into a replica (it closes the connection after that).
             if let Some(session) = flight.lease.take()
-                && matches!(result, Some(Ok(_)))
+                && matches!(&result, Some(Ok(reply)) if !crate::redirect::unblocked_by_demotion(reply))
             {
                 session.release();
             }

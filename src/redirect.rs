@@ -55,6 +55,19 @@ pub enum Decision {
     Fail(Bytes),
 }
 
+/// The error a master gives its blocked clients when it turns into a replica (a failover):
+/// the command was not executed, and the connection is closed after it.
+const UNBLOCKED_BY_DEMOTION: &[u8] =
+    b"UNBLOCKED force unblock from blocking operation, instance state changed";
+
+/// Whether `reply` is the error of a blocked command its master gave up on when it turned
+/// into a replica (`UNBLOCKED_BY_DEMOTION`).
+pub fn unblocked_by_demotion(reply: &[u8]) -> bool {
+    reply
+        .strip_prefix(b"-")
+        .is_some_and(|r| r.starts_with(UNBLOCKED_BY_DEMOTION))
+}
+
 /// Decides the next step. `idempotent` commands may be retried after a connection failure
 /// even when they may have reached the node; other commands are never retried blindly.
 pub fn decide(
@@ -87,6 +100,14 @@ pub fn decide(
                 };
             }
             if line.starts_with(b"CLUSTERDOWN") && can_retry {
+                return Decision::Retry {
+                    wait,
+                    refresh: true,
+                };
+            }
+            // A blocked command whose master failed over was not executed: it blocks again
+            // on the new master (its timeout starts over).
+            if line.starts_with(UNBLOCKED_BY_DEMOTION) && can_retry {
                 return Decision::Retry {
                     wait,
                     refresh: true,
@@ -193,6 +214,33 @@ mod tests {
 
     fn fresh() -> Attempts {
         Attempts::default()
+    }
+
+    #[test]
+    fn a_command_unblocked_by_a_failover_blocks_again_after_a_refresh() {
+        let unblocked = reply(
+            b"-UNBLOCKED force unblock from blocking operation, instance state changed \
+              (master -> replica?)\r\n",
+        );
+        assert_eq!(
+            decide(unblocked, fresh(), POLICY, false),
+            Decision::Retry {
+                wait: Duration::from_millis(10),
+                refresh: true
+            }
+        );
+        let spent = Attempts {
+            redirects: 0,
+            retries: 3,
+        };
+        assert_eq!(decide(unblocked, spent, POLICY, false), Decision::Return);
+        // CLIENT UNBLOCK ... ERROR on the node is an answer, not a failover.
+        let asked = reply(b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n");
+        assert_eq!(decide(asked, fresh(), POLICY, false), Decision::Return);
+        assert!(unblocked_by_demotion(
+            b"-UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)\r\n"
+        ));
+        assert!(!unblocked_by_demotion(b"+OK\r\n"));
     }
 
     #[test]

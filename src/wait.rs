@@ -175,7 +175,11 @@ async fn wait_on(
         .await;
     match rx.await {
         Ok(Ok(reply)) => {
-            conn.release();
+            // A master that turns into a replica unblocks WAIT with an error and closes the
+            // connection: it is not reused.
+            if !crate::redirect::unblocked_by_demotion(&reply) {
+                conn.release();
+            }
             reply
         }
         Ok(Err(e)) => error(&format!("ERR slotgate: {e}")),

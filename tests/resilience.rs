@@ -444,3 +444,104 @@ async fn replica_reads_reach_the_replica_only() {
         .unwrap();
     assert_eq!(v, "w");
 }
+
+/// `blocked_clients` of the node at `port`.
+async fn blocked_on(cluster: &Cluster, port: u16) -> u64 {
+    let mut node = cluster.node(port).await;
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Waits until the node at `port` has `n` blocked clients.
+async fn wait_blocked(cluster: &Cluster, port: u16, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while blocked_on(cluster, port).await != n {
+        assert!(
+            Instant::now() < deadline,
+            "node {port} never had {n} blocked clients"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_commands_follow_a_failover_of_their_master() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(&cluster).await;
+    let master = cluster.master_ports[0];
+    let replica = cluster.replica_of(master);
+    let list = key_on(&cluster, master, "queue:").await;
+    let stream = key_on(&cluster, master, "events:").await;
+    let mut con = proxy.client(2).await;
+
+    // A consumer blocked for ever on a list, one on a stream.
+    let mut a = proxy.client(2).await;
+    let blpop = {
+        let list = list.clone();
+        tokio::spawn(async move {
+            let r: redis::RedisResult<Option<(String, String)>> = a.blpop(&list, 0.0).await;
+            r
+        })
+    };
+    let mut b = proxy.client(3).await;
+    let xread = {
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(0)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg("$")
+                .query_async::<redis::Value>(&mut b)
+                .await
+        })
+    };
+    wait_blocked(&cluster, master, 2).await;
+
+    // The master hands over to its replica: it unblocks them with -UNBLOCKED (the commands
+    // were not executed) and slotgate blocks them again on the new master.
+    cluster.fault(&["failover", &replica.to_string()]);
+    support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;
+    wait_blocked(&cluster, replica, 2).await;
+    let _: () = con.rpush(&list, "job").await.unwrap();
+    let id: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    let popped = tokio::time::timeout(Duration::from_secs(10), blpop)
+        .await
+        .expect("BLPOP never answered")
+        .unwrap();
+    assert_eq!(popped.unwrap(), Some((list.clone(), "job".to_string())));
+    let read = tokio::time::timeout(Duration::from_secs(10), xread)
+        .await
+        .expect("XREAD never answered")
+        .unwrap()
+        .expect("XREAD failed");
+    assert!(
+        format!("{read:?}").contains(&id),
+        "XREAD got {read:?}, not entry {id}"
+    );
+    // Nothing was popped twice or lost, and the connections of the unblocked commands
+    // (closed by the old master) are not handed to the next blocking command.
+    let len: i64 = con.llen(&list).await.unwrap();
+    assert_eq!(len, 0);
+    for i in 0..3 {
+        let _: () = con.rpush(&list, i).await.unwrap();
+        let got: Option<(String, String)> = con.blpop(&list, 1.0).await.unwrap();
+        assert_eq!(got, Some((list.clone(), i.to_string())));
+    }
+}
