@@ -617,6 +617,7 @@ impl Cluster {
                 Decision::Retry { wait, refresh } => {
                     attempts.retries += 1;
                     self.counters.retries.add(1);
+                    debug!(retry = attempts.retries, ?wait, refresh, from = %from, "retrying");
                     if refresh {
                         let deadline = wait.max(Duration::from_millis(10));
                         let started = Instant::now();
