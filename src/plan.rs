@@ -524,7 +524,7 @@ async fn complete_one(shared: &Shared, step: Step, proto: Proto) -> Bytes {
             apply(shared, post, reply, proto).await
         }
         Step::RandomKey { opts } => random_key(shared, opts).await,
-        Step::Tx(reply) => reply.wait().await,
+        Step::Tx(reply) => reply.wait(shared, proto).await,
         Step::Wait {
             req,
             mut written,

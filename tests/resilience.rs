@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use slotgate::config::ReadFrom;
 use slotgate::slot::slot_of;
-use support::{Cluster, Proxy, command_calls, key_on};
+use support::{Cluster, Proxy, RawClient, command_calls, key_on};
 
 /// Writes unique keys through `con` until `stop` is set and at least `min` keys were
 /// written by all writers together; returns (keys acknowledged, errors).
@@ -544,4 +544,76 @@ async fn blocked_commands_follow_a_failover_of_their_master() {
         let got: Option<(String, String)> = con.blpop(&list, 1.0).await.unwrap();
         assert_eq!(got, Some((list.clone(), i.to_string())));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_survive_their_slot_moving_and_their_master_failing_over() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(&cluster).await;
+    let mut con = proxy.client(2).await;
+    let (a, b, c) = (
+        cluster.master_ports[0],
+        cluster.master_ports[1],
+        cluster.master_ports[2],
+    );
+    let mut tx = RawClient::connect(proxy.port).await;
+
+    // The slot moves between two queued commands: the old owner redirects the second and
+    // discards the transaction at EXEC; slotgate runs it again on the new owner.
+    let moved = key_on(&cluster, a, "tx:moved:").await;
+    tx.send(format!("MULTI\r\nSET {moved} 1\r\n").as_bytes())
+        .await;
+    tx.expect(b"+OK\r\n+QUEUED\r\n").await;
+    cluster.move_empty_slot(slot_of(moved.as_bytes()), b).await;
+    tx.send(format!("INCR {moved}\r\nEXEC\r\n").as_bytes())
+        .await;
+    tx.expect(b"+QUEUED\r\n*2\r\n+OK\r\n:2\r\n").await;
+    let mut on_b = cluster.node(b).await;
+    let v: String = on_b.get(&moved).await.unwrap();
+    assert_eq!(v, "2");
+
+    // The master fails over between MULTI and EXEC: the same.
+    let replica = cluster.replica_of(c);
+    let failed = key_on(&cluster, c, "tx:failover:").await;
+    let watched = key_on(&cluster, c, "tx:watched:").await;
+    tx.send(format!("WATCH {watched}\r\nMULTI\r\nSET {watched} x\r\n").as_bytes())
+        .await;
+    tx.expect(b"+OK\r\n+OK\r\n+QUEUED\r\n").await;
+    let mut other = RawClient::connect(proxy.port).await;
+    other
+        .send(format!("MULTI\r\nSET {failed} 1\r\n").as_bytes())
+        .await;
+    other.expect(b"+OK\r\n+QUEUED\r\n").await;
+    cluster.fault(&["failover", &replica.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.fault(&["role", &c.to_string()]) != "slave" {
+        assert!(Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    other
+        .send(format!("INCR {failed}\r\nEXEC\r\n").as_bytes())
+        .await;
+    other.expect(b"+QUEUED\r\n*2\r\n+OK\r\n:2\r\n").await;
+    let v: String = con.get(&failed).await.unwrap();
+    assert_eq!(v, "2");
+
+    // A transaction that watched a key of the slot is aborted as if the key had changed
+    // (its optimistic loop tries again, and that attempt runs on the new master).
+    tx.send(b"EXEC\r\n").await;
+    tx.expect(b"*-1\r\n").await;
+    let v: Option<String> = con.get(&watched).await.unwrap();
+    assert_eq!(v, None);
+    tx.send(format!("WATCH {watched}\r\nMULTI\r\nSET {watched} y\r\nEXEC\r\n").as_bytes())
+        .await;
+    tx.expect(b"+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n").await;
+    let v: String = con.get(&watched).await.unwrap();
+    assert_eq!(v, "y");
+    // Errors a queued command earns for itself still reach the client as Redis gives them.
+    tx.send(format!("MULTI\r\nSET {watched}\r\nEXEC\r\n").as_bytes())
+        .await;
+    tx.expect(
+        b"+OK\r\n-ERR wrong number of arguments for 'set' command\r\n\
+          -EXECABORT Transaction discarded because of previous errors.\r\n",
+    )
+    .await;
 }

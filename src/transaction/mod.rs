@@ -5,9 +5,13 @@
 //! held until EXEC, DISCARD or UNWATCH. Commands without keys that come before the first key
 //! are answered `+QUEUED` and sent right after the pin is made. A command whose keys are in
 //! another slot is refused with CROSSSLOT and the transaction is marked failed: EXEC then
-//! discards it on the backend and answers `-EXECABORT`.
+//! discards it on the backend and answers `-EXECABORT`. A slot that moves while the
+//! transaction is queued is handled by `replay`.
+
+mod replay;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -51,6 +55,13 @@ pub struct Transaction {
     writes: Vec<crate::mirror::TxWrite>,
     /// Whether the client's writes are mirrored (set before every request).
     pub mirrored: bool,
+    /// WATCH went out on the pinned connection.
+    watching: bool,
+    /// The commands sent to the node since MULTI, for a replay if the slot moves (not kept
+    /// while watching).
+    sent: Vec<Bytes>,
+    /// Set by the reply of any command of the transaction the node refused for its slot.
+    refused: Option<Arc<AtomicBool>>,
 }
 
 /// A reply to come from the pinned connection, or one known already.
@@ -60,22 +71,61 @@ pub enum TxReply {
     Pinned {
         rx: oneshot::Receiver<ReplyResult>,
         addr: Arc<str>,
+        /// Set for WATCH and queued commands: a refusal for the slot is noted for EXEC and
+        /// answered with this instead.
+        refused: Option<(Arc<AtomicBool>, Bytes)>,
+    },
+    /// EXEC's reply, finished by `replay` when the slot moved.
+    Exec {
+        rx: oneshot::Receiver<ReplyResult>,
+        addr: Arc<str>,
+        retry: Box<replay::Retry>,
     },
 }
 
 impl TxReply {
     /// Waits for the reply.
-    pub async fn wait(self) -> Bytes {
+    pub async fn wait(self, shared: &Shared, proto: Proto) -> Bytes {
         match self {
             TxReply::Ready(b) => b,
-            TxReply::Pinned { rx, addr } => match rx.await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => error(&format!("ERR slotgate: {e} during a transaction")),
-                Err(_) => error(&format!(
-                    "ERR slotgate: connection to {addr} lost during a transaction"
-                )),
-            },
+            TxReply::Pinned { rx, addr, refused } => {
+                let reply = received(rx, &addr).await;
+                match refused {
+                    Some((seen, instead)) if replay::refused_for_slot(shared, &reply, &addr) => {
+                        seen.store(true, Ordering::Relaxed);
+                        instead
+                    }
+                    _ => reply,
+                }
+            }
+            TxReply::Exec { rx, addr, retry } => {
+                let reply = received(rx, &addr).await;
+                retry.after_exec(shared, proto, reply, &addr).await
+            }
         }
+    }
+
+    /// The reply noted and answered with `instead` when the node refuses it for its slot.
+    fn or_on_refusal(self, seen: Arc<AtomicBool>, instead: Bytes) -> TxReply {
+        match self {
+            TxReply::Pinned { rx, addr, .. } => TxReply::Pinned {
+                rx,
+                addr,
+                refused: Some((seen, instead)),
+            },
+            other => other,
+        }
+    }
+}
+
+/// A reply from the pinned connection, or the error that replaces it.
+async fn received(rx: oneshot::Receiver<ReplyResult>, addr: &str) -> Bytes {
+    match rx.await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => error(&format!("ERR slotgate: {e} during a transaction")),
+        Err(_) => error(&format!(
+            "ERR slotgate: connection to {addr} lost during a transaction"
+        )),
     }
 }
 
@@ -109,6 +159,7 @@ impl Transaction {
                 self.in_multi = true;
                 self.queued = 0;
                 self.writes.clear();
+                self.sent.clear();
                 if self.pin.is_some() {
                     self.send(req.raw, false).await
                 } else {
@@ -135,7 +186,17 @@ impl Transaction {
                         self.reset();
                         return TxReply::Ready(e);
                     }
-                    self.send(req.raw, false).await
+                    let retry = Box::new(replay::Retry {
+                        seen: self.refusals(),
+                        watching: self.watching,
+                        slot: self.pin.as_ref().and_then(|p| p.slot),
+                        commands: std::mem::take(&mut self.sent),
+                        user: self.user,
+                    });
+                    match self.send(req.raw, false).await {
+                        TxReply::Pinned { rx, addr, .. } => TxReply::Exec { rx, addr, retry },
+                        ready => ready,
+                    }
                 };
                 self.reset();
                 reply
@@ -168,7 +229,11 @@ impl Transaction {
                 if let Err(e) = self.check_or_pin(shared, proto, slot).await {
                     return TxReply::Ready(e);
                 }
-                self.send(req.raw, false).await
+                self.watching = true;
+                let seen = self.refusals();
+                self.send(req.raw, false)
+                    .await
+                    .or_on_refusal(seen, crate::resp::encode::OK)
             }
             Cmd::Unwatch => {
                 if self.in_multi {
@@ -255,11 +320,11 @@ impl Transaction {
                     self.failed.get_or_insert(text);
                     return TxReply::Ready(e);
                 }
-                self.send(req.raw, false).await
+                self.send_queued(req.raw).await
             }
             Ok(None) => {
                 if self.pin.is_some() && !self.multi_unsent {
-                    self.send(req.raw, false).await
+                    self.send_queued(req.raw).await
                 } else {
                     self.buffered.push(req.raw);
                     TxReply::Ready(QUEUED)
@@ -322,10 +387,27 @@ impl Transaction {
             let _ = self.send(Request::from_args(&["MULTI"]).raw, false).await;
             for raw in std::mem::take(&mut self.buffered) {
                 // Already answered +QUEUED; a queuing error makes EXEC answer EXECABORT.
+                if !self.watching {
+                    self.sent.push(raw.clone());
+                }
                 let _ = self.send(raw, false).await;
             }
         }
         Ok(())
+    }
+
+    /// Sends a command queued after MULTI; kept for a replay.
+    async fn send_queued(&mut self, raw: Bytes) -> TxReply {
+        if !self.watching {
+            self.sent.push(raw.clone());
+        }
+        let seen = self.refusals();
+        self.send(raw, false).await.or_on_refusal(seen, QUEUED)
+    }
+
+    /// The flag the replies of this transaction set when the node refuses one for its slot.
+    fn refusals(&mut self) -> Arc<AtomicBool> {
+        self.refused.get_or_insert_with(Default::default).clone()
     }
 
     async fn send(&mut self, raw: Bytes, asking: bool) -> TxReply {
@@ -343,6 +425,7 @@ impl Transaction {
         TxReply::Pinned {
             rx,
             addr: pin.addr.clone(),
+            refused: None,
         }
     }
 
