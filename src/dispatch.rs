@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::backend::conn::{Deadline, Pending, ReplyResult};
 use crate::backend::pool::{Backends, PoolSettings, SessionConn};
@@ -142,6 +142,11 @@ impl Flight {
     /// The slot this command goes to, when it goes to one slot.
     pub fn slot(&self) -> Option<u16> {
         self.target.slot()
+    }
+
+    /// Whether this command blocks a connection of its own (BLPOP, XREAD BLOCK, ...).
+    pub fn blocks(&self) -> bool {
+        self.opts.dedicated
     }
 
     /// Polls the first attempt's result: `Ready(None)` when there was no route (or the
@@ -549,6 +554,47 @@ impl Cluster {
         }
     }
 
+    /// The result of a blocking command; `None` once its node no longer serves the
+    /// command's slot (by the refreshed table) and has stayed silent for the command timeout
+    /// since: a master that was failed over while stopped or hung. A live one would have
+    /// answered by then (a demoted master unblocks its clients with `-UNBLOCKED`, one that
+    /// lost the slot with `-MOVED`).
+    async fn blocked(
+        &self,
+        flight: &Flight,
+        mut rx: oneshot::Receiver<ReplyResult>,
+    ) -> Option<ReplyResult> {
+        let mut refreshes = self.topology.refreshes();
+        let mut stranded_since: Option<tokio::time::Instant> = None;
+        loop {
+            let grace = async {
+                match stranded_since {
+                    Some(t) => tokio::time::sleep_until(t + self.timeouts.command()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = &mut rx => return Some(result.unwrap_or_else(|_| lost(flight))),
+                changed = refreshes.changed() => {
+                    if changed.is_err() {
+                        // No more refreshes (shutting down): the reply or the connection's end.
+                        return Some((&mut rx).await.unwrap_or_else(|_| lost(flight)));
+                    }
+                    // Another node serves the slot now; while none does (mid-failover),
+                    // nothing changes.
+                    match self.route(&flight.target, &flight.opts) {
+                        Some(now) if flight.addr.as_ref() != Some(&now) => {
+                            stranded_since.get_or_insert_with(tokio::time::Instant::now);
+                        }
+                        Some(_) => stranded_since = None,
+                        None => {}
+                    }
+                }
+                _ = grace => return None,
+            }
+        }
+    }
+
     async fn follow(&self, mut flight: Flight, mut first: Option<Option<ReplyResult>>) -> Bytes {
         if let Some(e) = flight.early_error.take() {
             return e;
@@ -558,12 +604,27 @@ impl Cluster {
             let result = match first.take() {
                 Some(result) => result,
                 None => match flight.rx.take() {
-                    Some(rx) => Some(rx.await.unwrap_or_else(|_| {
-                        Err(BackendError::ConnectionLost {
-                            addr: flight.addr.as_deref().unwrap_or("?").to_string(),
-                            sent: true,
-                        })
-                    })),
+                    Some(rx) if flight.lease.is_some() => match self.blocked(&flight, rx).await {
+                        Some(result) => Some(result),
+                        None => {
+                            // Stranded on a master that was failed over while it stood
+                            // still: its connection is closed (the node forgets the command
+                            // when it comes back) and the command blocks on the new master.
+                            attempts.retries += 1;
+                            self.counters.retries.add(1);
+                            let from = flight.addr.take().unwrap_or_else(|| Arc::from("?"));
+                            flight.lease = None;
+                            let Some(addr) = self.route(&flight.target, &flight.opts) else {
+                                return crate::replies::cluster_down();
+                            };
+                            warn!(from = %from, to = %addr, "a blocked command's master was failed over while it did not answer: blocking on the new master");
+                            if let Err(e) = self.send(&mut flight, addr, false).await {
+                                return e;
+                            }
+                            continue;
+                        }
+                    },
+                    Some(rx) => Some(rx.await.unwrap_or_else(|_| lost(&flight))),
                     None => None,
                 },
             };
@@ -641,6 +702,14 @@ impl Cluster {
             }
         }
     }
+}
+
+/// The failure of an attempt whose reply channel closed without a reply.
+fn lost(flight: &Flight) -> ReplyResult {
+    Err(BackendError::ConnectionLost {
+        addr: flight.addr.as_deref().unwrap_or("?").to_string(),
+        sent: true,
+    })
 }
 
 thread_local! {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use slotgate::config::{MirrorResourceConfig, MultiWriteMode};
-use support::{Cluster, Proxy, RawClient, Standalone, key_on};
+use support::{Cluster, Proxy, RawClient, Standalone, key_on, stop};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -446,28 +446,6 @@ async fn session_connections_are_reused() {
     );
     let v: i64 = a.get(&k).await.unwrap();
     assert_eq!(v, 51);
-}
-
-/// SIGCONTs a stopped node when dropped, even when the test fails.
-struct Resume<'a> {
-    cluster: &'a Cluster,
-    port: u16,
-}
-
-impl Drop for Resume<'_> {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(support::repo_root().join("integration/faults.sh"))
-            .arg("resume")
-            .arg(&self.cluster.dir)
-            .arg(self.port.to_string())
-            .output();
-    }
-}
-
-fn stop<'a>(cluster: &'a Cluster, port: u16) -> Resume<'a> {
-    cluster.fault(&["stop", cluster.dir.to_str().unwrap(), &port.to_string()]);
-    Resume { cluster, port }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

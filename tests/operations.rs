@@ -334,12 +334,7 @@ async fn ready_follows_the_slot_table_and_the_masters() {
     assert_eq!(http_get(admin, "/ready").await.0, 200);
     // A stopped master: not ready (its PING times out) until its replica is promoted.
     let victim = cluster.master_ports[1];
-    let dir = cluster.dir.to_str().unwrap().to_string();
-    cluster.fault(&["stop", &dir, &victim.to_string()]);
-    let resume = Resume {
-        cluster: &cluster,
-        port: victim,
-    };
+    let resume = support::stop(&cluster, victim);
     let (status, body) = http_get(admin, "/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(&victim.to_string()), "{body}");
@@ -358,20 +353,6 @@ async fn ready_follows_the_slot_table_and_the_masters() {
     }
     drop(resume);
     assert_eq!(http_get(admin, "/nope").await.0, 404);
-}
-
-/// Sends SIGCONT to a stopped node when dropped, even if the test fails.
-struct Resume<'a> {
-    cluster: &'a Cluster,
-    port: u16,
-}
-
-impl Drop for Resume<'_> {
-    fn drop(&mut self) {
-        let dir = self.cluster.dir.to_str().unwrap().to_string();
-        self.cluster
-            .fault(&["resume", &dir, &self.port.to_string()]);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

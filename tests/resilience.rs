@@ -617,3 +617,42 @@ async fn transactions_survive_their_slot_moving_and_their_master_failing_over() 
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_blocked_on_a_stopped_master_moves_to_its_replacement() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start_with(&cluster, |c| c.cluster.command_timeout_ms = 1000).await;
+    let master = cluster.master_ports[1];
+    let replica = cluster.replica_of(master);
+    let list = key_on(&cluster, master, "stuck:").await;
+    let mut con = proxy.client(2).await;
+    let mut consumer = proxy.client(2).await;
+    let blpop = {
+        let list = list.clone();
+        tokio::spawn(async move {
+            let r: redis::RedisResult<Option<(String, String)>> = consumer.blpop(&list, 0.0).await;
+            r
+        })
+    };
+    wait_blocked(&cluster, master, 1).await;
+
+    // The master stands still (SIGSTOP) and its replica takes over: the consumer blocked
+    // on it for ever must end up on the new master, or it never sees another job.
+    let stopped = support::stop(&cluster, master);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.fault(&["role", &replica.to_string()]) != "master" {
+        assert!(Instant::now() < deadline, "the replica was not promoted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_blocked(&cluster, replica, 1).await;
+    let _: () = con.rpush(&list, "job").await.unwrap();
+    let popped = tokio::time::timeout(Duration::from_secs(10), blpop)
+        .await
+        .expect("BLPOP stayed on the stopped master")
+        .unwrap();
+    assert_eq!(popped.unwrap(), Some((list.clone(), "job".to_string())));
+    // The old master comes back as a replica and pops nothing: the job was taken once.
+    drop(stopped);
+    let len: i64 = con.llen(&list).await.unwrap();
+    assert_eq!(len, 0);
+}

@@ -84,10 +84,12 @@ impl<'a> Entry<'a> {
     pub fn new(shared: &'a Shared, step: Step, proto: Proto) -> Entry<'a> {
         match step {
             Step::Ready(reply) => Entry::Ready(reply),
+            // A blocking command is followed from the start (`Cluster::finish`): it may have
+            // to move to a new master while it waits.
             Step::Remote {
                 flight,
                 post: Post::None,
-            } => Entry::Waiting(flight),
+            } if !flight.blocks() => Entry::Waiting(flight),
             Step::Batched(cmd) => Entry::Batched(cmd),
             Step::BatchedSplit { parts, merge } => {
                 Entry::Split(parts.into_iter().map(Part::Batched).collect(), merge)

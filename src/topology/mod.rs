@@ -106,6 +106,11 @@ impl Topology {
         let _ = tokio::time::timeout(timeout, rx.wait_for(|&n| n > seen)).await;
     }
 
+    /// A receiver that sees each completed refresh.
+    pub fn refreshes(&self) -> watch::Receiver<u64> {
+        self.refreshed.subscribe()
+    }
+
     /// Applies a MOVED redirect at once: `slot` now lives on `addr`.
     pub fn apply_moved(&self, slot: u16, addr: &str) {
         self.table.rcu(|t| {

@@ -751,6 +751,30 @@ impl Cluster {
     }
 }
 
+/// A node stopped with SIGSTOP (`stop`): sent SIGCONT when dropped, even when the test
+/// fails.
+pub struct Resume<'a> {
+    cluster: &'a Cluster,
+    port: u16,
+}
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(repo_root().join("integration/faults.sh"))
+            .arg("resume")
+            .arg(&self.cluster.dir)
+            .arg(self.port.to_string())
+            .output();
+    }
+}
+
+/// Stops the node on `port` with SIGSTOP until the returned guard is dropped.
+pub fn stop(cluster: &Cluster, port: u16) -> Resume<'_> {
+    cluster.fault(&["stop", cluster.dir.to_str().unwrap(), &port.to_string()]);
+    Resume { cluster, port }
+}
+
 /// Waits (up to 20 s) until slotgate's `INFO slotgate` contains `needle`, such as
 /// `addr=127.0.0.1:PORT,` once it routes to a promoted replica.
 pub async fn wait_for_slotgate_info(con: &mut MultiplexedConnection, needle: &str) {
