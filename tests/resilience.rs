@@ -572,6 +572,33 @@ async fn transactions_survive_their_slot_moving_and_their_master_failing_over() 
     let v: String = on_b.get(&moved).await.unwrap();
     assert_eq!(v, "2");
 
+    // The slot is being migrated and the key is not on the old owner yet: it answers ASK,
+    // and the transaction runs on the importing node, after ASKING.
+    let asked = key_on(&cluster, a, "tx:ask:").await;
+    let slot = slot_of(asked.as_bytes()).to_string();
+    let (id_a, id_c) = (cluster.node_id(a).await, cluster.node_id(c).await);
+    let mut on_c = cluster.node(c).await;
+    let _: () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &slot, "IMPORTING", &id_a])
+        .query_async(&mut on_c)
+        .await
+        .unwrap();
+    let mut on_a = cluster.node(a).await;
+    let _: () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &slot, "MIGRATING", &id_c])
+        .query_async(&mut on_a)
+        .await
+        .unwrap();
+    tx.send(format!("MULTI\r\nSET {asked} 1\r\nINCR {asked}\r\nEXEC\r\n").as_bytes())
+        .await;
+    tx.expect(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:2\r\n")
+        .await;
+    let v: String = con.get(&asked).await.unwrap();
+    assert_eq!(v, "2");
+    cluster.assign_slot(slot.parse().unwrap(), &id_c).await;
+    let v: String = on_c.get(&asked).await.unwrap();
+    assert_eq!(v, "2");
+
     // The master fails over between MULTI and EXEC: the same.
     let replica = cluster.replica_of(c);
     let failed = key_on(&cluster, c, "tx:failover:").await;

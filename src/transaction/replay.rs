@@ -7,8 +7,9 @@
 //! changed watched key (its optimistic-locking loop tries again, on the new master); one
 //! that did not is sent again whole (`MULTI`, its commands, `EXEC`) to the slot's master
 //! after a topology refresh, up to `cluster.max_retries` times, and the client gets that
-//! `EXEC`'s reply. A replay whose connection breaks is not repeated: that `EXEC` may have
-//! run.
+//! `EXEC`'s reply; a slot being migrated (`ASK`) is replayed on the importing node with
+//! `ASKING` before each command. A replay whose connection breaks is not repeated: that
+//! `EXEC` may have run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,27 +24,41 @@ use crate::resp::encode::error;
 use crate::resp::{Proto, Request};
 use crate::shared::Shared;
 
+/// Why a node refused a command for its slot.
+#[derive(Debug)]
+enum Refusal {
+    /// `ASK`: the slot is being migrated to this node, which takes it after `ASKING`.
+    Ask(String),
+    /// `MOVED` (applied to the slot table), `TRYAGAIN` or `CLUSTERDOWN`.
+    Elsewhere,
+}
+
 /// Whether `reply`, from the node at `from`, refuses a command because that node does not
 /// serve its slot (now); a `MOVED` is applied to the slot table at once.
 pub(super) fn refused_for_slot(shared: &Shared, reply: &[u8], from: &str) -> bool {
+    refusal(shared, reply, from).is_some()
+}
+
+fn refusal(shared: &Shared, reply: &[u8], from: &str) -> Option<Refusal> {
     if reply.first() != Some(&b'-') {
-        return false;
+        return None;
     }
     let outcome = Outcome::Reply { reply, from };
     let cluster = &shared.primary;
     match decide(outcome, Attempts::default(), cluster.policy, false) {
-        Decision::Redirect { slot, addr, asking } => {
-            if !asking {
-                cluster.topology.apply_moved(slot, &addr);
-                cluster.topology.request_refresh(Some(Arc::from(addr)));
-            }
-            true
+        Decision::Redirect {
+            addr, asking: true, ..
+        } => Some(Refusal::Ask(addr)),
+        Decision::Redirect { slot, addr, .. } => {
+            cluster.topology.apply_moved(slot, &addr);
+            cluster.topology.request_refresh(Some(Arc::from(addr)));
+            Some(Refusal::Elsewhere)
         }
         Decision::Retry { .. } => {
             cluster.topology.request_refresh(None);
-            true
+            Some(Refusal::Elsewhere)
         }
-        Decision::Return | Decision::Fail(_) => false,
+        Decision::Return | Decision::Fail(_) => None,
     }
 }
 
@@ -88,20 +103,29 @@ impl Retry {
         }
     }
 
-    /// Runs the transaction again on the slot's master until no node refuses it.
+    /// Runs the transaction again on the slot's master (or, after an `ASK`, on the node
+    /// importing the slot) until no node refuses it.
     async fn replay(&self, shared: &Shared, proto: Proto, slot: u16) -> Bytes {
         let cluster = &shared.primary;
         let mut wait = cluster.policy.backoff;
         let mut last = String::new();
+        let mut importing: Option<String> = None;
         for _ in 0..cluster.policy.max_retries.max(1) {
             cluster.counters.retries.add(1);
-            cluster
-                .topology
-                .refresh_and_wait(None, cluster.timeouts.connect())
-                .await;
-            match self.run_once(shared, proto, slot).await {
+            if importing.is_none() {
+                cluster
+                    .topology
+                    .refresh_and_wait(None, cluster.timeouts.connect())
+                    .await;
+            }
+            match self.run_once(shared, proto, slot, importing.take()).await {
                 Ok(reply) => return reply,
-                Err(refusal) => last = refusal,
+                Err((text, Refusal::Ask(addr))) => {
+                    last = text;
+                    importing = Some(addr);
+                    continue;
+                }
+                Err((text, Refusal::Elsewhere)) => last = text,
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(1));
@@ -112,27 +136,47 @@ impl Retry {
         ))
     }
 
-    /// MULTI, the commands and EXEC on the master of `slot`: `Err` (with the refusal) when
-    /// a node refused the transaction for its slot again, so that nothing of it ran.
-    async fn run_once(&self, shared: &Shared, proto: Proto, slot: u16) -> Result<Bytes, String> {
-        let table = shared.primary.topology.table();
-        let Some(addr) = table.master_for(slot).map(|m| m.addr.clone()) else {
-            return Err(format!("slot {slot} not served"));
+    /// MULTI, the commands and EXEC on the master of `slot`, or with `ASKING` on the node
+    /// `importing` it: `Err` (with the refusal) when a node refused the transaction for its
+    /// slot again, so that nothing of it ran.
+    async fn run_once(
+        &self,
+        shared: &Shared,
+        proto: Proto,
+        slot: u16,
+        importing: Option<String>,
+    ) -> Result<Bytes, (String, Refusal)> {
+        let asking = importing.is_some();
+        let addr: Arc<str> = match importing {
+            Some(addr) => Arc::from(addr),
+            None => {
+                let table = shared.primary.topology.table();
+                let Some(master) = table.master_for(slot) else {
+                    return Err((format!("slot {slot} not served"), Refusal::Elsewhere));
+                };
+                master.addr.clone()
+            }
         };
         let conn = shared
             .primary
             .backends
             .session(&addr, proto, self.user)
-            .map_err(|limit| format!("too many dedicated connections on {addr} (limit {limit})"))?;
+            .map_err(|limit| {
+                let text = format!("too many dedicated connections on {addr} (limit {limit})");
+                (text, Refusal::Elsewhere)
+            })?;
         let multi = Request::from_args(&["MULTI"]).raw;
         let exec = Request::from_args(&["EXEC"]).raw;
         let mut waiting = Vec::with_capacity(self.commands.len() + 2);
-        for raw in std::iter::once(multi)
+        for (i, raw) in std::iter::once(multi)
             .chain(self.commands.iter().cloned())
             .chain(std::iter::once(exec))
+            .enumerate()
         {
+            // One ASKING before MULTI holds for the whole transaction (Redis keeps the flag
+            // while MULTI is open; an ASKING inside would be queued).
             let (tx, rx) = oneshot::channel();
-            conn.send(Pending::one(raw, false, tx)).await;
+            conn.send(Pending::one(raw, asking && i == 0, tx)).await;
             waiting.push(rx);
         }
         let mut replies = Vec::with_capacity(waiting.len());
@@ -156,14 +200,13 @@ impl Retry {
         }
         conn.release();
         let exec = replies.pop().unwrap_or_default();
-        if let Some(refusal) = replies
+        if let Some((reply, why)) = replies
             .iter()
             .chain(std::iter::once(&exec))
-            .find(|r| refused_for_slot(shared, r, &addr))
+            .find_map(|r| refusal(shared, r, &addr).map(|why| (r, why)))
         {
-            return Err(String::from_utf8_lossy(&refusal[1..])
-                .trim_end()
-                .to_string());
+            let text = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
+            return Err((text, why));
         }
         if exec.starts_with(b"-EXECABORT")
             && let Some(first) = replies.iter().skip(1).find(|r| r.first() == Some(&b'-'))
