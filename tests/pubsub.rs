@@ -258,9 +258,8 @@ async fn publish_counts_follow_the_home_master_through_a_failover() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keyspace_notifications_come_from_every_master_across_a_failover() {
-    let cluster = Cluster::start();
+/// Turns keyspace notifications on (every kind) on every node of `cluster`.
+async fn notify_keyspace_events(cluster: &Cluster) {
     for &port in &cluster.ports {
         let mut node = cluster.node(port).await;
         let _: () = redis::cmd("CONFIG")
@@ -271,6 +270,12 @@ async fn keyspace_notifications_come_from_every_master_across_a_failover() {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_come_from_every_master_across_a_failover() {
+    let cluster = Cluster::start();
+    notify_keyspace_events(&cluster).await;
     let proxy = Proxy::start(&cluster).await;
     let mut con = proxy.client(2).await;
     let mut sub = RawClient::connect(proxy.port).await;
@@ -393,16 +398,7 @@ fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broad_patterns_hear_every_master_once() {
     let cluster = Cluster::start();
-    for &port in &cluster.ports {
-        let mut node = cluster.node(port).await;
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("notify-keyspace-events")
-            .arg("KEA")
-            .query_async(&mut node)
-            .await
-            .unwrap();
-    }
+    notify_keyspace_events(&cluster).await;
     let proxy = Proxy::start(&cluster).await;
     let mut con = proxy.client(2).await;
     // The pattern of Redis's documentation, and everything: both match keyspace
