@@ -445,6 +445,23 @@ async fn replica_reads_reach_the_replica_only() {
     assert_eq!(v, "w");
 }
 
+/// Makes the replica on `port` take over from its master (CLUSTER FAILOVER, asked again
+/// when an election did not complete) and waits until it is master.
+async fn fail_over_to(cluster: &Cluster, replica: u16) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        cluster.fault(&["failover", &replica.to_string()]);
+        let asked = Instant::now();
+        while asked.elapsed() < Duration::from_secs(8) {
+            if cluster.fault(&["role", &replica.to_string()]) == "master" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(Instant::now() < deadline, "{replica} never took over");
+    }
+}
+
 /// `blocked_clients` of the node at `port`.
 async fn blocked_on(cluster: &Cluster, port: u16) -> u64 {
     let mut node = cluster.node(port).await;
@@ -508,7 +525,7 @@ async fn blocked_commands_follow_a_failover_of_their_master() {
 
     // The master hands over to its replica: it unblocks them with -UNBLOCKED (the commands
     // were not executed) and slotgate blocks them again on the new master.
-    cluster.fault(&["failover", &replica.to_string()]);
+    fail_over_to(&cluster, replica).await;
     support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;
     wait_blocked(&cluster, replica, 2).await;
     let _: () = con.rpush(&list, "job").await.unwrap();
@@ -558,48 +575,8 @@ async fn transactions_survive_their_slot_moving_and_their_master_failing_over() 
     );
     let mut tx = RawClient::connect(proxy.port).await;
 
-    // The slot moves between two queued commands: the old owner redirects the second and
-    // discards the transaction at EXEC; slotgate runs it again on the new owner.
-    let moved = key_on(&cluster, a, "tx:moved:").await;
-    tx.send(format!("MULTI\r\nSET {moved} 1\r\n").as_bytes())
-        .await;
-    tx.expect(b"+OK\r\n+QUEUED\r\n").await;
-    cluster.move_empty_slot(slot_of(moved.as_bytes()), b).await;
-    tx.send(format!("INCR {moved}\r\nEXEC\r\n").as_bytes())
-        .await;
-    tx.expect(b"+QUEUED\r\n*2\r\n+OK\r\n:2\r\n").await;
-    let mut on_b = cluster.node(b).await;
-    let v: String = on_b.get(&moved).await.unwrap();
-    assert_eq!(v, "2");
-
-    // The slot is being migrated and the key is not on the old owner yet: it answers ASK,
-    // and the transaction runs on the importing node, after ASKING.
-    let asked = key_on(&cluster, a, "tx:ask:").await;
-    let slot = slot_of(asked.as_bytes()).to_string();
-    let (id_a, id_c) = (cluster.node_id(a).await, cluster.node_id(c).await);
-    let mut on_c = cluster.node(c).await;
-    let _: () = redis::cmd("CLUSTER")
-        .arg(&["SETSLOT", &slot, "IMPORTING", &id_a])
-        .query_async(&mut on_c)
-        .await
-        .unwrap();
-    let mut on_a = cluster.node(a).await;
-    let _: () = redis::cmd("CLUSTER")
-        .arg(&["SETSLOT", &slot, "MIGRATING", &id_c])
-        .query_async(&mut on_a)
-        .await
-        .unwrap();
-    tx.send(format!("MULTI\r\nSET {asked} 1\r\nINCR {asked}\r\nEXEC\r\n").as_bytes())
-        .await;
-    tx.expect(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:2\r\n")
-        .await;
-    let v: String = con.get(&asked).await.unwrap();
-    assert_eq!(v, "2");
-    cluster.assign_slot(slot.parse().unwrap(), &id_c).await;
-    let v: String = on_c.get(&asked).await.unwrap();
-    assert_eq!(v, "2");
-
-    // The master fails over between MULTI and EXEC: the same.
+    // The master fails over between MULTI and EXEC: the old master redirects the queued
+    // command and discards the transaction at EXEC; slotgate runs it again on the new one.
     let replica = cluster.replica_of(c);
     let failed = key_on(&cluster, c, "tx:failover:").await;
     let watched = key_on(&cluster, c, "tx:watched:").await;
@@ -611,12 +588,7 @@ async fn transactions_survive_their_slot_moving_and_their_master_failing_over() 
         .send(format!("MULTI\r\nSET {failed} 1\r\n").as_bytes())
         .await;
     other.expect(b"+OK\r\n+QUEUED\r\n").await;
-    cluster.fault(&["failover", &replica.to_string()]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster.fault(&["role", &c.to_string()]) != "slave" {
-        assert!(Instant::now() < deadline, "no failover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    fail_over_to(&cluster, replica).await;
     other
         .send(format!("INCR {failed}\r\nEXEC\r\n").as_bytes())
         .await;
@@ -635,6 +607,46 @@ async fn transactions_survive_their_slot_moving_and_their_master_failing_over() 
     tx.expect(b"+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n").await;
     let v: String = con.get(&watched).await.unwrap();
     assert_eq!(v, "y");
+
+    // The slot moves between two queued commands: the same, on the slot's new owner.
+    let moved = key_on(&cluster, a, "tx:moved:").await;
+    tx.send(format!("MULTI\r\nSET {moved} 1\r\n").as_bytes())
+        .await;
+    tx.expect(b"+OK\r\n+QUEUED\r\n").await;
+    cluster.move_empty_slot(slot_of(moved.as_bytes()), b).await;
+    tx.send(format!("INCR {moved}\r\nEXEC\r\n").as_bytes())
+        .await;
+    tx.expect(b"+QUEUED\r\n*2\r\n+OK\r\n:2\r\n").await;
+    let mut on_b = cluster.node(b).await;
+    let v: String = on_b.get(&moved).await.unwrap();
+    assert_eq!(v, "2");
+
+    // The slot is being migrated and the key is not on the old owner yet: it answers ASK,
+    // and the transaction runs on the importing node, after ASKING.
+    let asked = key_on(&cluster, a, "tx:ask:").await;
+    let slot = slot_of(asked.as_bytes()).to_string();
+    let (id_a, id_b) = (cluster.node_id(a).await, cluster.node_id(b).await);
+    let _: () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &slot, "IMPORTING", &id_a])
+        .query_async(&mut on_b)
+        .await
+        .unwrap();
+    let mut on_a = cluster.node(a).await;
+    let _: () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &slot, "MIGRATING", &id_b])
+        .query_async(&mut on_a)
+        .await
+        .unwrap();
+    tx.send(format!("MULTI\r\nSET {asked} 1\r\nINCR {asked}\r\nEXEC\r\n").as_bytes())
+        .await;
+    tx.expect(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:2\r\n")
+        .await;
+    let v: String = con.get(&asked).await.unwrap();
+    assert_eq!(v, "2");
+    cluster.assign_slot(slot.parse().unwrap(), &id_b).await;
+    let v: String = on_b.get(&asked).await.unwrap();
+    assert_eq!(v, "2");
+
     // Errors a queued command earns for itself still reach the client as Redis gives them.
     tx.send(format!("MULTI\r\nSET {watched}\r\nEXEC\r\n").as_bytes())
         .await;

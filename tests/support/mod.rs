@@ -738,15 +738,20 @@ impl Cluster {
         self.assign_slot(slot, &id).await;
     }
 
-    /// Hands `slot` to the node `node_id` on every master (CLUSTER SETSLOT ... NODE).
+    /// Hands `slot` to the node `node_id` on every master (CLUSTER SETSLOT ... NODE); a
+    /// first master that became a replica in a failover is skipped.
     pub async fn assign_slot(&self, slot: u16, node_id: &str) {
         for port in &self.master_ports {
             let mut n = self.node(*port).await;
-            let _: () = redis::cmd("CLUSTER")
+            let set: redis::RedisResult<()> = redis::cmd("CLUSTER")
                 .arg(&["SETSLOT", &slot.to_string(), "NODE", node_id])
                 .query_async(&mut n)
-                .await
-                .unwrap();
+                .await;
+            if let Err(e) = set
+                && !e.to_string().contains("only with masters")
+            {
+                panic!("CLUSTER SETSLOT on {port}: {e}");
+            }
         }
     }
 }
