@@ -235,7 +235,7 @@ async fn publish_counts_follow_the_home_master_through_a_failover() {
     // The home master (slot 0's) fails over to its replica, which now owns slot 0.
     let home = cluster.owner_of(0).await;
     let replica = cluster.replica_of(home);
-    cluster.fault(&["failover", &replica.to_string()]);
+    cluster.fail_over_to(replica).await;
     // Once slotgate's table has the new home, PUBLISH reaches it, where the subscribers
     // moved.
     support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;
@@ -312,7 +312,7 @@ async fn keyspace_notifications_come_from_every_master_across_a_failover() {
     // A master fails over: its replica's events are heard once slotgate follows it.
     let master = cluster.master_ports[0];
     let replica = cluster.replica_of(master);
-    cluster.fault(&["failover", &replica.to_string()]);
+    cluster.fail_over_to(replica).await;
     support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;
     let key = key_on(&cluster, replica, "after:").await;
     let event = array(&["pmessage", pattern, "__keyevent@0__:set", &key]);

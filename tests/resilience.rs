@@ -211,15 +211,7 @@ async fn manual_failover_and_added_node_without_client_errors() {
 
     let old_master = cluster.master_ports[1];
     let replica = cluster.replica_of(old_master);
-    cluster.fault(&["failover", &replica.to_string()]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster.fault(&["role", &replica.to_string()]) != "master" {
-        assert!(
-            Instant::now() < deadline,
-            "manual failover did not complete"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.fail_over_to(replica).await;
     let key = key_on(&cluster, replica, "promoted:").await;
     let mut con = proxy.client(2).await;
     let _: () = con.set(&key, "v").await.unwrap();
@@ -445,23 +437,6 @@ async fn replica_reads_reach_the_replica_only() {
     assert_eq!(v, "w");
 }
 
-/// Makes the replica on `port` take over from its master (CLUSTER FAILOVER, asked again
-/// when an election did not complete) and waits until it is master.
-async fn fail_over_to(cluster: &Cluster, replica: u16) {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        cluster.fault(&["failover", &replica.to_string()]);
-        let asked = Instant::now();
-        while asked.elapsed() < Duration::from_secs(8) {
-            if cluster.fault(&["role", &replica.to_string()]) == "master" {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(Instant::now() < deadline, "{replica} never took over");
-    }
-}
-
 /// `blocked_clients` of the node at `port`.
 async fn blocked_on(cluster: &Cluster, port: u16) -> u64 {
     let mut node = cluster.node(port).await;
@@ -525,7 +500,7 @@ async fn blocked_commands_follow_a_failover_of_their_master() {
 
     // The master hands over to its replica: it unblocks them with -UNBLOCKED (the commands
     // were not executed) and slotgate blocks them again on the new master.
-    fail_over_to(&cluster, replica).await;
+    cluster.fail_over_to(replica).await;
     support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;
     wait_blocked(&cluster, replica, 2).await;
     let _: () = con.rpush(&list, "job").await.unwrap();
@@ -588,7 +563,7 @@ async fn transactions_survive_their_slot_moving_and_their_master_failing_over() 
         .send(format!("MULTI\r\nSET {failed} 1\r\n").as_bytes())
         .await;
     other.expect(b"+OK\r\n+QUEUED\r\n").await;
-    fail_over_to(&cluster, replica).await;
+    cluster.fail_over_to(replica).await;
     other
         .send(format!("INCR {failed}\r\nEXEC\r\n").as_bytes())
         .await;

@@ -79,15 +79,7 @@ async fn scan_across_a_failover_of_the_master_being_scanned() {
     let first = cluster.master_ports[0];
     let replica = cluster.replica_of(first);
     let generation = slotgate_counter(&mut con, "topology_generation").await;
-    cluster.fault(&["failover", &replica.to_string()]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while cluster.fault(&["role", &replica.to_string()]) != "master" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "failover never happened"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.fail_over_to(replica).await;
     wait_for_generation(&mut con, generation).await;
     // ... until slotgate routes to the promoted replica.
     support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;

@@ -298,8 +298,8 @@ fn redis_py_cache_stays_coherent_across_writes_and_a_failover() {
     std::thread::sleep(Duration::from_millis(500));
     let flushes_before = flushes();
     let replica = cluster.replica_of(cluster.master_ports[0]);
-    cluster.fault(&["failover", &replica.to_string()]);
     rt.block_on(async {
+        cluster.fail_over_to(replica).await;
         let mut con = proxy.client(2).await;
         support::wait_for_slotgate_info(&mut con, &format!("addr=127.0.0.1:{replica},")).await;
     });

@@ -738,6 +738,26 @@ impl Cluster {
         self.assign_slot(slot, &id).await;
     }
 
+    /// Makes the replica on `replica` take over from its master (CLUSTER FAILOVER, asked
+    /// again when an election did not complete) and waits until it is master.
+    pub async fn fail_over_to(&self, replica: u16) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            self.fault(&["failover", &replica.to_string()]);
+            let asked = tokio::time::Instant::now();
+            while asked.elapsed() < Duration::from_secs(8) {
+                if self.fault(&["role", &replica.to_string()]) == "master" {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{replica} never took over"
+            );
+        }
+    }
+
     /// Hands `slot` to the node `node_id` on every master (CLUSTER SETSLOT ... NODE); a
     /// first master that became a replica in a failover is skipped.
     pub async fn assign_slot(&self, slot: u16, node_id: &str) {
