@@ -17,9 +17,10 @@
 //! master that holds the key only, so those are subscribed on every master that serves
 //! slots, over one more connection per master, and the messages merged into the client's
 //! stream (a pattern's messages on other channels, which every master hears, are taken
-//! from one of them); the connections follow masters that are added, removed or fail over. From a client's first keyspace subscription on, slotgate
-//! writes the subscription confirmations itself (`confirmations`): one per channel, in the
-//! order asked, once every connection it went to has confirmed it.
+//! from one of them); the connections follow masters that are added, removed or fail
+//! over. From a client's first keyspace subscription on, slotgate writes the subscription
+//! confirmations itself (`confirmations`): one per channel, in the order asked, once every
+//! connection it went to has confirmed it.
 
 pub mod confirmations;
 pub mod pattern;
