@@ -668,8 +668,7 @@ impl Cluster {
                     debug!(slot, %addr, asking, "following redirect");
                     let addr: Arc<str> = Arc::from(addr);
                     if !asking {
-                        self.topology.apply_moved(slot, &addr);
-                        self.topology.request_refresh(Some(addr.clone()));
+                        self.topology.moved(slot, addr.clone());
                     }
                     if let Err(e) = self.send(&mut flight, addr, asking).await {
                         return e;

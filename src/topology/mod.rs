@@ -122,6 +122,12 @@ impl Topology {
         });
     }
 
+    /// Follows a MOVED: applies it at once and asks for a refresh that asks `addr` first.
+    pub fn moved(&self, slot: u16, addr: Arc<str>) {
+        self.apply_moved(slot, &addr);
+        self.request_refresh(Some(addr));
+    }
+
     /// `redis_version` of the cluster's nodes, once known.
     pub fn redis_version(&self) -> Option<Arc<String>> {
         self.redis_version.load_full()

@@ -50,8 +50,7 @@ fn refusal(shared: &Shared, reply: &[u8], from: &str) -> Option<Refusal> {
             addr, asking: true, ..
         } => Some(Refusal::Ask(addr)),
         Decision::Redirect { slot, addr, .. } => {
-            cluster.topology.apply_moved(slot, &addr);
-            cluster.topology.request_refresh(Some(Arc::from(addr)));
+            cluster.topology.moved(slot, Arc::from(addr));
             Some(Refusal::Elsewhere)
         }
         Decision::Retry { .. } => {
