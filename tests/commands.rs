@@ -358,18 +358,7 @@ async fn blocking_clients_do_not_stall_others() {
         let mut total_blocked = 0;
         for port in &cluster.master_ports {
             let mut node = cluster.node(*port).await;
-            let info: String = redis::cmd("INFO")
-                .arg("clients")
-                .query_async(&mut node)
-                .await
-                .unwrap();
-            total_blocked += info
-                .lines()
-                .find_map(|l| l.strip_prefix("blocked_clients:"))
-                .unwrap()
-                .trim()
-                .parse::<u64>()
-                .unwrap();
+            total_blocked += support::info_counter(&mut node, "clients", "blocked_clients").await;
         }
         if total_blocked == 0 {
             break;

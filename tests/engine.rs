@@ -343,17 +343,7 @@ async fn query(con: &mut MultiplexedConnection, args: &[&str]) -> redis::RedisRe
 
 async fn connections_received(cluster: &Cluster, port: u16) -> u64 {
     let mut node = cluster.node(port).await;
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut node)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_connections_received:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    support::info_counter(&mut node, "stats", "total_connections_received").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

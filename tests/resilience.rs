@@ -440,15 +440,7 @@ async fn replica_reads_reach_the_replica_only() {
 /// `blocked_clients` of the node at `port`.
 async fn blocked_on(cluster: &Cluster, port: u16) -> u64 {
     let mut node = cluster.node(port).await;
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query_async(&mut node)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
+    support::info_counter(&mut node, "clients", "blocked_clients").await
 }
 
 /// Waits until the node at `port` has `n` blocked clients.

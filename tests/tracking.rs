@@ -281,17 +281,7 @@ fn redis_py_cache_stays_coherent_across_writes_and_a_failover() {
     let flushes = || -> u64 {
         rt.block_on(async {
             let mut con = proxy.client(2).await;
-            let info: String = redis::cmd("INFO")
-                .arg("slotgate")
-                .query_async(&mut con)
-                .await
-                .unwrap();
-            info.lines()
-                .find_map(|l| l.strip_prefix("tracking_flushes:"))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
+            support::slotgate_counter(&mut con, "tracking_flushes").await
         })
     };
     // The counter's master fails over while the reader reads through its cache.

@@ -681,14 +681,19 @@ pub async fn dump(cluster: &Cluster) -> std::collections::BTreeMap<String, Strin
 
 /// A numeric field of slotgate's own INFO sections.
 pub async fn slotgate_counter(con: &mut MultiplexedConnection, name: &str) -> u64 {
+    info_counter(con, "slotgate", name).await
+}
+
+/// The number `name` of `INFO section` on `con` (slotgate or a node).
+pub async fn info_counter(con: &mut MultiplexedConnection, section: &str, name: &str) -> u64 {
     let info: String = redis::cmd("INFO")
-        .arg("slotgate")
+        .arg(section)
         .query_async(con)
         .await
         .unwrap();
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .unwrap()
+        .unwrap_or_else(|| panic!("no {name} in INFO {section}: {info}"))
         .trim()
         .parse()
         .unwrap()
