@@ -509,31 +509,16 @@ mod tests {
         let mut t = ClientTracking::new(hub.clone(), 1, 10, 0);
         let cmd = |s: &str| Request::from_args(&s.split(' ').collect::<Vec<_>>());
         let exists = |id: u64| id == 7;
-        assert!(
-            t.command(&cmd("CLIENT TRACKING on PREFIX a"), exists)
-                .unwrap_err()
-                .contains("requires BCAST")
-        );
-        assert!(
-            t.command(&cmd("CLIENT TRACKING on OPTIN OPTOUT"), exists)
-                .unwrap_err()
-                .contains("both OPTIN")
-        );
-        assert!(
-            t.command(&cmd("CLIENT TRACKING on BCAST OPTIN"), exists)
-                .unwrap_err()
-                .contains("not compatible")
-        );
-        assert!(
-            t.command(&cmd("CLIENT TRACKING on REDIRECT 9"), exists)
-                .unwrap_err()
-                .contains("does not exist")
-        );
-        assert!(
-            t.command(&cmd("CLIENT TRACKING on BCAST PREFIX a PREFIX ab"), exists)
-                .unwrap_err()
-                .contains("overlaps")
-        );
+        for (request, refusal) in [
+            ("CLIENT TRACKING on PREFIX a", "requires BCAST"),
+            ("CLIENT TRACKING on OPTIN OPTOUT", "both OPTIN"),
+            ("CLIENT TRACKING on BCAST OPTIN", "not compatible"),
+            ("CLIENT TRACKING on REDIRECT 9", "does not exist"),
+            ("CLIENT TRACKING on BCAST PREFIX a PREFIX ab", "overlaps"),
+        ] {
+            let err = t.command(&cmd(request), exists).unwrap_err();
+            assert!(err.contains(refusal), "{request}: {err}");
+        }
         assert_eq!(t.redirect_id(), -1);
         t.command(&cmd("CLIENT TRACKING on OPTIN REDIRECT 7"), exists)
             .unwrap();
