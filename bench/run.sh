@@ -6,7 +6,10 @@
 # interleaved over several rounds (slotgate, cluster, standalone, slotgate, ...). Prints the
 # medians (ops/s, p50, p99), the median of the per-round ratios slotgate / standalone,
 # slotgate's CPU time per request (from /proc), its RSS at rest, peak and with 10,000 idle
-# connections, and writes every measurement to bench/results/<timestamp>.csv. The
+# connections, and writes every measurement to bench/results/<timestamp>.csv. When
+# twemproxy (`nutcracker`, Debian package nutcracker) is installed, it runs as a fourth target
+# in front of the standalone server: one proxy hop without cluster logic, measured in the same
+# rounds as the reference for what a hop costs on this machine. The
 # `*_scraped` workloads run while /metrics is scraped every second beside them; the CPU one
 # scrape costs is measured at rest (200 scrapes).
 #
@@ -48,6 +51,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 CSV=$ROOT/bench/results/$STAMP.csv
 SG_PID=""
 SGM_PID=""
+TW_PID=""
 BLOCKERS_PID=""
 
 cleanup() {
@@ -55,6 +59,7 @@ cleanup() {
     [[ -n ${SCRAPER_PID:-} ]] && kill "$SCRAPER_PID" 2>/dev/null || true
     [[ -n $SG_PID ]] && kill "$SG_PID" 2>/dev/null && wait "$SG_PID" 2>/dev/null || true
     [[ -n $SGM_PID ]] && kill "$SGM_PID" 2>/dev/null && wait "$SGM_PID" 2>/dev/null || true
+    [[ -n $TW_PID ]] && kill "$TW_PID" 2>/dev/null && wait "$TW_PID" 2>/dev/null || true
     [[ -f $WORK/standalone.pid ]] && kill "$(cat "$WORK/standalone.pid")" 2>/dev/null || true
     "$ROOT/integration/cluster.sh" stop "$WORK/cluster" >/dev/null 2>&1 || true
     rm -rf "$WORK"
@@ -91,6 +96,26 @@ for port in "$SG_PORT" "$SGM_PORT"; do
     done
 done
 redis-cli -p "$SA_PORT" ping >/dev/null
+TARGETS=(slotgate cluster standalone)
+if command -v nutcracker >/dev/null; then
+    TW_PORT=$(free_port)
+    cat >"$WORK/twemproxy.yml" <<EOF
+bench:
+  listen: 127.0.0.1:$TW_PORT
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  server_connections: 1
+  servers:
+   - 127.0.0.1:$SA_PORT:1
+EOF
+    nutcracker -c "$WORK/twemproxy.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/twemproxy.log" &
+    TW_PID=$!
+    for _ in $(seq 50); do redis-cli -p "$TW_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+    TARGETS+=(twemproxy)
+else
+    echo "nutcracker (twemproxy) is not installed: no one-hop reference in this run" >&2
+fi
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$SG_PID/status"; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$SG_PID/status"; }
@@ -180,19 +205,25 @@ stop_blockers() {
     BLOCKERS_PID=""
 }
 
-echo "round,workload,target,rps,p50_ms,p99_ms,slotgate_cpu_us_per_req" >"$CSV"
+echo "round,workload,target,rps,p50_ms,p99_ms,proxy_cpu_us_per_req" >"$CSV"
 for round in $(seq "$ROUNDS"); do
     for w in "${WORKLOADS[@]}"; do
         IFS='|' read -r name requests args <<<"$w"
         [[ -n $ONLY && ! $name =~ $ONLY ]] && continue
         requests=$((requests / SCALE))
-        for target in slotgate cluster standalone; do
+        for target in "${TARGETS[@]}"; do
             pid=$SG_PID
             case $target in
                 slotgate) conn=(-p "$SG_PORT") ;;
                 cluster) conn=(--cluster -p "$CLUSTER_PORT") ;;
                 standalone) conn=(-p "$SA_PORT") ;;
+                twemproxy) conn=(-p "$TW_PORT"); pid=$TW_PID ;;
             esac
+            # twemproxy runs the plain single-key workloads only: it has no mirror, blockers or
+            # /metrics to compare, and MSET is not among the commands it proxies.
+            if [[ $target == twemproxy && ! $name =~ ^(set|get)_(p1|p16|4k|c1000)$ ]]; then
+                continue
+            fi
             run_args=$args
             if [[ $target == cluster && $name == mget10 ]]; then
                 # redis-benchmark --cluster needs one slot per custom command.
@@ -211,7 +242,7 @@ for round in $(seq "$ROUNDS"); do
             [[ $name == get_blpop100 ]] && stop_blockers
             stop_scraper
             cpu=""
-            if [[ $target == slotgate ]]; then
+            if [[ $target == slotgate || $target == twemproxy ]]; then
                 cpu=$(python3 -c "print(f'{($after - $before) * 1e6 / $TICK / $requests:.3f}')")
             fi
             python3 - "$line" "$round" "$name" "$target" "$cpu" >>"$CSV" <<'PY'
@@ -258,17 +289,20 @@ def fmt(v, spec):
 print(f"\nslotgate benchmark: medians over {max(int(r['round']) for r in rows)} rounds, "
       f"threads={threads or 'one per core'}; results in {path}\n")
 print(f"{'workload':<14}{'slotgate ops/s':>15}{'cluster ops/s':>15}{'standalone ops/s':>18}"
-      f"{'ratio sg/sa':>12}{'sg p50 ms':>11}{'sg p99 ms':>11}{'sa p99 ms':>11}{'sg cpu us/req':>15}")
+      f"{'ratio sg/sa':>12}{'sg p50 ms':>11}{'sg p99 ms':>11}{'sa p99 ms':>11}{'sg cpu us/req':>15}"
+      f"{'ratio tw/sa':>12}{'tw cpu us/req':>15}")
 summary = {}
 for w in workloads:
     by = {t: [r for r in rows if r["workload"] == w and r["target"] == t]
-          for t in ("slotgate", "cluster", "standalone")}
-    ratios = []
-    for sg in by["slotgate"]:
-        sa = [r for r in by["standalone"] if r["round"] == sg["round"]]
-        if sg["rps"] and sa and sa[0]["rps"]:
-            ratios.append(float(sg["rps"]) / float(sa[0]["rps"]))
-    ratio = statistics.median(ratios) if ratios else None
+          for t in ("slotgate", "cluster", "standalone", "twemproxy")}
+    def ratio_to_standalone(target):
+        ratios = []
+        for row in by[target]:
+            sa = [r for r in by["standalone"] if r["round"] == row["round"]]
+            if row["rps"] and sa and sa[0]["rps"]:
+                ratios.append(float(row["rps"]) / float(sa[0]["rps"]))
+        return statistics.median(ratios) if ratios else None
+    ratio = ratio_to_standalone("slotgate")
     sg_rps = med(r["rps"] for r in by["slotgate"])
     summary[w] = (ratio, sg_rps)
     print(f"{w:<14}{fmt(sg_rps, '>15.0f')}{fmt(med(r['rps'] for r in by['cluster']), '>15.0f')}"
@@ -276,13 +310,15 @@ for w in workloads:
           f"{fmt(med(r['p50_ms'] for r in by['slotgate']), '>11.3f')}"
           f"{fmt(med(r['p99_ms'] for r in by['slotgate']), '>11.3f')}"
           f"{fmt(med(r['p99_ms'] for r in by['standalone']), '>11.3f')}"
-          f"{fmt(med(r['slotgate_cpu_us_per_req'] for r in by['slotgate']), '>15.2f')}")
+          f"{fmt(med(r['proxy_cpu_us_per_req'] for r in by['slotgate']), '>15.2f')}"
+          f"{fmt(ratio_to_standalone('twemproxy'), '>12.2f')}"
+          f"{fmt(med(r['proxy_cpu_us_per_req'] for r in by['twemproxy']), '>15.2f')}")
 base = summary.get("get_p1", (None, None))[1]
 blocked = summary.get("get_blpop100", (None, None))[1]
 if base and blocked:
     print(f"\nGET with 100 clients blocked in BLPOP: {blocked / base:.2f}x the throughput without them")
 def cpu(w):
-    return med(r["slotgate_cpu_us_per_req"] for r in rows if r["workload"] == w and r["target"] == "slotgate")
+    return med(r["proxy_cpu_us_per_req"] for r in rows if r["workload"] == w and r["target"] == "slotgate")
 for w in ("set_p1", "get_p1"):
     plain, scraped = summary.get(w, (None, None))[0], summary.get(w + "_scraped", (None, None))[0]
     if plain and scraped:
