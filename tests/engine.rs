@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
-use slotgate::config::{MirrorResourceConfig, MultiWriteMode};
+use slotgate::config::{MirrorResourceConfig, MultiWriteMode, QueueConfig};
 use support::{Cluster, Proxy, RawClient, Standalone, key_on, stop};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -47,12 +47,29 @@ async fn dbsize(con: &mut MultiplexedConnection) -> usize {
     redis::cmd("DBSIZE").query_async(con).await.unwrap()
 }
 
+/// Sends `count` pipelined INCRs of `key` in one write: the replies must count up in
+/// request order.
+async fn pipelined_incrs(con: &mut MultiplexedConnection, key: &str, count: i64) {
+    let mut pipe = redis::pipe();
+    for _ in 0..count {
+        pipe.incr(key, 1);
+    }
+    let replies: Vec<i64> = tokio::time::timeout(Duration::from_secs(20), pipe.query_async(con))
+        .await
+        .unwrap_or_else(|_| panic!("{count} pipelined INCRs of {key} got no reply"))
+        .unwrap();
+    assert_eq!(replies, (1..=count).collect::<Vec<_>>(), "{key}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_mirrored_writes_finish_in_every_mode() {
     let cluster = Cluster::start_with(3, 0);
-    for (m, mode) in DIRECT_MODES.into_iter().enumerate() {
+    let modes = DIRECT_MODES.into_iter().chain([MultiWriteMode::Async]);
+    for (m, mode) in modes.enumerate() {
         let mirror = Standalone::start().await;
+        let queue = Standalone::start().await;
         let addr = format!("127.0.0.1:{}", mirror.port);
+        let queue_addr = format!("127.0.0.1:{}", queue.port);
         let proxy = Proxy::start_with(&cluster, |c| {
             c.mirror.mode = mode;
             c.mirror.resources = vec![MirrorResourceConfig {
@@ -60,39 +77,64 @@ async fn pipelined_mirrored_writes_finish_in_every_mode() {
                 standalone: Some(addr),
                 ..MirrorResourceConfig::default()
             }];
+            if mode == MultiWriteMode::Async {
+                c.mirror.queue = Some(QueueConfig {
+                    redis: queue_addr,
+                    ..QueueConfig::default()
+                });
+            }
         })
         .await;
         let mut con = proxy.client(2).await;
         pipelined_sets(&mut con, &format!("two{m}:"), 2).await;
         pipelined_sets(&mut con, &format!("hundred{m}:"), 100).await;
+        pipelined_incrs(&mut con, &format!("order{m}"), 100).await;
         let mut writers = Vec::new();
         for w in 0..32 {
             let mut con = proxy.client(2).await;
             writers.push(tokio::spawn(async move {
                 pipelined_sets(&mut con, &format!("w{m}:{w}:"), 50).await;
+                pipelined_incrs(&mut con, &format!("order{m}:{w}"), 20).await;
             }));
         }
         for w in writers {
             w.await.unwrap();
         }
-        // Every write reached the mirror too (at once in the modes that wait for it).
+        let expected = 2 + 100 + 1 + 32 * 51;
+        if mode == MultiWriteMode::Async {
+            // Every acknowledged write is in the durable queue, in the order it was sent.
+            let mut q = queue.con().await;
+            let len: usize = redis::cmd("XLEN")
+                .arg("slotgate:mirror")
+                .query_async(&mut q)
+                .await
+                .unwrap();
+            assert_eq!(len, 2 + 100 + 100 + 32 * 70, "queued writes");
+            continue;
+        }
+        // Every write reached the mirror too (at once in the modes that wait for it), and the
+        // counters ended where the client's replies said.
         let mut copy = mirror.con().await;
-        let expected = 2 + 100 + 32 * 50;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let n = dbsize(&mut copy).await;
-            if n == expected {
+            let last: Option<i64> = copy.get(format!("order{m}")).await.unwrap();
+            if n == expected && last == Some(100) {
                 break;
             }
             assert!(
                 mode == MultiWriteMode::FirstResourceOnly,
-                "{mode:?}: mirror has {n} of {expected} keys when the client got its replies"
+                "{mode:?}: mirror has {n} of {expected} keys and order{m}={last:?} when the client got its replies"
             );
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{mode:?}: mirror has {n} of {expected} keys"
+                "{mode:?}: mirror has {n} of {expected} keys and order{m}={last:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for w in 0..32 {
+            let v: i64 = copy.get(format!("order{m}:{w}")).await.unwrap();
+            assert_eq!(v, 20, "{mode:?}: order{m}:{w} on the mirror");
         }
     }
 }
@@ -300,7 +342,10 @@ async fn unauthenticated_clients_cannot_announce_big_requests() {
         }
     }
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    // The connection ends (a clean EOF, or a reset because the bulk was left unread).
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the connection stayed open after the refused bulk header");
     assert!(
         String::from_utf8_lossy(&out)
             .starts_with("-ERR Protocol error: unauthenticated bulk length\r\n"),
@@ -413,6 +458,7 @@ async fn session_connections_are_reused() {
     query(&mut a, &["MULTI"]).await.unwrap();
     query(&mut a, &["INCR", &k]).await.unwrap();
     query(&mut a, &["EXEC"]).await.unwrap();
+    query(&mut a, &["WAIT", "0", "0"]).await.unwrap();
     let _ = query(&mut a, &["BLPOP", &format!("{{{k}}}:list"), "0.01"]).await;
     let _: () = a.rpush(format!("{{{k}}}:list"), "x").await.unwrap();
     let _: String = a.lpop(format!("{{{k}}}:list"), None).await.unwrap();
@@ -426,10 +472,17 @@ async fn session_connections_are_reused() {
         let _: () = a.rpush(&list, i).await.unwrap();
         let popped: (String, String) = a.blpop(&list, 1.0).await.unwrap();
         assert_eq!(popped.1, i.to_string());
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(0)
+            .arg(0)
+            .query_async(&mut a)
+            .await
+            .unwrap();
+        assert_eq!(acked, 0);
     }
     let opened = connections_received(&cluster, port).await - before;
     // The direct connection this check makes itself, and slotgate's topology connection to
-    // this node if a refresh asks it for the first time meanwhile; without reuse it is 101.
+    // this node if a refresh asks it for the first time meanwhile; without reuse it is 151.
     assert!(
         opened <= 3,
         "{opened} connections opened for 50 transactions and pops"
@@ -637,4 +690,102 @@ async fn replies_behind_a_stalled_head_count_toward_the_output_bound() {
     // Other clients are fine.
     let v: String = con.get(&big_key).await.unwrap();
     assert_eq!(v.len(), 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_asked_first_for_the_topology_costs_a_deadline() {
+    // No periodic refresh during the test: only the MOVED below asks for one, and it asks
+    // the stopped node first.
+    let cluster = Cluster::start();
+    let proxy = Proxy::start_with(&cluster, |c| {
+        c.cluster.command_timeout_ms = 1500;
+        c.cluster.connect_timeout_ms = 500;
+        c.cluster.refresh_interval_ms = 600_000;
+    })
+    .await;
+    let mut con = proxy.client(2).await;
+    let [m0, m1, m2] = [
+        cluster.master_ports[0],
+        cluster.master_ports[1],
+        cluster.master_ports[2],
+    ];
+    let hinted = key_on(&cluster, m1, "hint:").await;
+    let learned = key_on(&cluster, m0, "learn:").await;
+    let _: () = con.set(&learned, "v").await.unwrap();
+    let _: () = con.del(&learned).await.unwrap();
+    // The refreshes of slotgate's start are over before the slots move.
+    let mut seen = support::slotgate_counter(&mut con, "topology_generation").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let now = support::slotgate_counter(&mut con, "topology_generation").await;
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    // Both slots move while slotgate is not looking, and every node learns it (so that any
+    // node the refresh asks tells the same); then the new owner of the first stops.
+    let (s1, s2) = (
+        slotgate::slot::slot_of(hinted.as_bytes()),
+        slotgate::slot::slot_of(learned.as_bytes()),
+    );
+    cluster.move_empty_slot(s1, m2).await;
+    cluster.move_empty_slot(s2, m1).await;
+    cluster.wait_until_all_see(s1, m2).await;
+    cluster.wait_until_all_see(s2, m1).await;
+    let _stopped = stop(&cluster, m2);
+    let before = support::slotgate_counter(&mut con, "topology_generation").await;
+    let redirects = support::slotgate_counter(&mut con, "redirects_moved").await;
+    // m1 answers MOVED to m2: slotgate applies it (one generation) and asks m2 first for the
+    // topology; m2 does not answer, so the refresh must go on to another node.
+    let mut stalled = proxy.client(2).await;
+    let key = hinted.clone();
+    let write = tokio::spawn(async move {
+        let r: redis::RedisResult<()> = stalled.set(&key, "x").await;
+        r
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while support::slotgate_counter(&mut con, "redirects_moved").await == redirects {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slotgate knew the move before m1 sent MOVED: the refresh was not hinted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while support::slotgate_counter(&mut con, "topology_generation").await < before + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refresh that asked the stopped node first never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The refresh learned the other move: no MOVED is needed for it.
+    let moved = support::slotgate_counter(&mut con, "redirects_moved").await;
+    let v: Option<String> = con.get(&learned).await.unwrap();
+    assert_eq!(v, None);
+    assert_eq!(
+        support::slotgate_counter(&mut con, "redirects_moved").await,
+        moved,
+        "the second move was learned from a MOVED, not from the refresh"
+    );
+    let r = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("a write to a stopped master hung")
+        .unwrap();
+    assert!(r.is_err(), "a write to a stopped master succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_after_a_blocking_command_runs_after_it() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start(&cluster).await;
+    let list = key_on(&cluster, cluster.master_ports[1], "after-block:").await;
+    // One write: the BLPOP must time out before the RPUSH behind it runs, as on one Redis
+    // connection; had the RPUSH gone first, the BLPOP would have taken its element.
+    let mut c = RawClient::connect(proxy.port).await;
+    let mut input = resp(&["BLPOP", &list, "0.3"]);
+    input.extend(resp(&["RPUSH", &list, "x"]));
+    input.extend(resp(&["LLEN", &list]));
+    c.send(&input).await;
+    c.expect(b"*-1\r\n:1\r\n:1\r\n").await;
 }

@@ -829,7 +829,14 @@ pub async fn wait_for_slotgate_info(con: &mut MultiplexedConnection, needle: &st
 impl Cluster {
     /// The port of the master serving `slot`, as the first master sees it.
     pub async fn owner_of(&self, slot: u16) -> u16 {
-        let mut node = self.node(self.master_ports[0]).await;
+        self.owner_seen_by(self.master_ports[0], slot)
+            .await
+            .expect("the first master knows no owner")
+    }
+
+    /// The port of the master serving `slot`, as the node on `port` sees it.
+    pub async fn owner_seen_by(&self, port: u16, slot: u16) -> Option<u16> {
+        let mut node = self.node(port).await;
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut node)
@@ -839,8 +846,21 @@ impl Cluster {
         let owner = view
             .iter()
             .find(|n| n.flags.master && n.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
-            .and_then(|n| n.addr.clone())
-            .unwrap();
-        owner.rsplit_once(':').unwrap().1.parse().unwrap()
+            .and_then(|n| n.addr.clone())?;
+        owner.rsplit_once(':')?.1.parse().ok()
+    }
+
+    /// Waits until every node sees `owner` serving `slot` (gossip reached them all).
+    pub async fn wait_until_all_see(&self, slot: u16, owner: u16) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for &port in &self.ports {
+            while self.owner_seen_by(port, slot).await != Some(owner) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node {port} never saw slot {slot} on {owner}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
