@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use crate::config::DrainConfig;
+use crate::resp::Proto;
+use crate::resp::encode::Encoder;
 
 /// Sequence numbers of the pushes this process sends.
 static SEQUENCE: AtomicU64 = AtomicU64::new(1);
@@ -15,17 +17,17 @@ static SEQUENCE: AtomicU64 = AtomicU64::new(1);
 /// configured (the client reconnects to the address it used, after half the ttl).
 pub fn moving_frame(config: &DrainConfig) -> Bytes {
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    let mut frame = format!(
-        ">4\r\n$6\r\nMOVING\r\n:{seq}\r\n:{}\r\n",
-        config.moving_ttl_s
-    );
+    let mut e = Encoder::new(Proto::Resp3);
+    e.push(4)
+        .bulk(b"MOVING")
+        .integer(seq as i64)
+        .integer(config.moving_ttl_s as i64);
     if config.moving_endpoint.is_empty() {
-        frame.push_str("_\r\n");
+        e.null();
     } else {
-        let e = &config.moving_endpoint;
-        frame.push_str(&format!("${}\r\n{e}\r\n", e.len()));
+        e.bulk(config.moving_endpoint.as_bytes());
     }
-    Bytes::from(frame)
+    e.finish()
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ pub fn decide(
                     refresh: true,
                 }
             } else {
-                Decision::Fail(error("CLUSTERDOWN Hash slot not served"))
+                Decision::Fail(crate::replies::slot_not_served())
             }
         }
     }
@@ -460,7 +460,7 @@ mod tests {
         };
         assert_eq!(
             decide(Outcome::NoRoute, spent, POLICY, false),
-            Decision::Fail(error("CLUSTERDOWN Hash slot not served"))
+            Decision::Fail(crate::replies::slot_not_served())
         );
     }
 }

@@ -115,10 +115,7 @@ impl Confirmations {
         while self.queue.front().is_some_and(|o| o.waiting.is_empty()) {
             let owed = self.queue.pop_front()?;
             let e = e.get_or_insert_with(|| Encoder::new(proto));
-            match proto {
-                Proto::Resp2 => e.array(3),
-                Proto::Resp3 => e.raw(b">3\r\n"),
-            };
+            e.push(3);
             e.bulk(owed.kind.as_bytes());
             match &owed.name {
                 Some(n) => e.bulk(n),

@@ -466,10 +466,7 @@ impl Subscriptions {
         let kind = name.to_ascii_lowercase();
         let mut e = Encoder::new(self.proto);
         let frame = |e: &mut Encoder, ch: Option<&[u8]>| {
-            match self.proto {
-                Proto::Resp2 => e.array(3),
-                Proto::Resp3 => e.raw(b">3\r\n"),
-            };
+            e.push(3);
             e.bulk(kind.as_bytes());
             match ch {
                 Some(c) => e.bulk(c),

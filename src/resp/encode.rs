@@ -122,6 +122,15 @@ impl Encoder {
         self.header(b'*', n)
     }
 
+    /// An out-of-band message of `n` elements: a push (`>n`) in RESP3, an array in RESP2
+    /// (where pub/sub messages are arrays).
+    pub fn push(&mut self, n: usize) -> &mut Self {
+        match self.proto {
+            Proto::Resp2 => self.header(b'*', n),
+            Proto::Resp3 => self.header(b'>', n),
+        }
+    }
+
     /// A map of `n` pairs: `%n` in RESP3, a flat array of `2n` in RESP2.
     pub fn map(&mut self, n: usize) -> &mut Self {
         match self.proto {

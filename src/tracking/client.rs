@@ -424,14 +424,11 @@ impl Drop for ClientTracking {
 fn frame(delivery: &Delivery, proto: Proto, redirected: bool) -> Bytes {
     let mut e = Encoder::new(proto);
     if redirected {
-        match proto {
-            Proto::Resp2 => e.array(3),
-            Proto::Resp3 => e.raw(b">3\r\n"),
-        };
+        e.push(3);
         e.bulk(b"message");
         e.bulk(INVALIDATE_CHANNEL);
     } else {
-        e.raw(b">2\r\n");
+        e.push(2);
         e.bulk(b"invalidate");
     }
     match &delivery.keys {
@@ -455,7 +452,7 @@ fn frame(delivery: &Delivery, proto: Proto, redirected: bool) -> Bytes {
 /// The push a RESP3 client gets when its redirect target is gone.
 fn redirect_broken(target: u64) -> Bytes {
     let mut e = Encoder::new(Proto::Resp3);
-    e.raw(b">2\r\n");
+    e.push(2);
     e.bulk(b"tracking-redir-broken");
     e.integer(target as i64);
     e.finish()

@@ -342,10 +342,10 @@ impl Transaction {
     ) -> Result<(), Bytes> {
         match &mut self.pin {
             Some(pin) => match pin.slot {
-                Some(s) if s != slot => Err(error(
-                    "CROSSSLOT Keys in request don't hash to the same slot (a transaction \
-                     through slotgate must keep all its keys in one slot)",
-                )),
+                Some(s) if s != slot => Err(error(&format!(
+                    "{} (a transaction through slotgate must keep all its keys in one slot)",
+                    crate::replies::CROSSSLOT
+                ))),
                 Some(_) => Ok(()),
                 None => {
                     pin.slot = Some(slot);
