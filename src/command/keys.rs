@@ -113,7 +113,10 @@ impl KeySpec {
                 if numkeys == 0 {
                     return Some(());
                 }
-                (first + numkeys - 1, step.max(1) as i64)
+                // The last key is `numkeys - 1` steps after the first (MSETEX's keys are
+                // every other argument).
+                let step = step.max(1) as i64;
+                (first + (numkeys - 1) * step, step)
             }
         };
         if last >= argc || last < first || first >= argc || first < 1 {
@@ -305,6 +308,20 @@ mod tests {
             Vec::<usize>::new()
         );
         assert_eq!(found(Keys::Specs(&LMPOP), "LMPOP x a"), Vec::<usize>::new());
+        // A key count then key/value pairs (Redis 8.4's MSETEX).
+        static PAIRS: [KeySpec; 1] = [KeySpec {
+            begin: BeginSearch::Index(1),
+            find: FindKeys::KeyNum {
+                keynumidx: 0,
+                firstkey: 1,
+                step: 2,
+            },
+        }];
+        assert_eq!(found(Keys::Specs(&PAIRS), "MSETEX 2 a 1 b 2 EX 10"), [2, 4]);
+        assert_eq!(
+            found(Keys::Specs(&PAIRS), "MSETEX 3 a 1 b 2"),
+            Vec::<usize>::new()
+        );
         // XREAD: after STREAMS, half of the rest.
         static XREAD: [KeySpec; 1] = [KeySpec {
             begin: BeginSearch::Keyword {

@@ -475,6 +475,94 @@ mod tests {
         assert_eq!(hexpire.key_indices(&r).collect::<Vec<_>>(), [1]);
     }
 
+    /// RESP2 text of a `COMMAND INFO` entry written by hand: name, arity, flags, tips and
+    /// key specs as (begin_search, find_keys) pairs of (type, spec fields).
+    fn entry(name: &str, arity: i64, flags: &[&str], tips: &[&str], specs: &[&str]) -> String {
+        let bulk = |t: &str| format!("${}\r\n{t}\r\n", t.len());
+        let list = |items: &[&str]| {
+            let mut out = format!("*{}\r\n", items.len());
+            for i in items {
+                out.push_str(&bulk(i));
+            }
+            out
+        };
+        let mut out = format!("*10\r\n{}:{arity}\r\n{}", bulk(name), list(flags));
+        out.push_str(":1\r\n:1\r\n:1\r\n*0\r\n");
+        out.push_str(&list(tips));
+        out.push_str(&format!("*{}\r\n", specs.len()));
+        for spec in specs {
+            out.push_str(spec);
+        }
+        out.push_str("*0\r\n");
+        out
+    }
+
+    #[test]
+    fn commands_newer_than_every_fixture_route_from_their_descriptions() {
+        // As Redis 8.4 describes MSETEX (numkeys, then key/value pairs, atomic across its
+        // keys) and DELEX, and Valkey 9 DELIFEQ (key at 1).
+        let keynum_pairs = "*6\r\n$5\r\nflags\r\n*2\r\n$2\r\nOW\r\n$6\r\nUPDATE\r\n\
+             $12\r\nbegin_search\r\n*4\r\n$4\r\ntype\r\n$5\r\nindex\r\n$4\r\nspec\r\n\
+             *2\r\n$5\r\nindex\r\n:1\r\n\
+             $9\r\nfind_keys\r\n*4\r\n$4\r\ntype\r\n$6\r\nkeynum\r\n$4\r\nspec\r\n\
+             *6\r\n$9\r\nkeynumidx\r\n:0\r\n$8\r\nfirstkey\r\n:1\r\n$7\r\nkeystep\r\n:2\r\n";
+        let first_key = "*6\r\n$5\r\nflags\r\n*1\r\n$2\r\nRM\r\n\
+             $12\r\nbegin_search\r\n*4\r\n$4\r\ntype\r\n$5\r\nindex\r\n$4\r\nspec\r\n\
+             *2\r\n$5\r\nindex\r\n:1\r\n\
+             $9\r\nfind_keys\r\n*4\r\n$4\r\ntype\r\n$5\r\nrange\r\n$4\r\nspec\r\n\
+             *6\r\n$7\r\nlastkey\r\n:0\r\n$7\r\nkeystep\r\n:1\r\n$5\r\nlimit\r\n:0\r\n";
+        let reply = format!(
+            "*3\r\n{}{}{}",
+            entry(
+                "msetex",
+                -4,
+                &["write", "denyoom"],
+                &[
+                    "request_policy:multi_shard",
+                    "response_policy:all_succeeded"
+                ],
+                &[keynum_pairs],
+            ),
+            entry("delex", -2, &["write", "fast"], &[], &[first_key]),
+            entry("delifeq", 3, &["write", "fast"], &[], &[first_key]),
+        );
+        let parsed = parse_command_info(reply.as_bytes(), None).unwrap();
+        let by_name: HashMap<_, _> = parsed.specs.iter().map(|(n, s)| (&n[..], s)).collect();
+        for name in ["MSETEX", "DELEX", "DELIFEQ"] {
+            assert!(
+                !super::super::table::COMMANDS
+                    .iter()
+                    .any(|c| c.name.eq_ignore_ascii_case(name)),
+                "{name} is built in now: pick a newer command for this test"
+            );
+        }
+
+        // MSETEX: every key found, never split (one slot or CROSSSLOT) though it is tagged
+        // multi_shard, as its keys are set atomically.
+        let msetex = by_name[&b"MSETEX"[..]];
+        assert!(msetex.is_write());
+        assert_eq!(msetex.route, Route::Slot);
+        let one_slot = Request::from_args(&["MSETEX", "2", "{t}a", "1", "{t}b", "2", "EX", "10"]);
+        assert_eq!(msetex.key_indices(&one_slot).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(
+            msetex.slot(&one_slot).unwrap(),
+            Some(crate::slot::slot_of(b"{t}a"))
+        );
+        let across = Request::from_args(&["MSETEX", "2", "a", "1", "b", "2"]);
+        assert!(
+            msetex.slot(&across).is_err(),
+            "MSETEX across slots must be refused"
+        );
+
+        for name in ["DELEX", "DELIFEQ"] {
+            let spec = by_name[name.as_bytes()];
+            assert!(spec.is_write(), "{name}");
+            assert_eq!(spec.route, Route::Slot, "{name}");
+            let r = Request::from_args(&[name, "k", "v"]);
+            assert_eq!(spec.key_indices(&r).collect::<Vec<_>>(), [1], "{name}");
+        }
+    }
+
     #[test]
     fn what_each_captured_server_adds_to_the_built_in_table() {
         for server in SERVERS {
