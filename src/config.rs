@@ -245,8 +245,9 @@ impl std::str::FromStr for MultiWriteMode {
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorConfig {
     pub mode: MultiWriteMode,
-    /// Mirror writes of one client connection waiting to be sent (first_resource_only);
-    /// beyond it `on_full` decides.
+    /// Mirror writes each resource may have waiting (first_resource_only): handed over and
+    /// not answered yet, over all clients; beyond it `on_full` decides for that resource
+    /// alone. Default 10,000.
     pub backlog: Option<usize>,
     /// A full backlog drops the write (counted, its key logged) or makes the client wait.
     pub on_full: OnFull,

@@ -6,9 +6,11 @@
 //! the primary (so one client's writes keep their order on each mirror too). A write is
 //! handed to the feed when slotgate sends it to the primary, so whether the client stays or
 //! reads its replies changes nothing. Only writes whose replay would diverge are rewritten
-//! (`effects`). The mode decides whom the client waits for; in `first_resource_only` the
-//! feed's backlog is bounded and overflow is dropped, counted and logged, so a slow or dead
-//! mirror never slows the client.
+//! (`effects`). The mode decides whom the client waits for; in `first_resource_only` each
+//! resource's backlog (its writes handed over and not answered, over all clients) is
+//! bounded, and a write beyond the bound is dropped for that resource alone (counted, its
+//! key logged) or waits for room (`mirror.on_full`), so a slow or dead mirror neither
+//! slows the client nor costs the other mirrors their writes.
 
 pub mod consumer;
 pub mod effects;
@@ -55,11 +57,16 @@ pub struct Link {
     /// and `compare`): a reload that changes none of them keeps the link.
     settings: MirrorResourceConfig,
     pub cluster: Cluster,
-    /// Mirror writes dropped because the client's feed was full.
+    /// Mirror writes dropped because this resource's backlog (or the client's feed) was
+    /// full.
     pub dropped: AtomicU64,
-    /// Writes handed to this mirror and not answered yet, plus those still in the
-    /// clients' feeds (the backlog depth).
+    /// Writes handed to this mirror and not answered yet, those still in the clients'
+    /// feeds included (the backlog depth).
     pub backlog: AtomicU64,
+    /// Woken when the backlog goes down from its bound (`on_full: block` waits on it).
+    space: tokio::sync::Notify,
+    /// The second of the last dropped-key log lines and how many were written in it.
+    drop_log: AtomicU64,
     /// Replies that differed from the primary's, by command.
     pub mismatches: DashMap<&'static str, u64>,
     /// Differing keys logged so far (up to the configured limit).
@@ -79,10 +86,16 @@ pub struct Mirrors {
     pub queue: Option<Arc<dyn WriteQueue>>,
     /// The queue's settings, so that a reload that keeps them keeps the queue.
     queue_settings: Option<QueueConfig>,
+    /// Capacity of a client's feed.
     backlog: usize,
+    /// Most writes each resource may have waiting in first_resource_only.
+    resource_backlog: u64,
     on_full: OnFull,
     compare_log_limit: usize,
 }
+
+/// Dropped writes whose key is logged, per resource and second; `dropped` counts them all.
+const DROP_LOGS_PER_SECOND: u64 = 20;
 
 /// A mirrored write's reply from one resource.
 #[derive(Debug, Clone)]
@@ -181,6 +194,8 @@ impl Link {
             settings: r,
             dropped: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
+            space: tokio::sync::Notify::new(),
+            drop_log: AtomicU64::new(0),
             mismatches: DashMap::new(),
             mismatch_logged: AtomicUsize::new(0),
             delay: Histogram::default(),
@@ -251,6 +266,7 @@ impl Mirrors {
                 .backlog
                 .unwrap_or(10_000)
                 .max(config.limits.pipeline_window + 1),
+            resource_backlog: m.backlog.unwrap_or(10_000) as u64,
             on_full: m.on_full,
             compare_log_limit: m.compare_log_limit.unwrap_or(20),
         })))
@@ -289,9 +305,28 @@ impl Mirrors {
 
     /// Queues `work` on the client's feed (opening it on first use), as the mode says.
     async fn hand_over(self: &Arc<Self>, feed: &mut Feed, work: Work) -> Option<Ticket> {
-        let takers: Vec<usize> = (0..self.resources.len())
+        let mut takers: Vec<usize> = (0..self.resources.len())
             .filter(|&i| self.resources[i].wants_work(&work))
             .collect();
+        if self.mode == MultiWriteMode::FirstResourceOnly {
+            // Each resource's backlog is bounded on its own: a full one drops (or waits)
+            // for that resource, and the others still get the write.
+            match self.on_full {
+                OnFull::Drop => takers.retain(|&i| {
+                    let room = self.resources[i].link.backlog.load(Ordering::Relaxed)
+                        < self.resource_backlog;
+                    if !room {
+                        self.note_dropped(i, &work);
+                    }
+                    room
+                }),
+                OnFull::Block => {
+                    for &i in &takers {
+                        self.wait_for_room(i).await;
+                    }
+                }
+            }
+        }
         if self.mode != MultiWriteMode::Async && takers.is_empty() {
             return None;
         }
@@ -325,20 +360,8 @@ impl Mirrors {
             }
         } else if let Err(e) = tx.try_send(job) {
             if let mpsc::error::TrySendError::Full(job) = e {
-                let (command, key) = job.work.first_key();
-                for r in job.backlog.takers.iter().map(|&i| &self.resources[i]) {
-                    let n = r.link.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    // Logged at 1, 2, 4, 8, ... drops: every key for a short burst, a sample
-                    // of them for a long one.
-                    if n.is_power_of_two() {
-                        warn!(
-                            mirror = %r.name,
-                            dropped = n,
-                            command,
-                            key = key.as_deref().unwrap_or(""),
-                            "mirror backlog full: mirror write dropped"
-                        );
-                    }
+                for &i in &job.backlog.takers {
+                    self.note_dropped(i, &job.work);
                 }
             }
             return None;
@@ -349,6 +372,60 @@ impl Mirrors {
             done: done_rx,
             mirrors: self.clone(),
         })
+    }
+}
+
+impl Mirrors {
+    /// Counts a write dropped for resource `i` and logs its key (at most
+    /// `DROP_LOGS_PER_SECOND` keys per resource and second, so a long outage cannot flood
+    /// the log; `dropped` in INFO counts every one).
+    fn note_dropped(&self, i: usize, work: &Work) {
+        let r = &self.resources[i];
+        let n = r.link.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let second = crate::clock::now_ms() / 1000;
+        let window = r.link.drop_log.load(Ordering::Relaxed);
+        let log = if window >> 16 != second {
+            r.link.drop_log.store(second << 16 | 1, Ordering::Relaxed);
+            true
+        } else if window & 0xFFFF < DROP_LOGS_PER_SECOND {
+            r.link.drop_log.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        };
+        if log {
+            let (command, key) = work.first_key();
+            warn!(
+                mirror = %r.name,
+                dropped = n,
+                command,
+                key = key.as_deref().unwrap_or(""),
+                "mirror backlog full: mirror write dropped"
+            );
+        }
+    }
+
+    /// Waits until resource `i` has room in its backlog (`on_full: block`).
+    async fn wait_for_room(&self, i: usize) {
+        let link = &self.resources[i].link;
+        loop {
+            let notified = link.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if link.backlog.load(Ordering::Relaxed) < self.resource_backlog {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Releases one write's place in resource `i`'s backlog.
+    fn release(&self, i: usize) {
+        let link = &self.resources[i].link;
+        let before = link.backlog.fetch_sub(1, Ordering::Relaxed);
+        if before >= self.resource_backlog {
+            link.space.notify_waiters();
+        }
     }
 }
 
@@ -577,7 +654,9 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
         }
     };
     let mut started = Vec::new();
-    for (i, r) in mirrors.resources.iter().enumerate() {
+    let takers = backlog.takers.clone();
+    for &i in &takers {
+        let r = &mirrors.resources[i];
         for c in &commands {
             let Some(spec) = resolve(c) else {
                 continue;
@@ -590,12 +669,30 @@ async fn dispatch(mirrors: &Arc<Mirrors>, job: Job) -> Option<Completion> {
     let mirrors = mirrors.clone();
     let limit = mirrors.compare_log_limit;
     Some(Box::pin(async move {
-        let mut replies = Vec::with_capacity(started.len());
-        for (i, s) in started {
-            let reply = mirrors.resources[i].link.cluster.wait(s).await;
-            replies.push(MirrorReply { resource: i, reply });
+        let mut backlog = backlog;
+        let mut left = vec![0usize; mirrors.resources.len()];
+        for (i, _) in &started {
+            left[*i] += 1;
         }
+        let mut replies: Vec<Option<MirrorReply>> = vec![None; started.len()];
+        // Every resource's replies are taken as they come: a slow mirror does not hold a
+        // fast one's place in its backlog.
+        let resources = &mirrors.resources;
+        let mut waiting: FuturesUnordered<_> = started
+            .into_iter()
+            .enumerate()
+            .map(|(at, (i, s))| async move { (at, i, resources[i].link.cluster.wait(s).await) })
+            .collect();
+        while let Some((at, i, reply)) = waiting.next().await {
+            left[i] -= 1;
+            if left[i] == 0 {
+                backlog.release(i);
+            }
+            replies[at] = Some(MirrorReply { resource: i, reply });
+        }
+        drop(waiting);
         drop(backlog);
+        let replies: Vec<MirrorReply> = replies.into_iter().flatten().collect();
         // Compared only where the mirror ran the client's command (verbatim, or with its
         // expiry made absolute): an effect's reply (SREM for SPOP) says something else.
         if !waited
@@ -666,7 +763,9 @@ async fn dispatch_transaction(
         return None;
     }
     let mut started = Vec::new();
-    for (i, r) in mirrors.resources.iter().enumerate() {
+    let takers = backlog.takers.clone();
+    for &i in &takers {
+        let r = &mirrors.resources[i];
         let mut commands = Vec::new();
         for w in &writes {
             if let Some(filtered) = r.filter(w.spec, &w.req) {
@@ -695,9 +794,15 @@ async fn dispatch_transaction(
     }
     let mirrors = mirrors.clone();
     Some(Box::pin(async move {
-        let mut replies = Vec::with_capacity(started.len());
-        for (i, block) in started {
-            let reply = match block.await {
+        let mut backlog = backlog;
+        let mut replies: Vec<Option<MirrorReply>> = vec![None; started.len()];
+        let mut waiting: FuturesUnordered<_> = started
+            .into_iter()
+            .enumerate()
+            .map(|(at, (i, block))| async move { (at, i, block.await) })
+            .collect();
+        while let Some((at, i, result)) = waiting.next().await {
+            let reply = match result {
                 // EXEC's reply is the last one.
                 Ok(mut all) => all.pop().unwrap_or_else(|| error("ERR no reply")),
                 Err(e) => error(&format!("ERR {e}")),
@@ -707,9 +812,11 @@ async fn dispatch_transaction(
             if reply.first() == Some(&b'-') {
                 counters.errors.add(1);
             }
-            replies.push(MirrorReply { resource: i, reply });
+            backlog.release(i);
+            replies[at] = Some(MirrorReply { resource: i, reply });
         }
         drop(backlog);
+        let replies: Vec<MirrorReply> = replies.into_iter().flatten().collect();
         if let Some(done) = done {
             let _ = done.send(replies);
         }
@@ -765,13 +872,20 @@ impl BacklogShare {
     }
 }
 
+impl BacklogShare {
+    /// Releases resource `i`'s place once it has answered (the others keep theirs).
+    fn release(&mut self, i: usize) {
+        if let Some(p) = self.takers.iter().position(|&t| t == i) {
+            self.takers.swap_remove(p);
+            self.mirrors.release(i);
+        }
+    }
+}
+
 impl Drop for BacklogShare {
     fn drop(&mut self) {
         for &i in &self.takers {
-            self.mirrors.resources[i]
-                .link
-                .backlog
-                .fetch_sub(1, Ordering::Relaxed);
+            self.mirrors.release(i);
         }
     }
 }

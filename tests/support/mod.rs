@@ -583,6 +583,26 @@ impl Standalone {
     pub async fn con(&self) -> MultiplexedConnection {
         connect(self.port, 2).await
     }
+
+    /// Stops the server with SIGSTOP until the returned guard is dropped (SIGCONT), even when
+    /// the test fails.
+    pub fn pause(&self) -> StandalonePause {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        assert!(status.success(), "kill -STOP {pid}");
+        StandalonePause { pid }
+    }
+}
+
+/// A standalone server stopped by `Standalone::pause`.
+pub struct StandalonePause {
+    pid: String,
+}
+
+impl Drop for StandalonePause {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.pid]).status();
+    }
 }
 
 impl Drop for Standalone {
