@@ -82,6 +82,9 @@ pub enum Post {
     ForgetScripts,
     /// EVALSHA: on NOSCRIPT, load the remembered body on every master and retry once.
     EvalSha(Request),
+    /// PUBSUB NUMSUB / NUMPAT summed over the masters: the keyspace subscriptions slotgate
+    /// made on every master counted once (`pubsub::fanned`).
+    DiscountFanned,
     /// CONFIG GET: secret values redacted.
     RedactConfig,
     /// COMMAND LIST: only the commands slotgate accepts.
@@ -175,7 +178,7 @@ pub async fn handle(
         let user = state.user_id();
         let subs = state
             .subs
-            .get_or_insert_with(|| Subscriptions::new(proto, limit, user));
+            .get_or_insert_with(|| Subscriptions::new(proto, limit, user, shared.fanned.clone()));
         let reply = subs.command(shared, spec, &req).await;
         // Confirmations arrive as frames from the subscriber connections.
         return ready(reply.unwrap_or_default());
@@ -267,6 +270,7 @@ pub async fn handle(
                 Cmd::ScriptLoad if req.len() == 3 => Post::RememberScript(req.arg_bytes(2)),
                 Cmd::ScriptFlush => Post::ForgetScripts,
                 Cmd::ScriptExists => Post::ScriptExists(req.clone()),
+                Cmd::PubsubCount => Post::DiscountFanned,
                 _ => Post::None,
             };
             // SCRIPT KILL and FUNCTION KILL must reach a master busy with a script: on a
@@ -533,6 +537,43 @@ async fn complete_one(shared: &Shared, step: Step, proto: Proto) -> Bytes {
     }
 }
 
+/// `PUBSUB NUMPAT` (an integer) or `NUMSUB` (name/count pairs) summed over the masters, with
+/// the keyspace subscriptions slotgate made on each master counted once, as one server
+/// would count them.
+fn discount_fanned(shared: &Shared, reply: Bytes, proto: Proto) -> Bytes {
+    let masters = shared.primary.serving_masters().len();
+    if let Some(n) = crate::resp::reply::integer(&reply) {
+        let mut e = crate::resp::Encoder::new(proto);
+        e.integer(shared.fanned.numpat(n, masters));
+        return e.finish();
+    }
+    let Some(pairs) = crate::resp::reply::pair_elements(&reply) else {
+        return reply;
+    };
+    let mut e = crate::resp::Encoder::new(proto);
+    if reply.first() == Some(&b'%') {
+        e.map(pairs.len() / 2);
+    } else {
+        e.array(pairs.len());
+    }
+    for pair in pairs.chunks(2) {
+        let (name, count) = (pair[0], pair[1]);
+        match (
+            crate::resp::reply::bulk_body(name),
+            crate::resp::reply::integer(count),
+        ) {
+            (Some(channel), Some(n)) => {
+                e.raw(name)
+                    .integer(shared.fanned.numsub(channel, n, masters));
+            }
+            _ => {
+                e.raw(name).raw(count);
+            }
+        }
+    }
+    e.finish()
+}
+
 async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes {
     match post {
         Post::None => reply,
@@ -567,6 +608,7 @@ async fn apply(shared: &Shared, post: Post, reply: Bytes, proto: Proto) -> Bytes
             }
             reply
         }
+        Post::DiscountFanned => discount_fanned(shared, reply, proto),
         Post::RedactConfig => crate::redact::config_get(reply, proto),
         Post::FilterCommandNames => crate::command::answer::filter_names(reply, proto),
         Post::FilterCommandDocs => crate::command::answer::filter_docs(reply, proto),

@@ -48,6 +48,7 @@ pub fn build(config: Config) -> Result<Arc<Shared>, StartError> {
         scripts: Default::default(),
         clients: Default::default(),
         tracking: Default::default(),
+        fanned: Default::default(),
         auth_failures: Default::default(),
         hotkeys,
         commands,

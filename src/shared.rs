@@ -73,6 +73,8 @@ pub struct Shared {
     pub clients: crate::clients::Clients,
     /// Client-side caching: who tracks which keys, and their inboxes.
     pub tracking: std::sync::Arc<crate::tracking::Tracking>,
+    /// Keyspace subscriptions made on every master, counted over all clients.
+    pub fanned: std::sync::Arc<crate::pubsub::fanned::Fanned>,
 }
 
 impl Shared {

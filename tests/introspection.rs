@@ -292,6 +292,43 @@ async fn scripts_nesting_exists_and_kill() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("NOTBUSY"));
+
+    // FUNCTION KILL likewise, for a function busy on another master.
+    let lib = "#!lua name=spinlib\nredis.register_function('spin', function(keys, args) \
+               redis.call('GET', keys[1]) while true do end end)";
+    let loaded: String = redis::cmd("FUNCTION")
+        .arg(&["LOAD", lib])
+        .query_async(&mut killer)
+        .await
+        .unwrap();
+    assert_eq!(loaded, "spinlib");
+    let key = key_on(&cluster, cluster.master_ports[2], "fbusy:").await;
+    let mut busy = proxy.client(2).await;
+    let running = tokio::spawn(async move {
+        redis::cmd("FCALL")
+            .arg(&["spin", "1", &key])
+            .query_async::<Value>(&mut busy)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let killed: redis::RedisResult<String> = tokio::time::timeout(
+        Duration::from_secs(10),
+        redis::cmd("FUNCTION").arg("KILL").query_async(&mut killer),
+    )
+    .await
+    .unwrap();
+    assert_eq!(killed.unwrap(), "OK");
+    let ended = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ended.unwrap_err().to_string().contains("killed"));
+    let err = redis::cmd("FUNCTION")
+        .arg("KILL")
+        .query_async::<Value>(&mut killer)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOTBUSY"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,6 +406,46 @@ async fn keyless_commands_pubsub_and_info_span_the_masters() {
     }
     drop(subs);
     drop(direct);
+
+    // Keyspace subscriptions are made on every master: counted once each all the same, as
+    // one server counts them (two clients through slotgate, one directly on a master).
+    let mut keyspace = Vec::new();
+    for _ in 0..2 {
+        let mut s = RawClient::connect(proxy.port).await;
+        s.send(b"SUBSCRIBE __keyevent@0__:set\r\nPSUBSCRIBE __keyspace@0__:*\r\n")
+            .await;
+        s.expect(
+            b"*3\r\n$9\r\nsubscribe\r\n$18\r\n__keyevent@0__:set\r\n:1\r\n\
+              *3\r\n$10\r\npsubscribe\r\n$16\r\n__keyspace@0__:*\r\n:2\r\n",
+        )
+        .await;
+        keyspace.push(s);
+    }
+    let mut on_node = RawClient::connect(cluster.master_ports[2]).await;
+    on_node.send(b"SUBSCRIBE __keyevent@0__:set\r\n").await;
+    on_node
+        .expect(b"*3\r\n$9\r\nsubscribe\r\n$18\r\n__keyevent@0__:set\r\n:1\r\n")
+        .await;
+    let numsub: Vec<Value> = redis::cmd("PUBSUB")
+        .arg(&["NUMSUB", "__keyevent@0__:set"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        numsub,
+        [
+            Value::BulkString(b"__keyevent@0__:set".to_vec()),
+            Value::Int(3)
+        ]
+    );
+    let numpat: i64 = redis::cmd("PUBSUB")
+        .arg("NUMPAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(numpat, 1);
+    drop(keyspace);
+    drop(on_node);
 
     // INFO sums what a client reads as a total: clients blocked on keys of three masters.
     let mut blocked = Vec::new();

@@ -64,6 +64,8 @@ pub enum Cmd {
     ScriptLoad,
     ScriptFlush,
     ScriptExists,
+    /// PUBSUB NUMSUB / NUMPAT: summed over the masters, fanned keyspace subscriptions once.
+    PubsubCount,
     ConfigGet,
     Command,
     CommandCount,

@@ -395,9 +395,9 @@ pub static COMMANDS: &[CmdSpec] = &[
     container("PUBSUB"),
     all("PUBSUB|CHANNELS", ResponsePolicy::ConcatUnique),
     all("PUBSUB|SHARDCHANNELS", ResponsePolicy::ConcatUnique),
-    all("PUBSUB|NUMSUB", ResponsePolicy::SumPairs),
+    all("PUBSUB|NUMSUB", ResponsePolicy::SumPairs).cmd(Cmd::PubsubCount),
     all("PUBSUB|SHARDNUMSUB", ResponsePolicy::SumPairs),
-    all("PUBSUB|NUMPAT", ResponsePolicy::AggSum),
+    all("PUBSUB|NUMPAT", ResponsePolicy::AggSum).cmd(Cmd::PubsubCount),
     CmdSpec::new("PUBSUB|HELP", NONE),
     // Transactions.
     transaction("MULTI", Cmd::Multi),

@@ -23,6 +23,7 @@
 //! connection it went to has confirmed it.
 
 pub mod confirmations;
+pub mod fanned;
 pub mod pattern;
 
 use std::collections::{HashMap, HashSet};
@@ -127,10 +128,28 @@ pub struct Subscriptions {
     keyspace_patterns: HashSet<Bytes>,
     /// Confirmations slotgate writes itself, from the first keyspace subscription on.
     owed: Option<confirmations::Confirmations>,
+    /// The process-wide count of the keyspace subscriptions above.
+    fanned: Arc<fanned::Fanned>,
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        for c in &self.keyspace_channels {
+            self.fanned.remove(false, c);
+        }
+        for p in &self.keyspace_patterns {
+            self.fanned.remove(true, p);
+        }
+    }
 }
 
 impl Subscriptions {
-    pub fn new(proto: Proto, limit: usize, user: crate::backend::users::UserId) -> Self {
+    pub fn new(
+        proto: Proto,
+        limit: usize,
+        user: crate::backend::users::UserId,
+        fanned: Arc<fanned::Fanned>,
+    ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         Subscriptions {
             proto,
@@ -147,6 +166,7 @@ impl Subscriptions {
             keyspace_channels: HashSet::new(),
             keyspace_patterns: HashSet::new(),
             owed: None,
+            fanned,
         }
     }
 
@@ -358,10 +378,15 @@ impl Subscriptions {
                 (true, false) => &mut self.keyspace_channels,
                 (true, true) => &mut self.keyspace_patterns,
             };
-            if subscribe {
-                set.insert(n.clone());
+            let changed = if subscribe {
+                set.insert(n.clone())
             } else {
-                set.remove(&n);
+                set.remove(&n)
+            };
+            match (changed && keyspace, subscribe) {
+                (true, true) => self.fanned.add(pattern, &n),
+                (true, false) => self.fanned.remove(pattern, &n),
+                _ => {}
             }
             let waiting = match keyspace {
                 true => masters.clone(),
