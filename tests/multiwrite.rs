@@ -900,6 +900,22 @@ async fn publish_reaches_subscribers_of_every_resource() {
     on_mirror
         .expect(b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n")
         .await;
+
+    // A shard channel: on the mirror, the master of its slot hears SPUBLISH.
+    let owner = mirror.owner_of(slotgate::slot::slot_of(b"shardnews")).await;
+    let mut shard_sub = support::RawClient::connect(owner).await;
+    shard_sub.send(b"SSUBSCRIBE shardnews\r\n").await;
+    shard_sub
+        .expect(b"*3\r\n$10\r\nssubscribe\r\n$9\r\nshardnews\r\n:1\r\n")
+        .await;
+    let _: i64 = redis::cmd("SPUBLISH")
+        .arg(&["shardnews", "sharded hello"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    shard_sub
+        .expect(b"*3\r\n$8\r\nsmessage\r\n$9\r\nshardnews\r\n$13\r\nsharded hello\r\n")
+        .await;
 }
 
 /// A consumer config for `mirror` and the queue on `queue_port`.
