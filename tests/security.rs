@@ -532,11 +532,14 @@ async fn acl_users_get_exactly_what_the_cluster_allows_them() {
         );
         assert!(!String::from_utf8_lossy(&client_list).contains("readpw"));
 
+        // The forbidden key and channel below in both protocols too.
         let mut app = support::RawClient::connect(proxy.port).await;
-        assert_eq!(
-            raw(&mut app, &["AUTH", "appuser", "apppw"]).await,
-            b"+OK\r\n"
-        );
+        let login = if resp == 2 {
+            raw(&mut app, &["AUTH", "appuser", "apppw"]).await
+        } else {
+            raw(&mut app, &["HELLO", "3", "AUTH", "appuser", "apppw"]).await
+        };
+        assert!(login == b"+OK\r\n" || login.starts_with(b"%"), "{login:?}");
         assert_eq!(raw(&mut app, &["SET", "app:9", "v"]).await, b"+OK\r\n");
         // A forbidden key and a forbidden channel: NOPERM as the node says it.
         let other = raw(&mut app, &["GET", "other:1"]).await;
@@ -599,6 +602,41 @@ async fn acl_users_get_exactly_what_the_cluster_allows_them() {
             !info.contains(secret) && !list.contains(secret),
             "{secret} shown"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_with_a_password_alone_logs_in_as_default_when_no_client_password_is_set() {
+    let cluster = Cluster::start_with(1, 0);
+    // The cluster's default user has a password; slotgate's own connections use it.
+    for port in &cluster.ports {
+        let mut node = cluster.node(*port).await;
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "default", "on", ">defpw", "~*", "&*", "+@all"])
+            .query_async(&mut node)
+            .await
+            .unwrap();
+    }
+    let proxy = Proxy::start_with(&cluster, |c| {
+        c.cluster.password = Some("defpw".into());
+    })
+    .await;
+    let mut client = support::RawClient::connect(proxy.port).await;
+    assert_eq!(
+        raw(&mut client, &["AUTH", "wrong"]).await,
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(raw(&mut client, &["AUTH", "defpw"]).await, b"+OK\r\n");
+    assert_eq!(
+        raw(&mut client, &["ACL", "WHOAMI"]).await,
+        b"$7\r\ndefault\r\n"
+    );
+    assert_eq!(raw(&mut client, &["SET", "k", "v"]).await, b"+OK\r\n");
+    // Back to no password, so that the cluster shuts down without waiting.
+    for port in &cluster.ports {
+        let mut node = support::RawClient::connect(*port).await;
+        node.send(b"AUTH defpw\r\nACL SETUSER default nopass\r\n").await;
+        node.expect(b"+OK\r\n+OK\r\n").await;
     }
 }
 
