@@ -51,15 +51,22 @@ fn scan_requests(input: &[u8], cuts: &[usize]) -> Result<Vec<Vec<Vec<u8>>>, Stri
     for chunk in chunks(input, cuts) {
         buf.extend_from_slice(chunk);
         // Every `Some` consumes bytes: the loop ends within the input's length.
+        let mut waiting = false;
         for _ in 0..=input.len() + 1 {
+            let before = buf.len();
             match scanner.next(&mut buf, true) {
                 Ok(Some(req)) => {
+                    assert!(buf.len() < before, "a request that consumed nothing");
                     out.push((0..req.len()).map(|i| req.arg(i).to_vec()).collect());
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    waiting = true;
+                    break;
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }
+        assert!(waiting, "the request scanner never stopped on {input:?}");
     }
     Ok(out)
 }
@@ -171,6 +178,7 @@ fn scan_replies(input: &[u8], cuts: &[usize]) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
     for chunk in chunks(input, cuts) {
         buf.extend_from_slice(chunk);
+        let mut waiting = false;
         for _ in 0..=input.len() + 1 {
             match scanner.next(&buf) {
                 Ok(Some(n)) => {
@@ -178,10 +186,14 @@ fn scan_replies(input: &[u8], cuts: &[usize]) -> Result<Vec<usize>, String> {
                     out.push(n);
                     buf.drain(..n);
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    waiting = true;
+                    break;
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }
+        assert!(waiting, "the reply scanner never stopped on {input:?}");
     }
     Ok(out)
 }
@@ -233,12 +245,18 @@ proptest! {
         let mut scanner = RequestScanner::new(limits());
         let mut buf = BytesMut::from(&bytes[..]);
         let before = buf.len();
+        let mut stopped = false;
         for _ in 0..=before {
+            let len = buf.len();
             match scanner.next(&mut buf, false) {
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
+                Ok(Some(_)) => prop_assert!(buf.len() < len, "a request that consumed nothing"),
+                Ok(None) | Err(_) => {
+                    stopped = true;
+                    break;
+                }
             }
         }
+        prop_assert!(stopped, "the scanner never stopped");
         prop_assert!(buf.len() <= before);
     }
 

@@ -635,7 +635,8 @@ async fn auth_with_a_password_alone_logs_in_as_default_when_no_client_password_i
     // Back to no password, so that the cluster shuts down without waiting.
     for port in &cluster.ports {
         let mut node = support::RawClient::connect(*port).await;
-        node.send(b"AUTH defpw\r\nACL SETUSER default nopass\r\n").await;
+        node.send(b"AUTH defpw\r\nACL SETUSER default nopass\r\n")
+            .await;
         node.expect(b"+OK\r\n+OK\r\n").await;
     }
 }
