@@ -194,3 +194,91 @@ fn binary_serves_redis_cli_and_redis_benchmark() {
     let mut buf = [0u8; 16];
     assert_eq!(std::io::Read::read(&mut idle, &mut buf).unwrap_or(0), 0);
 }
+
+#[test]
+fn passwords_never_reach_the_log() {
+    let cluster = Cluster::start_with(1, 0);
+    for port in &cluster.ports {
+        redis_cli(
+            *port,
+            &[
+                "acl",
+                "setuser",
+                "appuser",
+                "on",
+                ">user-secret-77",
+                "~*",
+                "+@all",
+            ],
+        );
+    }
+    let port = free_port();
+    let log_path = std::env::temp_dir().join(format!("slotgate-log-{port}.txt"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut proxy = Running(
+        slotgate()
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", ""])
+            .args(["--cluster", &cluster.seeds])
+            .args(["--password", "client-secret-42"])
+            .args(["--log-level", "debug"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "slotgate did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Wrong and right passwords, for the client password and an ACL user, in both
+    // protocols, and a command that fails with NOAUTH first.
+    {
+        use std::io::{Read, Write};
+        stream
+            .write_all(
+                b"GET k\r\nAUTH wrong-secret-13\r\nAUTH client-secret-42\r\n\
+                  AUTH appuser wrong-user-secret-99\r\nAUTH appuser user-secret-77\r\n\
+                  HELLO 3 AUTH appuser user-secret-77\r\nSET k v\r\nQUIT\r\n",
+            )
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("-NOAUTH"), "{out}");
+        assert!(out.contains("WRONGPASS"), "{out}");
+    }
+    drop(stream);
+    let _ = Command::new("kill")
+        .args(["-TERM", &proxy.0.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(
+        text.contains("DEBUG"),
+        "no debug lines were logged:\n{text}"
+    );
+    assert!(
+        text.contains("auth"),
+        "the failed logins were not logged:\n{text}"
+    );
+    for secret in [
+        "client-secret-42",
+        "wrong-secret-13",
+        "wrong-user-secret-99",
+        "user-secret-77",
+    ] {
+        assert!(!text.contains(secret), "{secret} was logged:\n{text}");
+    }
+}
