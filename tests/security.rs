@@ -215,6 +215,44 @@ async fn a_node_certificate_for_another_name_is_refused_unless_verification_is_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_demand_a_client_certificate_get_the_configured_one() {
+    let (pki, _ca) = Pki::standard();
+    let cluster = Cluster::start_tls(1, 0, pki.dir());
+    for port in &cluster.ports {
+        let mut node = cluster.node(*port).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "tls-auth-clients", "yes"])
+            .query_async(&mut node)
+            .await
+            .unwrap();
+    }
+    // Without a client certificate the nodes refuse the handshake: nothing is served.
+    let without = Proxy::start_unready(&cluster, |c| {
+        c.cluster.seeds = tls_seeds(&cluster);
+        c.cluster.tls = true;
+        c.cluster.tls_ca_file = Some(pki.path("ca.crt"));
+        c.cluster.connect_timeout_ms = 300;
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let info = info_slotgate(&without).await;
+    assert!(info.contains("cluster_slots_assigned:0\r\n"), "{info}");
+    // With `cluster.tls_cert_file`/`tls_key_file`, slotgate presents its certificate.
+    let with = Proxy::start_with(&cluster, |c| {
+        c.cluster.seeds = tls_seeds(&cluster);
+        c.cluster.tls = true;
+        c.cluster.tls_ca_file = Some(pki.path("ca.crt"));
+        c.cluster.tls_cert_file = Some(pki.path("client.crt"));
+        c.cluster.tls_key_file = Some(pki.path("client.key"));
+    })
+    .await;
+    let mut con = with.client(2).await;
+    let _: () = con.set("mtls", "yes").await.unwrap();
+    let v: String = con.get("mtls").await.unwrap();
+    assert_eq!(v, "yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificate_and_keeps_the_connections() {
     let (pki, _ca) = Pki::standard();
     let cluster = Cluster::start_with(1, 0);
