@@ -91,6 +91,24 @@ fn sighup_and_post_reload_change_the_config_under_a_running_client() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
+    // A malformed request is logged at debug level: not yet.
+    let protocol_error = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"*x\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(out.starts_with(b"-ERR Protocol error"), "{out:?}");
+    };
+    let debug_lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("protocol error from client")
+            .count()
+    };
+    protocol_error();
+    assert_eq!(debug_lines(), 0, "debug lines at log_level info");
 
     // SIGHUP: log level, limits and read_from change live; listen needs a restart.
     std::fs::write(
@@ -126,6 +144,16 @@ fn sighup_and_post_reload_change_the_config_under_a_running_client() {
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("configuration reloaded"), "{text}");
+    // The new level is in force.
+    protocol_error();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while debug_lines() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no debug line after log_level: debug"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         text.contains("need a restart") && text.contains("\"listen\""),
         "{text}"
@@ -157,6 +185,15 @@ fn sighup_and_post_reload_change_the_config_under_a_running_client() {
     );
     let (_, current) = http(admin, "GET", "/config");
     assert!(current.contains("max_clients: 55") && current.contains("log_level: info"));
+    // Back at info: debug lines stop.
+    let seen = debug_lines();
+    protocol_error();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        debug_lines(),
+        seen,
+        "debug lines after log_level: info again"
+    );
     assert_eq!(http(admin, "GET", "/reload").0, 405);
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
