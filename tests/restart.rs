@@ -123,3 +123,109 @@ fn redis_py_clients_do_not_notice_a_restart_on_the_same_port() {
     drop(old);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Splits `bytes` into whole RESP replies; panics on a partial one at the end.
+fn whole_replies(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        match slotgate::resp::ReplyScanner::new().next(&bytes[at..]) {
+            Ok(Some(n)) => {
+                out.push(&bytes[at..at + n]);
+                at += n;
+            }
+            other => panic!(
+                "a partial or malformed reply before EOF ({other:?}): {:?}",
+                String::from_utf8_lossy(&bytes[at..])
+            ),
+        }
+    }
+    out
+}
+
+#[test]
+fn on_sigterm_raw_clients_get_whole_replies_and_resp3_ones_a_moving_push() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::start_with(3, 0);
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("slotgate-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let proxy = start(&cluster.seeds, port, &dir.join("slotgate.log")).expect("slotgate");
+
+    // A RESP3 client with maintenance notifications on, idle.
+    let mut resp3 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    resp3
+        .write_all(
+            b"HELLO 3\r\nCLIENT MAINT_NOTIFICATIONS ON moving-endpoint-type none\r\nPING\r\n",
+        )
+        .unwrap();
+    resp3
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut greeting = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !greeting.ends_with(b"+PONG\r\n") {
+        let n = resp3.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the greeting");
+        greeting.extend_from_slice(&buf[..n]);
+    }
+    // A RESP2 client pipelining writes as fast as it can, in another thread, until the
+    // connection ends; it keeps every byte it read.
+    let writer = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut pipeline = Vec::new();
+        for i in 0..10 {
+            pipeline.extend_from_slice(format!("SET drain:{i} {i}\r\n").as_bytes());
+        }
+        let (mut read, mut sent) = (Vec::new(), 0usize);
+        let mut buf = [0u8; 65536];
+        loop {
+            if s.write_all(&pipeline).is_ok() {
+                sent += 10;
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read.extend_from_slice(&buf[..n]),
+            }
+        }
+        // Drain what is left until EOF.
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+        (read, sent)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-TERM", &proxy.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // The RESP3 client is told MOVING (with a null endpoint) before its connection ends.
+    let mut after = Vec::new();
+    loop {
+        match resp3.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => after.extend_from_slice(&buf[..n]),
+        }
+    }
+    let frames = whole_replies(&after);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.starts_with(b">4\r\n$6\r\nMOVING\r\n:") && f.ends_with(b"_\r\n")),
+        "no MOVING push: {:?}",
+        String::from_utf8_lossy(&after)
+    );
+    // The RESP2 client got only whole replies, every one OK, then EOF.
+    let (read, sent) = writer.join().unwrap();
+    let replies = whole_replies(&read);
+    assert!(!replies.is_empty() && replies.len() <= sent);
+    assert!(replies.iter().all(|r| *r == b"+OK\r\n"), "{replies:?}");
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
