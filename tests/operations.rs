@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use support::{Cluster, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -219,6 +220,78 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_and_queue_families_move_with_mirrored_writes() {
+    let cluster = Cluster::start_with(3, 0);
+    let copy = support::Standalone::start().await;
+    let queue = support::Standalone::start().await;
+    let mirror = || slotgate::config::MirrorResourceConfig {
+        name: "copy".into(),
+        standalone: Some(format!("127.0.0.1:{}", copy.port)),
+        ..Default::default()
+    };
+    // Direct mode, with the delay probe every 100 ms.
+    let direct = Proxy::start_with(&cluster, |c| {
+        c.admin.listen = "127.0.0.1:0".into();
+        c.mirror.mode = slotgate::config::MultiWriteMode::FirstResourceOnly;
+        c.mirror.probe_interval_ms = 100;
+        c.mirror.resources = vec![mirror()];
+    })
+    .await;
+    let mut con = direct.client(2).await;
+    for i in 0..100 {
+        let _: () = con.set(format!("mm:{i}"), i).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, text) = http_get(direct.admin_port.unwrap(), "/metrics").await;
+    let m = parse_metrics(&text);
+    let copy_label = [("resource", "copy")];
+    assert_eq!(
+        sample(&m, "slotgate_mirror_dropped_total", &copy_label),
+        0.0
+    );
+    assert!(sample(&m, "slotgate_mirror_backlog", &copy_label) >= 0.0);
+    assert!(
+        sample(&m, "slotgate_mirror_delay_seconds", &copy_label) >= 2.0,
+        "the probe measured nothing:\n{text}"
+    );
+    // The mirror's own backend series, under its resource name.
+    assert!(
+        sample(
+            &m,
+            "slotgate_backend_requests_total",
+            &[("cluster", "copy")]
+        ) >= 100.0,
+        "{text}"
+    );
+
+    // Async mode: the queue's length, pending entries and lag.
+    let queued = Proxy::start_with(&cluster, |c| {
+        c.admin.listen = "127.0.0.1:0".into();
+        c.mirror.mode = slotgate::config::MultiWriteMode::Async;
+        c.mirror.resources = vec![mirror()];
+        c.mirror.queue = Some(slotgate::config::QueueConfig {
+            redis: format!("127.0.0.1:{}", queue.port),
+            ..Default::default()
+        });
+    })
+    .await;
+    let mut con = queued.client(2).await;
+    for i in 0..30 {
+        let _: () = con.set(format!("mq:{i}"), i).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, text) = http_get(queued.admin_port.unwrap(), "/metrics").await;
+    let m = parse_metrics(&text);
+    assert_eq!(sample(&m, "slotgate_queue_length", &[]), 30.0, "{text}");
+    assert_eq!(sample(&m, "slotgate_queue_pending", &[]), 0.0, "{text}");
+    // No consumer yet: the oldest entry waits, and its age shows.
+    assert!(
+        sample(&m, "slotgate_queue_lag_seconds", &[]) >= 1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -365,7 +365,7 @@ pub async fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             let l = || vec![("resource", r.name.clone())];
             s.counter(
                 "slotgate_mirror_dropped",
-                "Mirror writes dropped because a client's backlog was full.",
+                "Mirror writes dropped because the resource's backlog was full.",
                 l(),
                 r.link.dropped.load(Ordering::Relaxed),
             );

@@ -212,8 +212,10 @@ impl StreamQueue {
         {
             let length = integer(&self.call(&[b"XLEN", stream], false).await)?;
             let groups = self.call(&[b"XINFO", b"GROUPS", stream], false).await;
+            // Until a consumer made its group, nothing was delivered: every entry waits.
             let mut lag = Lag {
                 length: length as u64,
+                undelivered: length as u64,
                 ..Lag::default()
             };
             let mut last_delivered = None;
