@@ -316,3 +316,58 @@ fn redis_py_cache_stays_coherent_across_writes_and_a_failover() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_invalidation_connection_flushes_tracking_clients_until_it_is_back() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start(&cluster).await;
+    let port = cluster.master_ports[1];
+    let key = key_on(&cluster, port, "lost:").await;
+    let mut w = proxy.client(2).await;
+    let _: () = w.set(&key, "v1").await.unwrap();
+    let mut c = tracking_client(proxy.port, "").await;
+    c.send(&get(&key)).await;
+    c.expect(b"$2\r\nv1\r\n").await;
+
+    // slotgate's invalidation connection to that master is killed, and the node then holds
+    // every client for 3 s, so a new one cannot be confirmed meanwhile: changes made there
+    // would go unheard, so the client must not keep its cache that long.
+    let mut node = cluster.node(port).await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    let ids: Vec<String> = list
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix("flags="))
+                .is_some_and(|f| f.contains('t'))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(String::from)
+        .collect();
+    assert_eq!(ids.len(), 1, "{list}");
+    let started = tokio::time::Instant::now();
+    let mut pipe = redis::pipe();
+    pipe.cmd("CLIENT").arg(&["KILL", "ID", &ids[0]]).ignore();
+    pipe.cmd("CLIENT").arg(&["PAUSE", "3000", "ALL"]).ignore();
+    let _: () = pipe.query_async(&mut node).await.unwrap();
+    let flush = b">2\r\n$10\r\ninvalidate\r\n_\r\n";
+    // A flush at once, and again while the connection is still not back.
+    c.expect(flush).await;
+    c.expect(flush).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "flushes came only after {:?}",
+        started.elapsed()
+    );
+    // Once the node answers again, tracking goes on as before.
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    let _ = c.collect(std::time::Duration::from_millis(700)).await;
+    c.send(&get(&key)).await;
+    c.expect_until(b"$2\r\nv1\r\n").await;
+    let _: () = w.set(&key, "v2").await.unwrap();
+    c.expect_until(&invalidate(&[&key])).await;
+}

@@ -2,6 +2,10 @@
 //! serving slots, with `CLIENT TRACKING ON BCAST`, hears every key modified on that master.
 //! The manager follows the slot table (new masters, failovers); a connection that
 //! (re)connects, and a table in which slots changed owner, flush every tracking client.
+//! While a master that had a confirmed connection has none (it broke and the new one is not
+//! confirmed yet), changes there go unheard: every tracking client is flushed at the loss
+//! and then every `CHECK` until the connection is back, so no client keeps a value longer
+//! than that.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +33,9 @@ pub async fn run(shared: Arc<Shared>) {
     let mut conns: HashMap<Arc<str>, (tokio::task::JoinHandle<()>, Arc<AtomicBool>)> =
         HashMap::new();
     let mut owners: Option<Arc<SlotTable>> = None;
+    // Every serving master had a confirmed connection at some point since tracking began:
+    // from then on, one missing means changes may go unheard.
+    let mut was_ready = false;
     let mut check = tokio::time::interval(CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -41,6 +48,7 @@ pub async fn run(shared: Arc<Shared>) {
                 task.abort();
             }
             owners = None;
+            was_ready = false;
             hub.ready.send_replace(false);
             continue;
         }
@@ -79,6 +87,12 @@ pub async fn run(shared: Arc<Shared>) {
             conns.insert(addr, (task, confirmed));
         }
         let all = !conns.is_empty() && conns.values().all(|(_, c)| c.load(Ordering::Acquire));
+        if all {
+            was_ready = true;
+        } else if was_ready {
+            debug!("an invalidation connection is down: every tracking client is flushed");
+            hub.flush();
+        }
         hub.ready
             .send_if_modified(|r| std::mem::replace(r, all) != all);
     }
@@ -140,7 +154,15 @@ async fn listen(settings: ConnSettings, hub: Arc<Tracking>, up: Arc<AtomicBool>)
             buf.reserve(16 * 1024);
         }
     }
-    debug!(node = %settings.addr, "invalidation connection lost");
+    if confirmed {
+        // Changes on this master go unheard from now until a new connection is confirmed.
+        warn!(node = %settings.addr, "invalidation connection lost: tracking clients flushed until it is back");
+        up.store(false, Ordering::Release);
+        hub.flush();
+        hub.wake.notify_one();
+    } else {
+        debug!(node = %settings.addr, "invalidation connection lost");
+    }
 }
 
 /// An `invalidate` push: its keys, or null (the node flushed its data).
