@@ -371,3 +371,95 @@ async fn a_lost_invalidation_connection_flushes_tracking_clients_until_it_is_bac
     let _: () = w.set(&key, "v2").await.unwrap();
     c.expect_until(&invalidate(&[&key])).await;
 }
+
+/// A RESP2 connection subscribed to `__redis__:invalidate`, and its client id.
+async fn redirect_target(port: u16) -> (RawClient, u64) {
+    let mut target = RawClient::connect(port).await;
+    target.send(b"CLIENT ID\r\n").await;
+    let id: u64 = target.line().await.trim_start_matches(':').parse().unwrap();
+    target.send(b"SUBSCRIBE __redis__:invalidate\r\n").await;
+    target
+        .expect(b"*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n")
+        .await;
+    (target, id)
+}
+
+/// A RESP2 connection tracking with `options`, its invalidations redirected to `target`.
+async fn redirecting_client(port: u16, target: u64, options: &str) -> RawClient {
+    let mut c = RawClient::connect(port).await;
+    c.send(format!("CLIENT TRACKING on REDIRECT {target} {options}\r\n").as_bytes())
+        .await;
+    c.expect(b"+OK\r\n").await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp2_redirect_optout_noloop_and_several_prefixes() {
+    let cluster = Cluster::start_with(3, 0);
+    let proxy = Proxy::start(&cluster).await;
+    let mut w = proxy.client(2).await;
+    let mut keys = Vec::new();
+    for &m in &cluster.master_ports {
+        let k = key_on(&cluster, m, "r2:").await;
+        let _: () = w.set(&k, "v0").await.unwrap();
+        keys.push(k);
+    }
+
+    // RESP2 REDIRECT, default mode, keys of every master: writes through slotgate and
+    // writes made on the nodes themselves reach the target.
+    let (mut target, id) = redirect_target(proxy.port).await;
+    let mut r = redirecting_client(proxy.port, id, "").await;
+    for k in &keys {
+        r.send(&get(k)).await;
+        r.expect(bulk("v0").as_bytes()).await;
+    }
+    let _: () = w.set(&keys[0], "v1").await.unwrap();
+    target.expect(&redirected(&[&keys[0]])).await;
+    for (i, &m) in cluster.master_ports.iter().enumerate().skip(1) {
+        let mut node = cluster.node(m).await;
+        let _: () = node.set(&keys[i], "direct").await.unwrap();
+        target.expect(&redirected(&[&keys[i]])).await;
+    }
+
+    // NOLOOP: the client's own write is not announced to its target; another's is.
+    let (mut t2, id2) = redirect_target(proxy.port).await;
+    let mut n = redirecting_client(proxy.port, id2, "NOLOOP").await;
+    n.send(&get(&keys[0])).await;
+    n.send(format!("*3\r\n$3\r\nSET\r\n{}$3\r\nown\r\n", bulk(&keys[0])).as_bytes())
+        .await;
+    n.expect(format!("{}+OK\r\n", bulk("v1")).as_bytes()).await;
+    t2.expect_silence(std::time::Duration::from_millis(300))
+        .await;
+    n.send(&get(&keys[0])).await;
+    n.expect(bulk("own").as_bytes()).await;
+    let _: () = w.set(&keys[0], "theirs").await.unwrap();
+    t2.expect(&redirected(&[&keys[0]])).await;
+
+    // BCAST with two prefixes, redirected: keys under either are announced unread.
+    let (mut t3, id3) = redirect_target(proxy.port).await;
+    let _b = redirecting_client(proxy.port, id3, "BCAST PREFIX pa: PREFIX pb:").await;
+    let _: () = w.set("pc:1", "x").await.unwrap();
+    let _: () = w.set("pa:1", "x").await.unwrap();
+    t3.expect(&redirected(&["pa:1"])).await;
+    let _: () = w.set("pb:2", "x").await.unwrap();
+    t3.expect(&redirected(&["pb:2"])).await;
+
+    // OPTOUT over RESP3: reads are tracked unless CLIENT CACHING no comes first.
+    let mut o = tracking_client(proxy.port, "OPTOUT").await;
+    o.send(&get(&keys[1])).await;
+    o.expect(bulk("direct").as_bytes()).await;
+    o.send(b"CLIENT CACHING no\r\n").await;
+    o.send(&get(&keys[2])).await;
+    o.expect(format!("+OK\r\n{}", bulk("direct")).as_bytes())
+        .await;
+    let _: () = w.set(&keys[2], "v9").await.unwrap();
+    let _: () = w.set(&keys[1], "v9").await.unwrap();
+    o.expect(&invalidate(&[&keys[1]])).await;
+
+    // Nothing else reached any of them.
+    for client in [&mut target, &mut t2, &mut t3, &mut o] {
+        client
+            .expect_silence(std::time::Duration::from_millis(300))
+            .await;
+    }
+}
