@@ -461,3 +461,44 @@ async fn broad_patterns_hear_every_master_once() {
     expected.extend(b"+PONG\r\n");
     sub.expect(&expected).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_follow_a_master_added_to_the_cluster() {
+    let cluster = Cluster::start_with(3, 0);
+    notify_keyspace_events(&cluster).await;
+    let proxy = Proxy::start(&cluster).await;
+    let mut con = proxy.client(2).await;
+    let mut sub = RawClient::connect(proxy.port).await;
+    let pattern = "__keyevent@0__:*";
+    sub.send(format!("PSUBSCRIBE {pattern}\r\n").as_bytes())
+        .await;
+    sub.expect(&confirmation("psubscribe", pattern, 1)).await;
+
+    // A new master joins and takes an empty slot.
+    let added = cluster.add_empty_master().await;
+    let mut node = cluster.node(added).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "notify-keyspace-events", "KEA"])
+        .query_async(&mut node)
+        .await
+        .unwrap();
+    let key = key_on(&cluster, cluster.master_ports[1], "joined:").await;
+    cluster
+        .move_empty_slot(slotgate::slot::slot_of(key.as_bytes()), added)
+        .await;
+    // Once slotgate routes the slot there, the new master's events reach the subscriber.
+    let event = array(&["pmessage", pattern, "__keyevent@0__:set", &key]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let _: () = con.set(&key, 1).await.unwrap();
+        if sub.seen_within(&event, Duration::from_millis(500)).await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event from the added master"
+        );
+    }
+    let v: i64 = node.get(&key).await.unwrap();
+    assert_eq!(v, 1, "the key is on the added master");
+}

@@ -884,3 +884,118 @@ impl Cluster {
         }
     }
 }
+
+impl Cluster {
+    /// Starts one more node (a free port of its own, its directory under the cluster's, so
+    /// it is stopped with the cluster), adds it with `redis-cli --cluster add-node` and waits
+    /// until it has joined; it serves no slot yet. Returns its port.
+    pub async fn add_empty_master(&self) -> u16 {
+        // A free port (and bus port) of its own: the one after this cluster's last node may
+        // belong to another test's cluster. Another test may take the port between the check
+        // and the bind: then try another.
+        let mut port = 0;
+        for _ in 0..5 {
+            let candidate: u16 = {
+                let out = std::process::Command::new("bash")
+                    .arg(repo_root().join("integration/cluster.sh"))
+                    .args(["free-base", "1"])
+                    .output()
+                    .unwrap();
+                String::from_utf8(out.stdout)
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            };
+            let dir = self.dir.join(candidate.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let status = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &candidate.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                ])
+                .args([
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "yes",
+                ])
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--pidfile")
+                .arg(dir.join("redis.pid"))
+                .arg("--logfile")
+                .arg(dir.join("redis.log"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+            // Up when the node on that port is this one (its directory is ours), not another
+            // test's that took the port first.
+            let up = std::time::Instant::now() + Duration::from_secs(3);
+            let ours = dir.canonicalize().unwrap();
+            while std::time::Instant::now() < up {
+                let answer = std::process::Command::new("redis-cli")
+                    .args(["-p", &candidate.to_string(), "CONFIG", "GET", "dir"])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&answer.stdout).to_string();
+                if text.lines().nth(1).map(std::path::PathBuf::from) == Some(ours.clone()) {
+                    port = candidate;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if port != 0 {
+                break;
+            }
+        }
+        assert_ne!(port, 0, "no free port for the added node");
+        let seed = format!("127.0.0.1:{}", self.master_ports[0]);
+        // redis-cli refuses while the nodes do not agree on the configuration yet (right after
+        // the failover above): try again for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = std::process::Command::new("redis-cli")
+                .args(["--cluster", "add-node", &format!("127.0.0.1:{port}"), &seed])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut node = self.node(port).await;
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut node)
+                .await
+                .unwrap();
+            if info.contains("cluster_state:ok")
+                && info.contains(&format!("cluster_known_nodes:{}", self.ports.len() + 1))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "new node did not join: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        port
+    }
+}
