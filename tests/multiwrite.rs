@@ -512,12 +512,24 @@ async fn concurrent_counters_and_collections_converge_in_every_mode() {
     let mirror = Cluster::start_with(3, 0);
     let (_p, mut on_primary) = direct(&primary).await;
     let (_m, mut on_mirror) = direct(&mirror).await;
-    for mode in DIRECT_MODES {
+    let queue = Standalone::start().await;
+    let dir = std::env::temp_dir().join(format!("slotgate-converge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for mode in DIRECT_MODES.into_iter().chain([MultiWriteMode::Async]) {
         let proxy = Proxy::start_with(&primary, |c| {
             c.mirror.mode = mode;
             c.mirror.resources = vec![mirror_of(&mirror, "b")];
+            if mode == MultiWriteMode::Async {
+                c.mirror.queue = Some(QueueConfig {
+                    redis: format!("127.0.0.1:{}", queue.port),
+                    ..QueueConfig::default()
+                });
+            }
         })
         .await;
+        // The async mode's writes reach the mirror through a consumer.
+        let _consumer = (mode == MultiWriteMode::Async)
+            .then(|| Consumer::start(&consumer_config(&dir, &mirror, queue.port, "converge")));
         let p = format!("{mode:?}");
         let mut clients = Vec::new();
         for c in 0..16 {
@@ -545,7 +557,7 @@ async fn concurrent_counters_and_collections_converge_in_every_mode() {
         for c in clients {
             c.await.unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         for i in 0..5 {
             let k = format!("{p}:{i}");
             loop {
@@ -579,6 +591,7 @@ async fn concurrent_counters_and_collections_converge_in_every_mode() {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
