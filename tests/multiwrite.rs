@@ -734,6 +734,64 @@ async fn a_stalled_mirror_drops_only_its_own_writes_at_its_backlog_bound() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_full_block_makes_writes_wait_for_a_stalled_mirror_and_drops_none() {
+    let primary = Cluster::start_with(3, 0);
+    let slow = Standalone::start().await;
+    let proxy = Proxy::start_with(&primary, |c| {
+        c.mirror.mode = MultiWriteMode::FirstResourceOnly;
+        c.mirror.backlog = Some(20);
+        c.mirror.on_full = slotgate::config::OnFull::Block;
+        c.mirror.resources = vec![MirrorResourceConfig {
+            name: "slow".into(),
+            standalone: Some(format!("127.0.0.1:{}", slow.port)),
+            ..MirrorResourceConfig::default()
+        }];
+        c.cluster.command_timeout_ms = 60_000;
+    })
+    .await;
+    let paused = slow.pause();
+    let mut con = proxy.client(2).await;
+    // The bound's worth of writes is answered at once...
+    for i in 0..20 {
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            con.set::<_, _, ()>(format!("blk:{i}"), i),
+        )
+        .await
+        .expect("a write within the backlog bound waited")
+        .unwrap();
+    }
+    // ...the next one waits for room while the mirror is stalled...
+    let waiting = tokio::spawn(async move {
+        let _: () = con.set("blk:20", 20).await.unwrap();
+        con
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a write beyond the bound did not wait"
+    );
+    // ...and goes through once the mirror answers again; nothing was dropped.
+    drop(paused);
+    let mut con = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting write never went through")
+        .unwrap();
+    let stats = info(&mut con, "multiwrite").await;
+    assert_eq!(resource_field(&stats, "slow", "dropped"), 0, "{stats}");
+    let mut s = slow.con().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: usize = redis::cmd("DBSIZE").query_async(&mut s).await.unwrap();
+        if n == 21 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the mirror has {n} of 21 keys");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirrored_blocking_command_never_blocks_a_mirror_connection() {
     let primary = Cluster::start_with(3, 0);
     let mirror = Cluster::start_with(3, 0);

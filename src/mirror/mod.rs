@@ -415,7 +415,9 @@ impl Mirrors {
             if link.backlog.load(Ordering::Relaxed) < self.resource_backlog {
                 return;
             }
-            notified.await;
+            // Woken by a release; the timeout only covers a bound changed by a reload
+            // between the releasing configuration and this one.
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
         }
     }
 
