@@ -789,3 +789,60 @@ async fn a_command_after_a_blocking_command_runs_after_it() {
     c.send(&input).await;
     c.expect(b"*-1\r\n:1\r\n:1\r\n").await;
 }
+
+/// The bytes waiting in the query buffers of the node's clients, at most.
+async fn largest_query_buffer(node: &mut MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(node)
+        .await
+        .unwrap();
+    list.lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("qbuf=")))
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_window_bounds_requests_in_flight_by_count_and_by_bytes() {
+    let cluster = Cluster::start_with(3, 0);
+    let master = cluster.master_ports[0];
+    let value = "x".repeat(1000);
+    let key = key_on(&cluster, master, "window:").await;
+    let set = resp(&["SET", &key, &value]);
+    let bounds: [(&str, fn(&mut slotgate::config::Config)); 2] = [
+        ("pipeline_window 3", |c| c.limits.pipeline_window = 3),
+        ("pipeline_window_bytes 2500", |c| {
+            c.limits.pipeline_window_bytes = 2500
+        }),
+    ];
+    for (bound, tweak) in bounds {
+        let proxy = Proxy::start_with(&cluster, tweak).await;
+        let mut c = RawClient::connect(proxy.port).await;
+        c.send(&resp(&["PING"])).await;
+        c.expect(b"+PONG\r\n").await;
+        // The master holds writes: what slotgate sent waits in its query buffer.
+        let mut node = cluster.node(master).await;
+        let _: () = redis::cmd("CLIENT")
+            .arg(&["PAUSE", "5000", "WRITE"])
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        c.send(&set.repeat(10)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Three in flight: one held by the pause, two behind it (ten without a bound).
+        let waiting = largest_query_buffer(&mut node).await;
+        let _: () = redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        assert!(
+            waiting >= set.len() && waiting <= 2 * set.len(),
+            "{bound}: {waiting} bytes sent ahead ({} per SET)",
+            set.len()
+        );
+        c.expect(&b"+OK\r\n".repeat(10)).await;
+    }
+}
