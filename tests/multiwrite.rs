@@ -1100,6 +1100,22 @@ async fn a_full_queue_refuses_writes_instead_of_trimming_unapplied_ones() {
     // Every accepted write is in the stream: none was trimmed to make room.
     let mut q = queue.con().await;
     assert_eq!(stream_len(&mut q, "slotgate:mirror").await, accepted);
+
+    // A queue that cannot be reached: the client is told, never left believing the write
+    // was recorded for the mirrors.
+    drop(q);
+    drop(queue);
+    let started = Instant::now();
+    let err = con
+        .set::<_, _, ()>("unqueued", 1)
+        .await
+        .expect_err("a write the queue did not take was acknowledged");
+    assert!(err.to_string().contains("queue"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the error took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
