@@ -55,6 +55,12 @@ async fn client_connection_commands_answer_for_slotgate_clients() {
         .query_async(&mut c2)
         .await
         .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["SETINFO", "LIB-VER", "1.2.3"])
+        .query_async(&mut c2)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let id3: i64 = redis::cmd("CLIENT")
         .arg("ID")
         .query_async(&mut c3)
@@ -79,6 +85,15 @@ async fn client_connection_commands_answer_for_slotgate_clients() {
     assert!(line(id3).contains(" name=three "), "{list}");
     assert!(line(id3).contains(" resp=3 "), "{list}");
     assert!(line(id2).contains(" lib-name=mylib "), "{list}");
+    assert!(line(id2).contains(" lib-ver=1.2.3"), "{list}");
+    // Connected over a second ago: its age counts whole seconds, as Redis's does.
+    let age: u64 = line(id2)
+        .split(' ')
+        .find_map(|f| f.strip_prefix("age="))
+        .unwrap_or_else(|| panic!("no age in {list}"))
+        .parse()
+        .unwrap();
+    assert!((1..60).contains(&age), "{list}");
     assert!(line(id2).contains(" cmd=client|list "), "{list}");
     assert!(line(id2).contains(" addr=127.0.0.1:"), "{list}");
     let mine: String = redis::cmd("CLIENT")
