@@ -792,14 +792,10 @@ async fn a_command_after_a_blocking_command_runs_after_it() {
 
 /// The bytes waiting in the query buffers of the node's clients, at most.
 async fn largest_query_buffer(node: &mut MultiplexedConnection) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(node)
+    support::client_list(node)
         .await
-        .unwrap();
-    list.lines()
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("qbuf=")))
-        .filter_map(|n| n.parse().ok())
+        .iter()
+        .filter_map(|c| c.get("qbuf")?.parse().ok())
         .max()
         .unwrap_or(0)
 }
@@ -811,7 +807,8 @@ async fn the_pipeline_window_bounds_requests_in_flight_by_count_and_by_bytes() {
     let value = "x".repeat(1000);
     let key = key_on(&cluster, master, "window:").await;
     let set = resp(&["SET", &key, &value]);
-    let bounds: [(&str, fn(&mut slotgate::config::Config)); 2] = [
+    type Tweak = fn(&mut slotgate::config::Config);
+    let bounds: [(&str, Tweak); 2] = [
         ("pipeline_window 3", |c| c.limits.pipeline_window = 3),
         ("pipeline_window_bytes 2500", |c| {
             c.limits.pipeline_window_bytes = 2500

@@ -286,27 +286,8 @@ async fn scripts_nesting_exists_and_kill() {
             .query_async::<Value>(&mut busy)
             .await
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
     let mut killer = proxy.client(2).await;
-    let killed: redis::RedisResult<String> = tokio::time::timeout(
-        Duration::from_secs(10),
-        redis::cmd("SCRIPT").arg("KILL").query_async(&mut killer),
-    )
-    .await
-    .unwrap();
-    assert_eq!(killed.unwrap(), "OK");
-    let ended = tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(ended.unwrap_err().to_string().contains("killed"));
-    // Nothing busy any more: NOTBUSY, as one server says.
-    let err = redis::cmd("SCRIPT")
-        .arg("KILL")
-        .query_async::<Value>(&mut killer)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("NOTBUSY"));
+    kill_while_busy(&mut killer, "SCRIPT", running).await;
 
     // FUNCTION KILL likewise, for a function busy on another master.
     let lib = "#!lua name=spinlib\nredis.register_function('spin', function(keys, args) \
@@ -325,25 +306,38 @@ async fn scripts_nesting_exists_and_kill() {
             .query_async::<Value>(&mut busy)
             .await
     });
+    kill_while_busy(&mut killer, "FUNCTION", running).await;
+}
+
+/// `family KILL` (SCRIPT or FUNCTION) while `running` keeps a master busy: OK, the busy
+/// call ends as killed, and a second KILL finds nothing busy (NOTBUSY, as one server says).
+async fn kill_while_busy(
+    killer: &mut redis::aio::MultiplexedConnection,
+    family: &str,
+    running: tokio::task::JoinHandle<redis::RedisResult<Value>>,
+) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let killed: redis::RedisResult<String> = tokio::time::timeout(
         Duration::from_secs(10),
-        redis::cmd("FUNCTION").arg("KILL").query_async(&mut killer),
+        redis::cmd(family).arg("KILL").query_async(killer),
     )
     .await
     .unwrap();
-    assert_eq!(killed.unwrap(), "OK");
+    assert_eq!(killed.unwrap(), "OK", "{family} KILL");
     let ended = tokio::time::timeout(Duration::from_secs(10), running)
         .await
         .unwrap()
         .unwrap();
-    assert!(ended.unwrap_err().to_string().contains("killed"));
-    let err = redis::cmd("FUNCTION")
+    assert!(
+        ended.unwrap_err().to_string().contains("killed"),
+        "{family}"
+    );
+    let err = redis::cmd(family)
         .arg("KILL")
-        .query_async::<Value>(&mut killer)
+        .query_async::<Value>(killer)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some("NOTBUSY"));
+    assert_eq!(err.code(), Some("NOTBUSY"), "{family}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

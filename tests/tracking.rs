@@ -52,17 +52,27 @@ async fn tracking_client(port: u16, options: &str) -> RawClient {
     c
 }
 
+/// One key per master (prefix `prefix`), each set to `v0` through `w`.
+async fn keys_of_every_master(
+    cluster: &Cluster,
+    w: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> Vec<String> {
+    let mut keys = Vec::new();
+    for &m in &cluster.master_ports {
+        let k = key_on(cluster, m, prefix).await;
+        let _: () = w.set(&k, "v0").await.unwrap();
+        keys.push(k);
+    }
+    keys
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracking_in_every_mode_on_keys_of_every_master() {
     let cluster = Cluster::start_with(3, 0);
     let proxy = Proxy::start(&cluster).await;
     let mut w = proxy.client(2).await;
-    let mut keys = Vec::new();
-    for &m in &cluster.master_ports {
-        let k = key_on(&cluster, m, "t:").await;
-        let _: () = w.set(&k, "v0").await.unwrap();
-        keys.push(k);
-    }
+    let keys = keys_of_every_master(&cluster, &mut w, "t:").await;
 
     // RESP3, default mode: a key read is announced when another client writes it, on
     // every master, once.
@@ -88,13 +98,7 @@ async fn tracking_in_every_mode_on_keys_of_every_master() {
         .await;
 
     // RESP2 with REDIRECT: the target, subscribed to __redis__:invalidate, hears them.
-    let mut target = RawClient::connect(proxy.port).await;
-    target.send(b"CLIENT ID\r\n").await;
-    let id: u64 = target.line().await.trim_start_matches(':').parse().unwrap();
-    target.send(b"SUBSCRIBE __redis__:invalidate\r\n").await;
-    target
-        .expect(b"*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n")
-        .await;
+    let (mut target, id) = redirect_target(proxy.port).await;
     let mut r2 = RawClient::connect(proxy.port).await;
     r2.send(format!("CLIENT TRACKING on REDIRECT {id}\r\nCLIENT GETREDIR\r\n").as_bytes())
         .await;
@@ -211,18 +215,17 @@ async fn tracking_in_every_mode_on_keys_of_every_master() {
 
 /// Connections of a node with tracking on (`t` in CLIENT LIST's flags).
 async fn tracking_connections(node: &mut redis::aio::MultiplexedConnection) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(node)
+    tracking_connection_ids(node).await.len()
+}
+
+/// Ids of the node's connections with tracking on.
+async fn tracking_connection_ids(node: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    support::client_list(node)
         .await
-        .unwrap();
-    list.lines()
-        .filter(|l| {
-            l.split(' ')
-                .find_map(|f| f.strip_prefix("flags="))
-                .is_some_and(|f| f.contains('t'))
-        })
-        .count()
+        .into_iter()
+        .filter(|c| c.get("flags").is_some_and(|f| f.contains('t')))
+        .filter_map(|c| c.get("id").cloned())
+        .collect()
 }
 
 #[test]
@@ -333,22 +336,8 @@ async fn a_lost_invalidation_connection_flushes_tracking_clients_until_it_is_bac
     // every client for 3 s, so a new one cannot be confirmed meanwhile: changes made there
     // would go unheard, so the client must not keep its cache that long.
     let mut node = cluster.node(port).await;
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut node)
-        .await
-        .unwrap();
-    let ids: Vec<String> = list
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .find_map(|f| f.strip_prefix("flags="))
-                .is_some_and(|f| f.contains('t'))
-        })
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .map(String::from)
-        .collect();
-    assert_eq!(ids.len(), 1, "{list}");
+    let ids = tracking_connection_ids(&mut node).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
     let started = tokio::time::Instant::now();
     let mut pipe = redis::pipe();
     pipe.cmd("CLIENT").arg(&["KILL", "ID", &ids[0]]).ignore();
@@ -398,12 +387,7 @@ async fn resp2_redirect_optout_noloop_and_several_prefixes() {
     let cluster = Cluster::start_with(3, 0);
     let proxy = Proxy::start(&cluster).await;
     let mut w = proxy.client(2).await;
-    let mut keys = Vec::new();
-    for &m in &cluster.master_ports {
-        let k = key_on(&cluster, m, "r2:").await;
-        let _: () = w.set(&k, "v0").await.unwrap();
-        keys.push(k);
-    }
+    let keys = keys_of_every_master(&cluster, &mut w, "r2:").await;
 
     // RESP2 REDIRECT, default mode, keys of every master: writes through slotgate and
     // writes made on the nodes themselves reach the target.

@@ -999,3 +999,22 @@ impl Cluster {
         port
     }
 }
+
+/// The node's clients as `CLIENT LIST` describes them: one map of fields per client.
+pub async fn client_list(
+    node: &mut MultiplexedConnection,
+) -> Vec<std::collections::HashMap<String, String>> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(node)
+        .await
+        .unwrap();
+    list.lines()
+        .map(|l| {
+            l.split(' ')
+                .filter_map(|f| f.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
