@@ -323,6 +323,15 @@ async fn max_clients_is_answered_with_redis_text_and_counted() {
     let cluster = Cluster::start_with(1, 0);
     let proxy = Proxy::start_with(&cluster, |c| c.limits.max_clients = 2).await;
     let mut first = proxy.client(2).await;
+    // The connections slotgate's start was checked with are gone: `first` is the only one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while support::slotgate_counter(&mut first, "connected_clients").await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "earlier connections still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut second = support::RawClient::connect(proxy.port).await;
     second.send(b"PING\r\n").await;
     second.expect(b"+PONG\r\n").await;
