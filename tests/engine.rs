@@ -102,7 +102,8 @@ async fn pipelined_mirrored_writes_finish_in_every_mode() {
         }
         let expected = 2 + 100 + 1 + 32 * 51;
         if mode == MultiWriteMode::Async {
-            // Every acknowledged write is in the durable queue, in the order it was sent.
+            // Every acknowledged write is in the durable queue (the replies above kept their
+            // order: the INCRs counted up).
             let mut q = queue.con().await;
             let len: usize = redis::cmd("XLEN")
                 .arg("slotgate:mirror")
