@@ -216,6 +216,14 @@ mod tests {
         Attempts::default()
     }
 
+    /// Every retry `POLICY` allows already made.
+    fn spent() -> Attempts {
+        Attempts {
+            redirects: 0,
+            retries: POLICY.max_retries,
+        }
+    }
+
     #[test]
     fn a_command_unblocked_by_a_failover_blocks_again_after_a_refresh() {
         let unblocked = reply(
@@ -229,10 +237,7 @@ mod tests {
                 refresh: true
             }
         );
-        let spent = Attempts {
-            redirects: 0,
-            retries: 3,
-        };
+        let spent = spent();
         assert_eq!(decide(unblocked, spent, POLICY, false), Decision::Return);
         // CLIENT UNBLOCK ... ERROR on the node is an answer, not a failover.
         let asked = reply(b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n");
@@ -354,10 +359,7 @@ mod tests {
                 refresh: false
             }
         );
-        let spent = Attempts {
-            redirects: 0,
-            retries: 3,
-        };
+        let spent = spent();
         assert_eq!(
             decide(reply(b"-TRYAGAIN x\r\n"), spent, POLICY, false),
             Decision::Return
@@ -378,10 +380,7 @@ mod tests {
                 refresh: true
             }
         );
-        let spent = Attempts {
-            redirects: 0,
-            retries: 3,
-        };
+        let spent = spent();
         assert_eq!(
             decide(reply(b"-CLUSTERDOWN x\r\n"), spent, POLICY, false),
             Decision::Return
@@ -438,10 +437,7 @@ mod tests {
             Decision::Fail(e) => assert!(e.starts_with(b"-ERR slotgate: connection to a:1 lost")),
             other => panic!("{other:?}"),
         }
-        let spent = Attempts {
-            redirects: 0,
-            retries: 3,
-        };
+        let spent = spent();
         assert!(matches!(
             decide(Outcome::Failed(&not_sent), spent, POLICY, false),
             Decision::Fail(_)
@@ -454,10 +450,7 @@ mod tests {
             decide(Outcome::NoRoute, fresh(), POLICY, false),
             Decision::Retry { refresh: true, .. }
         ));
-        let spent = Attempts {
-            redirects: 0,
-            retries: 3,
-        };
+        let spent = spent();
         assert_eq!(
             decide(Outcome::NoRoute, spent, POLICY, false),
             Decision::Fail(crate::replies::slot_not_served())
